@@ -1,0 +1,26 @@
+"""Shared fixtures; also keeps every cache and temp file of the libraries out of the home folder."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# numba (librosa/resampy) and Ray write caches; keep them in one temp dir per session unless CI set them already.
+_scratch = tempfile.mkdtemp(prefix="hummingml-tests-")
+os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(_scratch, "numba"))
+os.environ.setdefault("RAY_TMPDIR", os.path.join(_scratch, "ray"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests without CUDA and ``needs_weights`` tests without HUMMINGML_WEIGHTS_DIR."""
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    has_weights = bool(os.environ.get("HUMMINGML_WEIGHTS_DIR"))
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
+        if "needs_weights" in item.keywords and not has_weights:
+            item.add_marker(pytest.mark.skip(reason="HUMMINGML_WEIGHTS_DIR is not set"))
