@@ -40,7 +40,12 @@ class DecodeError(ValueError):
         self.reason = message
 
 
-def _read_source(source: bytes | str | os.PathLike[str]) -> bytes:
+def read_local_bytes(source: bytes | str | os.PathLike[str]) -> bytes:
+    """The bytes of a local file (bytes pass through).
+
+    Raises:
+        DecodeError: ``not_found`` for a missing path or broken link, ``unreadable`` for a directory or an OS error.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     path = Path(source)
@@ -91,7 +96,7 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
     """
     import soundfile as sf
 
-    data = _read_source(source)
+    data = read_local_bytes(source)
     if not data:
         raise DecodeError("empty", "the input has 0 bytes")
     _check_wav_length(data)

@@ -1,0 +1,385 @@
+"""The extraction steps as batch callables, independent of any executor.
+
+Each step takes and returns a batch ``{"source_id": [...], "segment_index": [...], "payload": [...]}`` where
+``payload`` is a pickled dict per row (arrays of varying shapes travel through Ray's object store unchanged).
+A row whose payload has ``error`` set is passed through untouched by later steps, so a failure in any stage
+becomes exactly one error row and never takes good rows with it. ``hummingml.ray_stages`` runs these steps on
+Ray Data; ``run_local`` runs them in one process (tests, baselines).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, DecodeError, decode, n_frames, resample, to_mono
+from hummingml.models import ModelsConfig
+from hummingml.sources import AUDIO_EXTENSIONS, Source, read_bytes
+from hummingml.stages.pitch import PitchConfig
+from hummingml.stages.separate import MELODIC_STEMS, STEMS
+
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything an extraction run needs; printed at start and stored in every output file's metadata."""
+
+    input: str = ""  # directory, glob, file, s3:// (any pyarrow URI), manifest .parquet/.csv/.jsonl, or sqlite:///db
+    output: str = "extract-out"  # output root: local path or object-store URI
+    query: str = ""  # SQL for a sqlite:/// input; must return the uri column
+    uri_column: str = "uri"  # manifest or query column holding each input's URI
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS  # file name endings picked from a directory or glob
+    segment_s: float = 30.0  # segment length in seconds; the last segment of a source is shorter
+    melodic_stems: tuple[str, ...] = MELODIC_STEMS  # stems that get notes and a sine rendering, besides the mono ref
+    stem_channels: Literal["mono", "stereo"] = "mono"  # encode each stem as 1 DAC stream (its mono mix) or 2
+    limit: int = 0  # process at most this many inputs (0 = all)
+    retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
+    commit_rows: int = 8  # segments per committed batch (per output file)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    pitch: PitchConfig = field(default_factory=PitchConfig)
+
+
+def pack(row: dict[str, Any]) -> bytes:
+    """Serialise one row's payload."""
+    return pickle.dumps(row, protocol=5)
+
+
+def unpack(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`pack`."""
+    return pickle.loads(blob)
+
+
+def _rows(batch: Batch) -> list[dict[str, Any]]:
+    return [unpack(b) for b in batch["payload"]]
+
+
+def _batch(rows: list[dict[str, Any]]) -> Batch:
+    return {
+        "source_id": np.array([r["source_id"] for r in rows], dtype=object),
+        "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
+        "payload": np.array([pack(r) for r in rows], dtype=object),
+    }
+
+
+def _fail(row: dict[str, Any], stage: str, exc: BaseException) -> None:
+    kind = f":{exc.kind}" if isinstance(exc, DecodeError) else ""
+    row["error"] = {"stage": stage, "error_type": type(exc).__name__ + kind, "message": str(exc) or repr(exc)}
+    if not isinstance(exc, DecodeError | FileNotFoundError):
+        row["error"]["message"] += "\n" + "".join(traceback.format_exception(exc)[-3:])
+    for key in [k for k, v in row.items() if isinstance(v, np.ndarray)]:
+        del row[key]  # an error row carries no audio
+
+
+def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None) -> Batch:
+    """The first batch of the pipeline: one row per source (``skip``: segments already committed, per source)."""
+    rows = [
+        {
+            "source_id": s.source_id,
+            "segment_index": -1,
+            "source_uri": s.uri,
+            "metadata": s.metadata,
+            "skip_segments": sorted((skip or {}).get(s.source_id, [])),
+        }
+        for s in sources
+    ]
+    return _batch(rows)
+
+
+class DecodeStep:
+    """Read, hash, decode, resample to 22.05 kHz and cut into segments; one row per source in, one per segment out."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, batch: Batch) -> Batch:
+        out: list[dict[str, Any]] = []
+        for row in _rows(batch):
+            out.extend(self._segments(row))
+        return _batch(out)
+
+    def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        stage = "read"
+        try:
+            data = read_bytes(row["source_uri"])
+            row["content_sha256"] = hashlib.sha256(data).hexdigest()
+            stage = "decode"
+            audio, rate = decode(data)
+            del data
+            feature = resample(audio, rate, FEATURE_SAMPLE_RATE)
+        except Exception as exc:
+            _fail(row, stage, exc)
+            yield row
+            return
+        seg_len = max(FRAME_HOP, round(self.cfg.segment_s * FEATURE_SAMPLE_RATE))
+        n_segments = max(1, -(-feature.shape[1] // seg_len))
+        common = {
+            **{k: row[k] for k in ("source_id", "source_uri", "metadata", "content_sha256")},
+            "source_sample_rate": rate,
+            "source_channels": audio.shape[0],
+            "source_duration_s": audio.shape[1] / rate,
+            "n_segments": n_segments,
+        }
+        skip = set(row["skip_segments"])
+        for i in range(n_segments):
+            if i in skip:
+                continue
+            piece = np.ascontiguousarray(feature[:, i * seg_len : (i + 1) * seg_len])
+            yield {
+                **common,
+                "segment_index": i,
+                "segment_start_s": i * seg_len / FEATURE_SAMPLE_RATE,
+                "segment_duration_s": piece.shape[1] / FEATURE_SAMPLE_RATE,
+                "segment_samples": piece.shape[1],
+                "audio": piece,
+                "mono": to_mono(piece),
+            }
+
+
+class _ModelStep:
+    """Shared batch loop of the model-backed steps: run ``process`` on every good row, capture failures."""
+
+    stage = ""
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = _rows(batch)
+        for row in rows:
+            if row.get("error"):
+                continue
+            try:
+                self.process(row)
+            except Exception as exc:
+                _fail(row, self.stage, exc)
+        return _batch(rows)
+
+    def process(self, row: dict[str, Any]) -> None:
+        """Add this step's outputs to ``row`` in place."""
+        raise NotImplementedError
+
+
+class SeparateStep(_ModelStep):
+    """Six stems per segment with Demucs; adds ``stems`` (name -> float32 (2, samples) at 22.05 kHz)."""
+
+    stage = "separate"
+
+    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+        from hummingml.stages.separate import Separator
+
+        self.separator = Separator(cfg.models, model=model)
+
+    def process(self, row: dict[str, Any]) -> None:
+        row["stems"] = self.separator(row["audio"], FEATURE_SAMPLE_RATE)
+
+
+class PitchStep(_ModelStep):
+    """Basic Pitch notes and their sine rendering for the mono reference and each melodic stem."""
+
+    stage = "pitch"
+
+    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+        from hummingml.stages.pitch import PitchDetector
+
+        self.cfg = cfg
+        self.detector = PitchDetector(cfg.pitch, model=model)
+
+    def process(self, row: dict[str, Any]) -> None:
+        from hummingml.stages.pitch import notes_to_midi
+        from hummingml.stages.synth import render_sine
+
+        streams = {"mono": row["mono"]}
+        streams.update({s: to_mono(row["stems"][s]) for s in self.cfg.melodic_stems})
+        row["melody"] = []
+        for name, audio in streams.items():
+            notes = self.detector.detect(audio, FEATURE_SAMPLE_RATE)
+            sine = render_sine(notes, audio.shape[1], FEATURE_SAMPLE_RATE)
+            row["melody"].append(
+                {"stream": name, "notes": [asdict(n) for n in notes], "midi": notes_to_midi(notes), "sine": sine}
+            )
+
+
+class CodecStep(_ModelStep):
+    """DAC codes for the channels, the stems, the mono reference and every sine rendering; drops the audio."""
+
+    stage = "codec"
+
+    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+        from hummingml.stages.codec import Codec
+
+        self.cfg = cfg
+        self.codec = Codec(cfg.models, model=model)
+
+    def process(self, row: dict[str, Any]) -> None:
+        encode: Callable[[np.ndarray], np.ndarray] = lambda a: self.codec(a, FEATURE_SAMPLE_RATE)  # noqa: E731
+        row["channel_codes"] = encode(row.pop("audio"))
+        stems = row.pop("stems")
+        row["stem_names"] = list(STEMS)
+        row["stem_codes"] = [encode(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s]) for s in STEMS]
+        row["mono_codes"] = encode(row.pop("mono"))
+        for stream in row["melody"]:
+            stream["sine_codes"] = encode(stream.pop("sine"))
+        row["n_frames"] = int(row["channel_codes"].shape[-1])
+        expected = n_frames(row["segment_samples"])
+        if row["n_frames"] != expected:
+            raise RuntimeError(f"codec returned {row['n_frames']} frames, expected {expected}")
+
+
+def _codes(array: np.ndarray) -> list:
+    """int16 (channels, n_codebooks, frames) -> nested lists for Arrow."""
+    return np.asarray(array, dtype=np.int16).tolist()
+
+
+PROVENANCE_KEYS = (
+    "source_id",
+    "segment_index",
+    "source_uri",
+    "content_sha256",
+    "source_sample_rate",
+    "source_channels",
+    "source_duration_s",
+    "segment_start_s",
+    "segment_duration_s",
+    "n_segments",
+    "n_frames",
+    "metadata",
+)
+
+
+def feature_tables(rows: list[dict[str, Any]], frame_rate: float) -> dict[str, pa.Table]:
+    """The three output tables of a batch of finished rows (feature rows and error rows)."""
+    from schemas.features import SCHEMAS
+
+    audio, sine, errors = [], [], []
+    for row in rows:
+        if row.get("error"):
+            errors.append(
+                {
+                    "source_id": row["source_id"],
+                    "segment_index": row["segment_index"],
+                    "source_uri": row["source_uri"],
+                    **row["error"],
+                }
+            )
+            continue
+        common = {k: row[k] for k in PROVENANCE_KEYS}
+        common.update(sample_rate=FEATURE_SAMPLE_RATE, frame_rate=frame_rate)
+        audio.append(
+            {
+                **common,
+                "channel_codes": _codes(row["channel_codes"]),
+                "stem_names": row["stem_names"],
+                "stem_codes": [_codes(c) for c in row["stem_codes"]],
+            }
+        )
+        melody = [
+            {"stream": m["stream"], "notes": m["notes"], "midi": m["midi"], "sine_codes": _codes(m["sine_codes"])}
+            for m in row["melody"]
+        ]
+        sine.append({**common, "mono_codes": _codes(row["mono_codes"]), "melody": melody})
+    return {
+        "audio-feature": pa.Table.from_pylist(audio, schema=SCHEMAS["audio-feature"]),
+        "sine-audio-feature": pa.Table.from_pylist(sine, schema=SCHEMAS["sine-audio-feature"]),
+        "errors": pa.Table.from_pylist(errors, schema=SCHEMAS["errors"]),
+    }
+
+
+class CommitStep:
+    """Write a batch of finished rows exactly once (``hummingml.store``); returns one small summary row per key."""
+
+    def __init__(self, cfg: ExtractConfig, run_metadata: dict[str, Any], frame_rate: float) -> None:
+        from hummingml.store import OutputStore
+
+        self.store = OutputStore(cfg.output)
+        self.metadata = run_metadata
+        self.frame_rate = frame_rate
+        self.metrics = _Metrics()
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = _rows(batch)
+        keys = [
+            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in rows
+        ]
+        self.store.commit(feature_tables(rows, self.frame_rate), keys, self.metadata)
+        summary = {
+            "source_id": np.array([r["source_id"] for r in rows], dtype=object),
+            "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
+            "ok": np.array([not r.get("error") for r in rows]),
+            "stage": np.array([(r.get("error") or {}).get("stage", "") for r in rows], dtype=object),
+            "audio_s": np.array([0.0 if r.get("error") else r["segment_duration_s"] for r in rows]),
+        }
+        self.metrics.record(summary)
+        return summary
+
+
+class _Metrics:
+    """Ray custom metrics (shown in the dashboard's Metrics view when Prometheus/Grafana are set up)."""
+
+    def __init__(self) -> None:
+        try:
+            from ray.util.metrics import Counter
+
+            self.segments = Counter("hummingml_segments", "segments committed, by status", tag_keys=("status",))
+            self.audio = Counter("hummingml_audio_seconds", "seconds of audio committed as features")
+            self.errors = Counter("hummingml_errors", "error rows committed, by stage", tag_keys=("stage",))
+        except Exception:  # outside a Ray worker there is nowhere to report to
+            self.segments = None
+
+    def record(self, summary: Batch) -> None:
+        if self.segments is None:
+            return
+        ok = int(summary["ok"].sum())
+        if ok:
+            self.segments.inc(ok, tags={"status": "ok"})
+            self.audio.inc(float(summary["audio_s"].sum()))
+        for stage in summary["stage"][~summary["ok"]]:
+            self.segments.inc(1, tags={"status": "error"})
+            self.errors.inc(1, tags={"stage": str(stage)})
+
+
+def run_metadata(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:
+    """What every output file records about the run: config, model identities and library versions."""
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("hummingml", "ray", "torch", "descript-audio-codec", "demucs", "basic-pitch", "onnxruntime"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "models": identities,
+        "random_weights": any(i.get("random_weights") for i in identities),
+        "versions": versions,
+        "created_unix_s": time.time(),
+    }
+
+
+def run_local(
+    cfg: ExtractConfig,
+    sources: list[Source],
+    steps: list[Callable[[Batch], Batch]],
+    commit: Callable[[Batch], Batch],
+    skip: dict[str, list[int]] | None = None,
+) -> list[Batch]:
+    """Run the steps in this process, one source at a time, committing every ``cfg.commit_rows`` rows."""
+    summaries, pending = [], []
+    for source in sources:
+        batch = source_rows([source], skip)
+        for step in steps:
+            batch = step(batch)
+        pending.extend(batch["payload"])
+        while len(pending) >= cfg.commit_rows:
+            chunk, pending = pending[: cfg.commit_rows], pending[cfg.commit_rows :]
+            summaries.append(commit(_batch([unpack(p) for p in chunk])))
+    if pending:
+        summaries.append(commit(_batch([unpack(p) for p in pending])))
+    return summaries

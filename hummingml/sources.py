@@ -1,0 +1,151 @@
+"""Where the audio comes from: a directory or glob, an object-store URI, a manifest, or a SQL query."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hummingml.audio import DecodeError, read_local_bytes
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
+MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: its URI, a stable id derived from the URI, and the manifest's extra columns as JSON."""
+
+    uri: str
+    source_id: str
+    metadata: str = "{}"
+
+
+def source_id(uri: str) -> str:
+    """Stable id of an input: the first 32 hex digits of sha256(uri)."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def _from_table(table: object, uri_column: str, base_dir: str | None) -> list[Source]:
+    import pyarrow as pa
+
+    assert isinstance(table, pa.Table)
+    if uri_column not in table.column_names:
+        raise ValueError(f"the manifest has no {uri_column!r} column (columns: {table.column_names})")
+    sources = []
+    for row in table.to_pylist():
+        uri = str(row.pop(uri_column))
+        if base_dir and not _is_remote(uri) and not os.path.isabs(uri):
+            uri = os.path.join(base_dir, uri)
+        sources.append(Source(uri, source_id(uri), json.dumps(row, sort_keys=True, default=str)))
+    return sources
+
+
+def read_manifest(path: str, uri_column: str = "uri") -> list[Source]:
+    """Sources from a Parquet, CSV or JSON-lines manifest; relative local URIs are relative to the manifest."""
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet as pq
+
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        table = pq.read_table(path)
+    elif lower.endswith(".csv"):
+        table = pyarrow.csv.read_csv(path)
+    else:
+        table = pyarrow.json.read_json(path)
+    base_dir = None if _is_remote(path) else os.path.dirname(os.path.abspath(_local(path)))
+    return _from_table(table, uri_column, base_dir)
+
+
+def read_query(url: str, query: str, uri_column: str = "uri") -> list[Source]:
+    """Sources from a SQL query run through ``ray.data.read_sql``; ``url`` is ``sqlite:///path/to.db``."""
+    import sqlite3
+
+    import pyarrow as pa
+    import ray.data
+
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"only sqlite:///PATH databases are built in, got {url!r}; use a manifest for others")
+    db_path = url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
+    if not Path(db_path).is_file():
+        raise FileNotFoundError(f"no sqlite database at {db_path}")
+    if not query:
+        raise ValueError('a database input needs --query, e.g. "SELECT uri FROM tracks"')
+    rows = ray.data.read_sql(query, lambda: sqlite3.connect(db_path)).take_all()
+    return _from_table(pa.Table.from_pylist(rows), uri_column, os.path.dirname(os.path.abspath(db_path)))
+
+
+def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Source]:
+    """Audio files under a directory, matching a glob, or a single file; local or any pyarrow filesystem URI."""
+    exts = tuple(e.lower() for e in extensions)
+    if not _is_remote(uri):
+        path = _local(uri)
+        if any(c in path for c in "*?["):
+            found = glob.glob(path, recursive=True)
+        elif os.path.isdir(path):
+            found = [str(p) for p in Path(path).rglob("*")]
+        elif os.path.lexists(path):
+            return [Source(path, source_id(path))]
+        else:
+            raise FileNotFoundError(f"input {uri!r} does not exist")
+        # directories named like audio files and broken links are kept: they become error rows, never vanish
+        paths = sorted(p for p in found if p.lower().endswith(exts) and (os.path.lexists(p)))
+        return [Source(p, source_id(p)) for p in paths]
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    scheme = uri.split("://", 1)[0]
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        return [Source(uri, source_id(uri))]
+    if info.type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"input {uri!r} does not exist")
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    uris = sorted(f"{scheme}://{i.path}" for i in infos if i.path.lower().endswith(exts))
+    return [Source(u, source_id(u)) for u in uris]
+
+
+def list_sources(
+    input_uri: str, query: str = "", uri_column: str = "uri", extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+) -> list[Source]:
+    """All inputs named by ``input_uri`` (see ``ExtractConfig.input``), deduplicated by URI, in a stable order."""
+    if input_uri.startswith("sqlite://"):
+        sources = read_query(input_uri, query, uri_column)
+    elif input_uri.lower().endswith(MANIFEST_EXTENSIONS):
+        sources = read_manifest(input_uri, uri_column)
+    else:
+        sources = list_files(input_uri, extensions)
+    unique = {s.uri: s for s in sources}
+    return list(unique.values())
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes of a local path or any pyarrow filesystem URI (S3, GCS, HDFS; FSx mounts are local paths).
+
+    Raises:
+        DecodeError: ``not_found`` or ``unreadable`` (with the reason), so a read failure becomes an error row.
+    """
+    if not _is_remote(uri):
+        return read_local_bytes(_local(uri))
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path_in_fs = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path_in_fs) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise DecodeError("not_found", f"{uri} does not exist") from exc
+    except OSError as exc:
+        raise DecodeError("unreadable", f"{uri}: {exc}") from exc

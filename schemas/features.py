@@ -1,0 +1,97 @@
+"""Arrow schemas of the extraction outputs: the single source of column names and types.
+
+Every field carries ``doc`` and ``unit`` metadata; docs/schemas.md documents the same fields for readers. Each
+written file also carries ``hummingml.schema`` (the set name), ``hummingml.schema_version``, and ``hummingml.run``
+(JSON: model identities, library versions, config) in its Parquet key-value metadata.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+
+
+def _f(name: str, type_: pa.DataType, doc: str, unit: str = "", nullable: bool = False) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc, "unit": unit})
+
+
+# (channels, n_codebooks, frames) DAC codes; channels is 1 for a mono stream
+CODES = pa.list_(pa.list_(pa.list_(pa.int16())))
+
+NOTE = pa.struct(
+    [
+        _f("start_s", pa.float32(), "note onset from the segment start", "s"),
+        _f("end_s", pa.float32(), "note offset from the segment start", "s"),
+        _f("pitch", pa.int16(), "MIDI note number, 69 = A4 = 440 Hz"),
+        _f("amplitude", pa.float32(), "Basic Pitch note amplitude in [0, 1]"),
+    ]
+)
+
+MELODY_STREAM = pa.struct(
+    [
+        _f("stream", pa.string(), "which audio the notes come from: 'mono' (the mono reference) or a stem name"),
+        _f("notes", pa.list_(NOTE), "Basic Pitch notes of that audio"),
+        _f("midi", pa.binary(), "the notes as a standard MIDI file"),
+        _f("sine_codes", CODES, "DAC codes of the notes' sine rendering, shape (1, n_codebooks, frames)"),
+    ]
+)
+
+PROVENANCE = [
+    _f("source_id", pa.string(), "stable id of the input: sha256 of its URI, first 32 hex digits"),
+    _f("segment_index", pa.int32(), "0-based index of the segment within the source"),
+    _f("source_uri", pa.string(), "the input's URI or path as given"),
+    _f("content_sha256", pa.string(), "sha256 of the input's bytes (hex)"),
+    _f("source_sample_rate", pa.int32(), "sample rate of the decoded input", "Hz"),
+    _f("source_channels", pa.int16(), "channel count of the decoded input"),
+    _f("source_duration_s", pa.float64(), "duration of the whole input", "s"),
+    _f("segment_start_s", pa.float64(), "segment start within the source", "s"),
+    _f("segment_duration_s", pa.float64(), "segment duration (the last segment may be shorter)", "s"),
+    _f("n_segments", pa.int32(), "number of segments of the source"),
+    _f("sample_rate", pa.int32(), "rate of the feature audio (22 050)", "Hz"),
+    _f("frame_rate", pa.float32(), "DAC frames per second (86.13 for DAC 44 kHz)", "Hz"),
+    _f("n_frames", pa.int32(), "DAC frames in this segment: ceil(segment samples at 22.05 kHz / 256)"),
+    _f("metadata", pa.string(), "JSON object of the manifest's extra columns for this input ('{}' if none)"),
+]
+
+AUDIO_FEATURE_SCHEMA = pa.schema(
+    [
+        *PROVENANCE,
+        _f("channel_codes", CODES, "DAC codes of each original channel, shape (channels, n_codebooks, frames)"),
+        _f("stem_names", pa.list_(pa.string()), "names of the stems in stem_codes order"),
+        _f(
+            "stem_codes",
+            pa.list_(CODES),
+            "DAC codes per stem, each (stem channels, n_codebooks, frames); stem channels = 1 (mono) or 2",
+        ),
+    ]
+)
+
+SINE_AUDIO_FEATURE_SCHEMA = pa.schema(
+    [
+        *PROVENANCE,
+        _f(
+            "mono_codes",
+            CODES,
+            "DAC codes of the mono reference (mean of the channels), shape (1, n_codebooks, frames)",
+        ),
+        _f("melody", pa.list_(MELODY_STREAM), "notes and sine codes per melodic stream: the mono reference first"),
+    ]
+)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        _f("source_id", pa.string(), "stable id of the input (as in the feature sets)"),
+        _f("segment_index", pa.int32(), "segment that failed, or -1 when the whole source failed"),
+        _f("source_uri", pa.string(), "the input's URI or path as given"),
+        _f("stage", pa.string(), "stage that failed: read, decode, separate, pitch, codec"),
+        _f("error_type", pa.string(), "exception class, with DecodeError's kind after a colon"),
+        _f("message", pa.string(), "what went wrong, in words"),
+    ]
+)
+
+SCHEMAS = {
+    "audio-feature": AUDIO_FEATURE_SCHEMA,
+    "sine-audio-feature": SINE_AUDIO_FEATURE_SCHEMA,
+    "errors": ERROR_SCHEMA,
+}
