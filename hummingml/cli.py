@@ -20,6 +20,30 @@ def _doctor(args: argparse.Namespace) -> int:
     return doctor_main()
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from hummingml.config import from_flags
+    from hummingml.extract import run
+    from hummingml.pipeline import ExtractConfig
+
+    cfg = from_flags(ExtractConfig, args)
+    if not cfg.input:
+        raise SystemExit("hummingml extract: --input is required")
+    return 0 if run(cfg)["accounted"] else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from hummingml.demo import run_demo
+
+    summary = run_demo(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed)
+    return 0 if summary["accounted"] else 1
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from hummingml.inspect_output import main as inspect_main
+
+    return inspect_main(args.out, args.png)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
@@ -32,8 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=10.0, help="length of each song in seconds (default 10)")
     p.set_defaults(func=_synth_corpus)
 
+    p = sub.add_parser("demo", help="synth corpus + one broken file -> extraction on a local Ray, then the summary")
+    p.add_argument("--out", default="demo-out", help="output directory (default demo-out)")
+    p.add_argument("--songs", type=int, default=3, help="songs in the corpus (default 3)")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each song in seconds (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("extract", help="run the extraction job (same flags as python -m ray_jobs.extract)")
+    from hummingml.config import add_flags
+    from hummingml.pipeline import ExtractConfig
+
+    add_flags(p, ExtractConfig)
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("inspect", help="counts, durations and error reasons of an extraction output; optional PNG")
+    p.add_argument("out", help="the extraction's output root")
+    p.add_argument("--png", default=None, help="also write a plot report (notes, sine, code maps) to this PNG")
+    p.set_defaults(func=_inspect)
+
     p = sub.add_parser("doctor", help="check that every dependency imports and print versions")
     p.set_defaults(func=_doctor)
+    __import__("hummingml.models", fromlist=["add_models_parser"]).add_models_parser(sub)
     return parser
 
 

@@ -41,20 +41,31 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+FLAG_TYPES = (str, int, float, bool, tuple)
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one flag per field of dataclass ``cls`` (recursing one level into nested dataclasses)."""
+    """Add one flag per field of dataclass ``cls``, and per field of its dataclass-typed fields (one level deep).
+
+    Help text is the field's ``metadata["help"]`` or the comment after it. Fields of other types (mappings) and
+    dataclasses nested two levels deep get no flag; they keep their defaults.
+    """
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            add_flags(parser, hint, prefix=f"{prefix}{f.name}_")  # type: ignore[arg-type]
+            if not prefix:
+                add_flags(parser, hint, prefix=f"{f.name}_")  # type: ignore[arg-type]
+            continue
+        base, _ = _base_type(hint)
+        if base not in FLAG_TYPES:
             continue
         dest = f"{prefix}{f.name}"
         flag = "--" + dest.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        base, _ = _base_type(hint)
-        help_text = f"{comments.get(f.name, '')} (default: {default!r})".strip()
+        text = f.metadata.get("help") or comments.get(f.name, "")
+        help_text = f"{text} (default: {default!r})".strip()
         choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
         if base is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -72,7 +83,11 @@ def from_flags(cls: type[T], args: argparse.Namespace, prefix: str = "", base: T
         hint = hints[f.name]
         current = getattr(base, f.name) if base is not None else None
         if dataclasses.is_dataclass(hint):
-            values[f.name] = from_flags(hint, args, prefix=f"{prefix}{f.name}_", base=current)  # type: ignore[arg-type]
+            if prefix:  # two levels deep: no flags, keep the default
+                if base is not None:
+                    values[f.name] = current
+                continue
+            values[f.name] = from_flags(hint, args, prefix=f"{f.name}_", base=current)  # type: ignore[arg-type]
             continue
         given = getattr(args, f"{prefix}{f.name}", None)
         if given is None:

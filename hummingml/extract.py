@@ -15,10 +15,6 @@ from hummingml.store import OutputStore
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines in the driver log
 
 
-def _frame_rate(model: Any) -> float:
-    return float(model.sample_rate) / float(model.hop_length)
-
-
 def summarize(
     cfg: ExtractConfig,
     store: OutputStore,
@@ -68,8 +64,9 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """
     import ray
 
-    from hummingml.models import prepare
+    from hummingml.models import load_dac, prepare
     from hummingml.ray_stages import build_dataset
+    from hummingml.stages.codec import frame_rate
 
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)
@@ -95,7 +92,8 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
         flush=True,
     )
 
-    identities, dac_model = prepare(cfg.models)
+    identities = [i.to_dict() for i in prepare(cfg.models)]
+    dac_model, _ = load_dac(cfg.models)
     for ident in identities:
         label = "RANDOM WEIGHTS (features are not meaningful)" if ident.get("random_weights") else "pretrained"
         print(
@@ -108,7 +106,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     if pending:
         if not ray.is_initialized():
             ray.init()
-        ds = build_dataset(cfg, pending, skip, metadata, _frame_rate(dac_model))
+        ds = build_dataset(cfg, pending, skip, metadata, frame_rate(dac_model))
         done = errors = 0
         last = time.monotonic()
         for summary in ds.iter_batches(batch_size=None):

@@ -15,7 +15,7 @@ import pickle
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -24,8 +24,9 @@ import pyarrow as pa
 from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, DecodeError, decode, n_frames, resample, to_mono
 from hummingml.models import ModelsConfig
 from hummingml.sources import AUDIO_EXTENSIONS, Source, read_bytes
+from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig
-from hummingml.stages.separate import MELODIC_STEMS, STEMS
+from hummingml.stages.separate import MELODIC_STEMS, STEMS, SeparateConfig
 
 Batch = dict[str, Any]
 
@@ -47,6 +48,16 @@ class ExtractConfig:
     commit_rows: int = 8  # segments per committed batch (per output file)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     pitch: PitchConfig = field(default_factory=PitchConfig)
+    separate: SeparateConfig = field(default_factory=SeparateConfig)  # its ``models`` is replaced by ``models``
+    codec: CodecConfig = field(default_factory=CodecConfig)  # its ``models`` is replaced by ``models``
+
+    def separate_config(self) -> SeparateConfig:
+        """The separation config with this run's models."""
+        return replace(self.separate, models=self.models)
+
+    def codec_config(self) -> CodecConfig:
+        """The codec config with this run's models."""
+        return replace(self.codec, models=self.models)
 
 
 def pack(row: dict[str, Any]) -> bytes:
@@ -174,10 +185,10 @@ class SeparateStep(_ModelStep):
     def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
         from hummingml.stages.separate import Separator
 
-        self.separator = Separator(cfg.models, model=model)
+        self.separator = Separator(cfg.separate_config(), model=model)
 
     def process(self, row: dict[str, Any]) -> None:
-        row["stems"] = self.separator(row["audio"], FEATURE_SAMPLE_RATE)
+        row["stems"] = self.separator.separate(row["audio"], FEATURE_SAMPLE_RATE).as_dict()
 
 
 class PitchStep(_ModelStep):
@@ -215,10 +226,11 @@ class CodecStep(_ModelStep):
         from hummingml.stages.codec import Codec
 
         self.cfg = cfg
-        self.codec = Codec(cfg.models, model=model)
+        self.codec = Codec(cfg.codec_config(), model=model)
 
     def process(self, row: dict[str, Any]) -> None:
-        encode: Callable[[np.ndarray], np.ndarray] = lambda a: self.codec(a, FEATURE_SAMPLE_RATE)  # noqa: E731
+        def encode(audio: np.ndarray) -> np.ndarray:
+            return self.codec.encode(audio, FEATURE_SAMPLE_RATE).codes
         row["channel_codes"] = encode(row.pop("audio"))
         stems = row.pop("stems")
         row["stem_names"] = list(STEMS)

@@ -43,18 +43,31 @@ class PoolPlan:
 
 
 def plan_pools(cpus: float, gpus: float) -> dict[str, PoolPlan]:
-    """Size the model actor pools so that together with one decode task and the writer they fit the cluster."""
-    free = max(cpus - DECODE_CPUS - COMMIT_CPUS, sum(MODEL_CPUS.values()))
+    """Size the model actor pools so that, with one decode task and the writer, they fit in ``cpus``.
+
+    Each stage gets its ``CPU_SHARE`` of the CPUs left after the decode and writer reservations, at least one actor;
+    when the minimum of one actor each overshoots (tiny machines), the largest pools shrink first. With GPUs the
+    separation and codec stages run one actor per GPU, half a GPU each.
+    """
+    free = cpus - DECODE_CPUS - COMMIT_CPUS
+    sizes = {stage: max(1, math.floor(free * CPU_SHARE[stage] / per_actor + 1e-9))
+             for stage, per_actor in MODEL_CPUS.items()}
+
+    def used() -> float:
+        return sum(sizes[s] * MODEL_CPUS[s] for s in sizes)
+
+    while used() > free + 1e-9 and any(n > 1 for n in sizes.values()):
+        biggest = max(sizes, key=lambda s: sizes[s] * MODEL_CPUS[s])
+        sizes[biggest] -= 1
+    if used() > free + 1e-9:
+        raise ValueError(
+            f"the cluster has {cpus} CPUs; extraction needs at least "
+            f"{DECODE_CPUS + COMMIT_CPUS + sum(MODEL_CPUS.values())}"
+        )
     plans = {}
     for stage, per_actor in MODEL_CPUS.items():
-        size = max(1, math.floor(free * CPU_SHARE[stage] / per_actor + 1e-9))
         use_gpu = gpus >= 1 and stage in ("separate", "codec")
-        if use_gpu:
-            size = max(1, int(gpus))  # one actor per GPU for each of the two GPU stages, half a GPU each
-        plans[stage] = PoolPlan(size, per_actor, 0.5 if use_gpu else 0.0)
-    used = sum(p.size * p.num_cpus for p in plans.values()) + DECODE_CPUS + COMMIT_CPUS
-    if used > cpus + 1e-9 and cpus >= DECODE_CPUS + COMMIT_CPUS + sum(MODEL_CPUS.values()):
-        raise AssertionError(f"pool plan uses {used} CPUs of {cpus}")
+        plans[stage] = PoolPlan(max(1, int(gpus)) if use_gpu else sizes[stage], per_actor, 0.5 if use_gpu else 0.0)
     return plans
 
 

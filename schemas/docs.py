@@ -1,0 +1,49 @@
+"""Render docs/schemas.md from the schemas' field metadata: ``python -m schemas.docs > docs/schemas.md``."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas.features import SCHEMA_VERSION, SCHEMAS
+
+INTRO = f"""# Output schemas (version {SCHEMA_VERSION})
+
+Generated from `schemas/features.py` by `python -m schemas.docs > docs/schemas.md`; a test keeps the two equal.
+
+An extraction writes three Parquet sets (zstd) under its output root, keyed by (`source_id`, `segment_index`):
+`audio-feature/`, `sine-audio-feature/` and `errors/`. Every file's key-value metadata holds `hummingml.schema`
+(the set's name), `hummingml.schema_version`, and `hummingml.run`: JSON with the run's config, the identity of
+every model (kind, name, sha256 of the weights file, library version, and whether the weights are random), library
+versions, and the creation time. Features made with random-weight models (`tiny`, `random-full`) say so there
+(`"random_weights": true`). A run also writes `summary.json` at the root (inputs, ok, failed, rows, timing).
+
+DAC codes are stored as nested lists `(channels, n_codebooks, frames)` of int16; frame `k` covers samples
+`[256 k, 256 (k + 1))` of the segment at 22.05 kHz (86.13 frames/s).
+"""
+
+
+def _rows(fields: list[pa.Field], prefix: str = "") -> list[str]:
+    lines = []
+    for f in fields:
+        meta = {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
+        lines.append(f"| `{prefix}{f.name}` | `{f.type}` | {meta.get('unit', '')} | {meta.get('doc', '')} |")
+        inner = f.type
+        while pa.types.is_list(inner):
+            inner = inner.value_type
+        if pa.types.is_struct(inner):
+            lines.extend(_rows(list(inner), prefix=f"{prefix}{f.name}[].") if pa.types.is_list(f.type)
+                         else _rows(list(inner), prefix=f"{prefix}{f.name}."))
+    return lines
+
+
+def render() -> str:
+    """The whole document."""
+    parts = [INTRO]
+    for name, schema in SCHEMAS.items():
+        parts.append(f"\n## `{name}`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
+        parts.extend(_rows(list(schema)))
+    return "\n".join(parts) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from hummingml.corpus import write_corpus
+from hummingml.models import ModelsConfig
+from hummingml.pipeline import ExtractConfig
+from hummingml.sources import list_sources
+from schemas.features import SCHEMA_VERSION, SCHEMAS
+
+pytestmark = pytest.mark.slow
+
+BAD_FILES = {  # name -> (bytes or None for a directory, expected stage, expected error type)
+    "empty.wav": (b"", "decode", "DecodeError:empty"),
+    "text.wav": (b"this is not audio\n" * 50, "decode", "DecodeError:not_audio"),
+    "dir.wav": (None, "read", "DecodeError:unreadable"),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, n_songs=2, seed=1, seconds=3.0)
+    mix = root / "mix"
+    good = (mix / "song_00000.wav").read_bytes()
+    (mix / "truncated.wav").write_bytes(good[: len(good) // 2])
+    for name, (data, _, _) in BAD_FILES.items():
+        if data is None:
+            (mix / name).mkdir()
+        else:
+            (mix / name).write_bytes(data)
+    return root
+
+
+def config(corpus: Path, out: Path, **kw) -> ExtractConfig:
+    models = ModelsConfig(kind="tiny", cache_dir=str(corpus.parent / "models"))
+    return ExtractConfig(input=str(corpus / "mix"), output=str(out), segment_s=2.0, commit_rows=2, models=models, **kw)
+
+
+def keys(out: Path, name: str) -> list[tuple[str, int]]:
+    table = pads.dataset(out / name, format="parquet").to_table(columns=["source_id", "segment_index"])
+    return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_local, corpus, tmp_path_factory):
+    from hummingml.extract import run
+
+    out = tmp_path_factory.mktemp("clean")
+    log = io.StringIO()
+    summary = run(config(corpus, out), log=log)
+    return out, summary, log.getvalue()
+
+
+def test_every_input_is_accounted_for(clean_run) -> None:
+    out, summary, log = clean_run
+    assert summary["inputs"] == 2 + 1 + len(BAD_FILES)
+    assert (summary["ok"], summary["failed"], summary["unaccounted"]) == (2, 1 + len(BAD_FILES), 0)
+    assert summary["accounted"]
+    assert summary["feature_rows"] == 4  # two 3 s songs in 2 s segments
+    assert summary["random_weights"] is True
+    assert "RANDOM WEIGHTS" in log
+    assert json.loads((out / "summary.json").read_text())["ok"] == 2
+
+
+def test_error_rows_say_what_went_wrong(clean_run) -> None:
+    out, _, _ = clean_run
+    errors = pads.dataset(out / "errors", format="parquet").to_table().to_pylist()
+    by_name = {Path(e["source_uri"]).name: e for e in errors}
+    assert set(by_name) == {"truncated.wav", *BAD_FILES}
+    assert by_name["truncated.wav"]["error_type"] == "DecodeError:truncated"
+    for name, (_, stage, error_type) in BAD_FILES.items():
+        assert (by_name[name]["stage"], by_name[name]["error_type"]) == (stage, error_type), name
+        assert by_name[name]["segment_index"] == -1 and by_name[name]["message"]
+
+
+def test_outputs_match_their_schemas_and_carry_metadata(clean_run) -> None:
+    out, _, _ = clean_run
+    for name, schema in SCHEMAS.items():
+        files = sorted((out / name).glob("*.parquet"))
+        assert files, name
+        file_schema = pq.read_schema(files[0])
+        assert file_schema.remove_metadata().equals(schema.remove_metadata()), name
+        run_meta = json.loads(file_schema.metadata[b"hummingml.run"])
+        assert file_schema.metadata[b"hummingml.schema_version"].decode() == SCHEMA_VERSION
+        assert run_meta["random_weights"] is True
+        assert {m["kind"] for m in run_meta["models"]} == {"tiny"}
+    assert sorted(keys(out, "audio-feature")) == sorted(keys(out, "sine-audio-feature"))
+    assert len(set(keys(out, "audio-feature"))) == len(keys(out, "audio-feature"))
+
+
+def test_feature_rows_have_consistent_shapes(clean_run) -> None:
+    out, _, _ = clean_run
+    rows = pads.dataset(out / "audio-feature", format="parquet").to_table().to_pylist()
+    sine_rows = {(r["source_id"], r["segment_index"]): r
+                 for r in pads.dataset(out / "sine-audio-feature", format="parquet").to_table().to_pylist()}
+    for row in rows:
+        frames = row["n_frames"]
+        assert frames == -(-round(row["segment_duration_s"] * 22_050) // 256)
+        codes = np.array(row["channel_codes"])
+        assert codes.shape[0] == 2 and codes.shape[2] == frames
+        assert row["stem_names"] == ["drums", "bass", "vocals", "lead", "chordal", "other"]
+        assert all(np.array(c).shape[-1] == frames for c in row["stem_codes"])
+        sine = sine_rows[(row["source_id"], row["segment_index"])]
+        assert [m["stream"] for m in sine["melody"]] == ["mono", "vocals", "lead"]
+        assert np.array(sine["mono_codes"]).shape == (1, codes.shape[1], frames)
+
+
+def test_stored_sine_codes_are_the_encoding_of_the_stored_notes(clean_run, corpus) -> None:
+    from hummingml.models import load_dac
+    from hummingml.stages.codec import CodecConfig, encode
+    from hummingml.stages.pitch import NoteEvent
+    from hummingml.stages.synth import render_sine
+
+    out, _, _ = clean_run
+    row = pads.dataset(out / "sine-audio-feature", format="parquet").to_table().to_pylist()[0]
+    mono = row["melody"][0]
+    assert mono["notes"], "the mono reference of a song has notes"
+    notes = [NoteEvent(n["start_s"], n["end_s"], n["pitch"], n["amplitude"]) for n in mono["notes"]]
+    sine = render_sine(notes, round(row["segment_duration_s"] * 22_050))
+    model, _ = load_dac(ModelsConfig(kind="tiny", cache_dir=str(corpus.parent / "models")))
+    codes = encode(sine, 22_050, model, CodecConfig()).codes
+    np.testing.assert_array_equal(codes, np.array(mono["sine_codes"]))
+
+
+def test_rerun_skips_everything_and_duplicates_nothing(clean_run, corpus) -> None:
+    from hummingml.extract import run
+
+    out, first, _ = clean_run
+    before = sorted(keys(out, "audio-feature")), sorted(keys(out, "errors"))
+    log = io.StringIO()
+    summary = run(config(corpus, out), log=log)
+    assert "0 to process" in log.getvalue()
+    assert (sorted(keys(out, "audio-feature")), sorted(keys(out, "errors"))) == before
+    assert (summary["ok"], summary["failed"]) == (first["ok"], first["failed"])
+
+
+def test_killed_driver_then_rerun_equals_a_clean_run(clean_run, corpus, tmp_path) -> None:
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
+           "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
+           "--models-cache-dir", str(corpus.parent / "models")]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((out / "_commits").glob("*.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together, mid-run
+    proc.wait()
+    assert list((out / "_commits").glob("*.json")), "the run committed something before it was killed"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    clean_out = clean_run[0]
+    for name in ("audio-feature", "sine-audio-feature", "errors"):
+        assert sorted(keys(out, name)) == sorted(keys(clean_out, name)), name
+
+
+def test_manifest_and_sqlite_inputs(ray_local, corpus, tmp_path) -> None:
+    manifest = corpus / "manifest.jsonl"
+    sources = list_sources(str(manifest))
+    assert len(sources) == 2 and json.loads(sources[0].metadata)["tempo_bpm"] > 0
+    db = tmp_path / "tracks.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE tracks (path TEXT, artist TEXT)")
+        conn.executemany("INSERT INTO tracks VALUES (?, ?)",
+                         [(str(corpus / "mix" / f"song_0000{i}.wav"), f"a{i}") for i in range(2)])
+    sources = list_sources(f"sqlite:///{db}", query="SELECT path AS uri, artist FROM tracks ORDER BY path")
+    assert [Path(s.uri).name for s in sources] == ["song_00000.wav", "song_00001.wav"]
+    assert json.loads(sources[1].metadata) == {"artist": "a1"}
+    cfg = dataclasses.replace(config(corpus, tmp_path / "from-db"), input=f"sqlite:///{db}",
+                              query="SELECT path AS uri, artist FROM tracks", limit=1)
+    from hummingml.extract import run
+
+    summary = run(cfg, log=io.StringIO())
+    assert (summary["inputs"], summary["ok"]) == (1, 1)
+    row = pads.dataset(tmp_path / "from-db" / "audio-feature", format="parquet").to_table().to_pylist()[0]
+    assert json.loads(row["metadata"])["artist"] in {"a0", "a1"}
