@@ -19,13 +19,27 @@ T = TypeVar("T")
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from ``name: type = default  # comment`` lines of a dataclass body."""
+    """``{field: comment}`` from ``name: type = default  # comment`` lines of a dataclass body.
+
+    Comment-only lines right below a field line continue its comment.
+    """
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    pattern = re.compile(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$")
-    return {m.group(1): m.group(2).strip() for m in map(pattern.match, source.splitlines()) if m}
+    field_line = re.compile(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$")
+    continuation = re.compile(r"^\s+#\s*(.+)$")
+    comments: dict[str, str] = {}
+    last = None
+    for line in source.splitlines():
+        if m := field_line.match(line):
+            last = m.group(1)
+            comments[last] = m.group(2).strip()
+        elif last and (c := continuation.match(line)):
+            comments[last] += " " + c.group(1).strip()
+        else:
+            last = None
+    return comments
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -119,3 +133,14 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
             value = tuple(value)
         values[f.name] = value
     return cls(**values)
+
+
+def flags_markdown(cls: type) -> str:
+    """A Markdown table of the flags ``add_flags`` makes for ``cls`` (used to keep the docs current)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flags(parser, cls)
+    lines = ["| flag | meaning |", "|---|---|"]
+    for action in parser._actions:
+        flag = " / ".join(f"`{o}`" for o in action.option_strings)
+        lines.append(f"| {flag} | {(action.help or '').replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

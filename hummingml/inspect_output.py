@@ -73,13 +73,11 @@ def plot_report(out: str, png: str, n_examples: int = 2) -> str:
     fig, axes = plt.subplots(len(rows), 4, figsize=(20, 3.2 * len(rows)), squeeze=False)
     for ax_row, row in zip(axes, rows, strict=True):
         title = f"{Path(row['source_uri']).name} #{row['segment_index']}"
-        for stream in row["melody"]:
-            for n in stream["notes"]:
+        for k, stream in enumerate(row["melody"]):
+            for j, n in enumerate(stream["notes"]):
                 ax_row[0].plot([n["start_s"], n["end_s"]], [n["pitch"], n["pitch"]], lw=4, alpha=0.6,
-                               label=stream["stream"])
-        handles, labels = ax_row[0].get_legend_handles_labels()
-        unique = dict(zip(labels, handles, strict=True))
-        ax_row[0].legend(unique.values(), unique.keys(), fontsize=7)
+                               color=f"C{k}", label=stream["stream"] if j == 0 else None)
+        ax_row[0].legend(fontsize=7)
         ax_row[0].set(title=f"{title}: notes", xlabel="s", ylabel="MIDI pitch")
         first = row["melody"][min(1, len(row["melody"]) - 1)]
         notes = [NoteEvent(n["start_s"], n["end_s"], n["pitch"], n["amplitude"]) for n in first["notes"]]

@@ -50,3 +50,14 @@ def test_help_comes_from_field_comments(capsys: pytest.CaptureFixture[str]) -> N
 def test_round_trip_through_asdict() -> None:
     cfg = Outer("x", 2.0, ("c",), True, None, Inner("full", 4))
     assert from_dict(Outer, dataclasses.asdict(cfg)) == cfg
+
+
+def test_extract_flags_doc_is_current() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "docs" / "render_flags.py"
+    spec = importlib.util.spec_from_file_location("render_flags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (path.parent / "extract-flags.md").read_text() == module.render()

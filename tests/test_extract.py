@@ -189,3 +189,30 @@ def test_manifest_and_sqlite_inputs(ray_local, corpus, tmp_path) -> None:
     assert (summary["inputs"], summary["ok"]) == (1, 1)
     row = pads.dataset(tmp_path / "from-db" / "audio-feature", format="parquet").to_table().to_pylist()[0]
     assert json.loads(row["metadata"])["artist"] in {"a0", "a1"}
+
+
+def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, corpus, tmp_path) -> None:
+    import psutil
+
+    out = tmp_path / "actor-killed"
+    cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
+           "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
+           "--models-cache-dir", str(corpus.parent / "models")]
+    proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        # kill the codec actor once it has work in flight: after the first commit it has taken the next segment
+        if list((out / "_commits").glob("*.json")):
+            for p in psutil.process_iter(["cmdline"]):
+                if any("MapBatches(CodecStep)" in part for part in p.info["cmdline"] or []):
+                    p.kill()
+                    killed = p.pid
+                    break
+        time.sleep(0.1)
+    assert killed is not None, "found a codec actor to kill while the job ran"
+    assert proc.wait(timeout=600) == 0
+    clean_out = clean_run[0]
+    for name in ("audio-feature", "sine-audio-feature", "errors"):
+        assert sorted(keys(out, name)) == sorted(keys(clean_out, name)), name
