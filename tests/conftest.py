@@ -34,3 +34,22 @@ def ray_local():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_features(ray_local, tmp_path_factory):
+    """A small extraction output (two 4 s songs, tiny models) shared by the training tests."""
+    import io
+
+    from hummingml.corpus import write_corpus
+    from hummingml.extract import run
+    from hummingml.models import ModelsConfig
+    from hummingml.pipeline import ExtractConfig
+
+    root = tmp_path_factory.mktemp("features")
+    write_corpus(root / "corpus", n_songs=2, seed=5, seconds=4.0)
+    cfg = ExtractConfig(input=str(root / "corpus" / "manifest.jsonl"), output=str(root / "features"), segment_s=4.0,
+                        models=ModelsConfig(kind="tiny", cache_dir=str(root / "models")))
+    summary = run(cfg, log=io.StringIO())
+    assert summary["ok"] == 2
+    return root / "features"

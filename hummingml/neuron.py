@@ -1,0 +1,288 @@
+"""Trainium path: swap the plain model's layers for neuronx-distributed (NxD) parallel layers, NxD ZeRO-1, Ray config.
+
+Importable without the Neuron SDK: ``neuronx_distributed``, ``torch_xla`` and ``ray`` are imported inside the
+functions that need them. The swap walks the same FQNs as ``hummingml.parallelize.tp_plan``:
+
+====================================  ===========================================  ============================
+module                                NxD layer                                    local weight on rank r
+====================================  ===========================================  ============================
+``layers.{i}.attention.{wq,wk,wv}``   ``ColumnParallelLinear(gather_output=False)``  rows r*out/tp..(r+1)*out/tp
+``layers.{i}.feed_forward.{w1,w3}``   ``ColumnParallelLinear(gather_output=False)``  same
+``output``                            ``ColumnParallelLinear(gather_output=False)``  same (vocab-sharded logits)
+``layers.{i}.attention.wo``           ``RowParallelLinear(input_is_parallel=True)``  columns r*in/tp..
+``layers.{i}.feed_forward.w2``        ``RowParallelLinear(input_is_parallel=True)``  same
+``tok_embeddings``                    ``ParallelEmbedding`` (vocab-sharded)          rows r*n/tp..
+====================================  ===========================================  ============================
+
+The loss becomes ``parallel_cross_entropy`` on the vocab-sharded logits. With sequence parallelism the residual
+stream is sharded along dim 1 (our layout is batch-first, so every layer gets ``sequence_dimension=1``): block 0's
+input is scattered, column-parallel layers all-gather their input, row-parallel layers reduce-scatter their
+output, and norm weights are tagged ``sequence_parallel_enabled`` so NxD's optimizer all-reduces their grads.
+
+Usage in a Ray Train worker on trn1/trn2 (not run in CI: no Neuron SDK there)::
+
+    nxd_config = neuron_config(cfg.parallel, cfg.optim)
+    model = neuron_model(cfg.model, nxd_config)
+    optimizer = neuron_optimizer(model, cfg.optim, nxd_config)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from hummingml.model import SDPA, CodecLM, HummingLM, TokenLoss, TransformerBlock
+from hummingml.train_config import ModelConfig, OptimConfig, ParallelConfig
+
+_COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
+_ROW = ("attention.wo", "feed_forward.w2")
+_NEEDS = "the Neuron SDK's torch-neuronx and neuronx-distributed (see README: Trainium hosts)"
+
+
+class LayerFactory(Protocol):
+    """Builds the parallel replacement of one module from its already-sliced local weights."""
+
+    tp_rank: int
+
+    def column(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
+        """Column-parallel ``linear``: ``weight`` (out / tp, in), ``bias`` (out / tp,) or None."""
+        ...
+
+    def row(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
+        """Row-parallel ``linear``: ``weight`` (out, in / tp), ``bias`` (out,) (not sharded) or None."""
+        ...
+
+    def embedding(self, name: str, embedding: nn.Embedding, weight: Tensor) -> nn.Module:
+        """Vocab-parallel ``embedding``: ``weight`` (num_embeddings / tp, embedding_dim)."""
+        ...
+
+    def loss(self) -> TokenLoss:
+        """The loss head for vocab-sharded logits."""
+        ...
+
+    def scatter_to_sequence(self, x: Tensor, dim: int) -> Tensor:
+        """This rank's chunk of ``x`` along ``dim`` (gradient: all-gather)."""
+        ...
+
+
+class NxDTokenLoss(TokenLoss):
+    """:class:`TokenLoss` on vocab-sharded logits: NxD ``parallel_cross_entropy``; metrics on gathered logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from neuronx_distributed.parallel_layers import parallel_cross_entropy
+        from neuronx_distributed.parallel_layers.mappings import gather_from_tensor_model_parallel_region
+
+        self._ce = parallel_cross_entropy
+        self._gather = gather_from_tensor_model_parallel_region
+
+    def per_token(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # parallel_cross_entropy has no ignore_index: clamp, then TokenLoss masks the ignored positions.
+        return self._ce(logits.float(), labels.clamp(min=0))
+
+    def full_vocab(self, logits: Tensor) -> Tensor:
+        return self._gather(logits)
+
+
+class NxDLayers:
+    """The real :class:`LayerFactory`: NxD layers for this process's tensor-parallel rank."""
+
+    def __init__(self) -> None:
+        try:
+            from neuronx_distributed.parallel_layers import (
+                ColumnParallelLinear,
+                ParallelEmbedding,
+                RowParallelLinear,
+                parallel_state,
+            )
+            from neuronx_distributed.parallel_layers.mappings import scatter_to_sequence_parallel_region
+        except ImportError as e:
+            raise ImportError(f"parallelize_neuron needs {_NEEDS}") from e
+        if not parallel_state.model_parallel_is_initialized():
+            raise RuntimeError("call neuron_config (nxd.neuronx_distributed_config) before building the model")
+        self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+        self.tp_size = parallel_state.get_tensor_model_parallel_size()
+        self._column, self._row, self._embedding = ColumnParallelLinear, RowParallelLinear, ParallelEmbedding
+        self._scatter = scatter_to_sequence_parallel_region
+
+    @staticmethod
+    @torch.no_grad()
+    def _load(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        return layer
+
+    def column(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
+        layer = self._column(
+            input_size=linear.in_features,
+            output_size=linear.out_features,
+            bias=bias is not None,
+            gather_output=False,
+            dtype=weight.dtype,
+            sequence_parallel_enabled=sp,
+            sequence_dimension=1 if sp else None,
+        )
+        return self._load(layer, weight, bias)
+
+    def row(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
+        layer = self._row(
+            input_size=linear.in_features,
+            output_size=linear.out_features,
+            bias=bias is not None,
+            input_is_parallel=True,
+            dtype=weight.dtype,
+            sequence_parallel_enabled=sp,
+            sequence_dimension=1 if sp else None,
+        )
+        return self._load(layer, weight, bias)
+
+    def embedding(self, name: str, embedding: nn.Embedding, weight: Tensor) -> nn.Module:
+        layer = self._embedding(
+            embedding.num_embeddings, embedding.embedding_dim, dtype=weight.dtype, shard_across_embedding=False
+        )
+        return self._load(layer, weight, None)
+
+    def loss(self) -> TokenLoss:
+        return NxDTokenLoss()
+
+    def scatter_to_sequence(self, x: Tensor, dim: int) -> Tensor:
+        return self._scatter(x, sequence_dimension=dim)
+
+
+def _shard(t: Tensor, tp: int, rank: int, dim: int) -> Tensor:
+    return t.detach().chunk(tp, dim=dim)[rank].clone()
+
+
+def _set(model: nn.Module, fqn: str, module: nn.Module) -> None:
+    parent, _, child = fqn.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def parallelize_neuron(
+    model: CodecLM, tp_size: int, sequence_parallel: bool, layers: LayerFactory | None = None
+) -> CodecLM:
+    """Swap every Linear / Embedding of ``model`` (built and initialised identically on all ranks) for its
+    tensor-parallel NxD counterpart holding this rank's slice, in place (table in the module docstring).
+
+    ``layers`` defaults to :class:`NxDLayers` (needs an initialised NxD parallel state); tests pass a fake.
+    """
+    cfg = model.cfg
+    for what, n in (
+        ("n_heads", cfg.n_heads),
+        ("d_ff", cfg.d_ff),
+        ("codebook_size", cfg.codebook_size),
+        ("tok_embeddings rows", model.tok_embeddings.num_embeddings),
+    ):
+        if n % tp_size:
+            raise ValueError(f"{what}={n} is not divisible by tp={tp_size}")
+    layers = layers if layers is not None else NxDLayers()
+    rank, sp = layers.tp_rank, sequence_parallel and tp_size > 1
+    for i in range(len(model.layers)):
+        for suffix in _COLUMN + _ROW:
+            fqn = f"layers.{i}.{suffix}"
+            owner, _, attr = fqn.rpartition(".")
+            linear = getattr(model.get_submodule(owner), attr)
+            if linear is None:  # w3 of a GELU MLP
+                continue
+            if suffix in _COLUMN:
+                bias = None if linear.bias is None else _shard(linear.bias, tp_size, rank, 0)
+                new = layers.column(fqn, linear, _shard(linear.weight, tp_size, rank, 0), bias, sp)
+            else:
+                bias = None if linear.bias is None else linear.bias.detach().clone()
+                new = layers.row(fqn, linear, _shard(linear.weight, tp_size, rank, 1), bias, sp)
+            _set(model, fqn, new)
+        if sp:
+            block = model.layers[i]
+            for norm in (block.attention_norm, block.ffn_norm):
+                norm.weight.sequence_parallel_enabled = True  # NxD all-reduces these grads over TP
+    head = model.output
+    model.output = layers.column("output", head, _shard(head.weight, tp_size, rank, 0), None, sp)
+    model.tok_embeddings = layers.embedding(
+        "tok_embeddings", model.tok_embeddings, _shard(model.tok_embeddings.weight, tp_size, rank, 0)
+    )
+    model.loss = layers.loss()
+    if sp:
+        model.norm.weight.sequence_parallel_enabled = True
+
+        def scatter_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (layers.scatter_to_sequence(args[0], 1), *args[1:])
+
+        model.layers[0].register_forward_pre_hook(scatter_input)
+        model.pad_multiple = math.lcm(model.pad_multiple, tp_size)  # every sequence shard gets S / tp positions
+    return model
+
+
+def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any]:
+    """``nxd.neuronx_distributed_config`` for our configs (also initialises NxD's parallel state).
+
+    Activation checkpointing: "full" checkpoints each :class:`TransformerBlock`, "selective" the attention
+    core :class:`SDPA` (NxD's own selective recipe checkpoints its CoreAttention the same way).
+    """
+    import neuronx_distributed as nxd
+
+    ac = {"none": None, "full": [TransformerBlock], "selective": [SDPA]}[parallel.activation_checkpoint]
+    return nxd.neuronx_distributed_config(
+        tensor_parallel_size=parallel.tp,
+        optimizer_config={
+            "zero_one_enabled": parallel.zero1,
+            "grad_clipping": optim.grad_clip > 0,
+            "max_grad_norm": optim.grad_clip if optim.grad_clip > 0 else 1.0,
+        },
+        sequence_parallel=parallel.sequence_parallel and parallel.tp > 1,
+        activation_checkpoint_config=ac,
+    )
+
+
+def neuron_model(
+    model_cfg: ModelConfig, nxd_config: dict[str, Any], model_cls: type[CodecLM] = HummingLM, seed: int = 0
+) -> nn.Module:
+    """``nxd.initialize_parallel_model`` of ``model_cls(model_cfg)`` parallelised by :func:`parallelize_neuron`.
+
+    Every rank builds the full model on CPU from the same ``seed`` and keeps its own slices, then NxD moves it to
+    the XLA device and applies activation checkpointing. ``model_cfg.pad_to_max`` must be set: one static
+    sequence length, so XLA compiles one graph and no step waits on a host read of the batch's longest row.
+    """
+    if not model_cfg.pad_to_max:
+        raise ValueError("set ModelConfig.pad_to_max=True for Neuron (static shapes)")
+    import neuronx_distributed as nxd
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        model = model_cls(model_cfg)
+        return parallelize_neuron(model, nxd_config["tensor_parallel_size"], nxd_config["sequence_parallel"])
+
+    return nxd.initialize_parallel_model(nxd_config, build)
+
+
+def neuron_optimizer(model: nn.Module, optim: OptimConfig, nxd_config: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW through ``nxd.initialize_parallel_optimizer``: NeuronZero1Optimizer when ``zero_one_enabled``.
+
+    NxD's optimizer wrapper also all-reduces sequence-parallel norm grads, reduces grads over dp and clips.
+    """
+    import neuronx_distributed as nxd
+
+    from hummingml.parallelize import param_groups
+
+    groups = param_groups(model, optim.weight_decay)
+    return nxd.initialize_parallel_optimizer(
+        nxd_config, torch.optim.AdamW, groups, lr=optim.lr, betas=optim.betas, eps=optim.eps
+    )
+
+
+def neuron_train_config(num_workers: int, neuron_parallel_compile: bool = False) -> dict[str, Any]:
+    """``TorchTrainer`` keyword arguments for Trainium: one worker per NeuronCore, XLA process group.
+
+    ``TorchTrainer(train_fn, **neuron_train_config(32), run_config=...)``. ``neuron_parallel_compile`` runs
+    the graph-extraction pass of ``neuron_parallel_compile`` (Ray's TorchXLAConfig field of that name).
+    """
+    from ray.train import ScalingConfig
+    from ray.train.torch.xla import TorchXLAConfig
+
+    return {
+        "torch_config": TorchXLAConfig(neuron_parallel_compile=neuron_parallel_compile),
+        "scaling_config": ScalingConfig(num_workers=num_workers, resources_per_worker={"neuron_cores": 1}),
+    }

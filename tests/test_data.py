@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from hummingml.data import DataConfig, examples_from_row, split_of
+
+K, F = 4, 200
+
+
+def row(notes: bool = True, instruments: dict | None = None) -> dict:
+    rng = np.random.default_rng(0)
+    codes = lambda: rng.integers(0, 1024, (1, K, F))  # noqa: E731
+    note = [{"start_s": 0.1, "end_s": 0.5, "pitch": 60, "amplitude": 0.8}] if notes else []
+    return {
+        "source_id": "s",
+        "segment_index": 0,
+        "metadata": json.dumps({"instruments": instruments or {}}),
+        "stem_names": ["drums", "bass", "vocals", "lead", "chordal", "other"],
+        "stem_codes": [codes() for _ in range(6)],
+        "mono_codes": codes(),
+        "melody": [{"stream": s, "notes": note, "sine_codes": codes()} for s in ("mono", "vocals", "lead")],
+    }
+
+
+def test_examples_are_aligned_windows_with_a_separate_timbre_clip() -> None:
+    r = row()
+    cfg = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, augment=False)
+    examples = list(examples_from_row(r, cfg, cond_codebooks=2, codebook_size=1024, split="all"))
+    assert [e["part"] for e in examples] == ["vocals", "lead"]
+    for e in examples:
+        stem = r["stem_codes"][r["stem_names"].index(e["part"])][0]
+        sine = next(m for m in r["melody"] if m["stream"] == e["part"])["sine_codes"][0]
+        assert e["target"].shape == (K, 64) and e["timbre"].shape == (K, 32)
+        assert e["sine"].shape == e["mono"].shape == (2, 64)
+        # find the window: the target is a slice of the stem, and sine/mono are the same slice of their streams
+        starts = [s for s in range(F - 63) if np.array_equal(stem[:, s : s + 64], e["target"])]
+        assert len(starts) == 1
+        y = starts[0]
+        np.testing.assert_array_equal(e["sine"], sine[:2, y : y + 64])
+        np.testing.assert_array_equal(e["mono"], r["mono_codes"][0][:2, y : y + 64])
+        t = next(s for s in range(F - 31) if np.array_equal(stem[:, s : s + 32], e["timbre"]))
+        assert t + 32 <= y or y + 64 <= t  # the timbre clip never overlaps the target window
+
+
+def test_augmentation_changes_conditioning_but_not_target_shapes() -> None:
+    cfg = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, mono_noise=0.5, jitter_frames=2)
+    plain = list(
+        examples_from_row(
+            row(),
+            DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, augment=False),
+            2,
+            1024,
+            split="all",
+        )
+    )
+    aug = list(examples_from_row(row(), cfg, 2, 1024, split="all"))
+    assert all(16 <= e["timbre"].shape[1] <= 32 and e["target"].shape == (K, 64) for e in aug)
+    assert any(not np.array_equal(a["mono"], p["mono"]) for a, p in zip(aug, plain, strict=True))
+
+
+def test_examples_are_deterministic_per_epoch() -> None:
+    cfg = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32)
+    a = list(examples_from_row(row(), cfg, 2, 1024, epoch=1, split="all"))
+    b = list(examples_from_row(row(), cfg, 2, 1024, epoch=1, split="all"))
+    assert all(np.array_equal(x["target"], y["target"]) for x, y in zip(a, b, strict=True))
+
+
+def test_parts_without_notes_and_short_segments_give_nothing() -> None:
+    assert list(examples_from_row(row(notes=False), DataConfig(frames=64), 2, 1024, split="all")) == []
+    assert list(examples_from_row(row(), DataConfig(frames=190, timbre_min_frames=16), 2, 1024, split="all")) == []
+
+
+def test_held_out_instruments_form_the_unseen_split() -> None:
+    cfg = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, holdout_instruments=("flute",))
+    r = row(instruments={"lead": "flute", "vocals": "voice-ah"})
+    assert split_of(r["metadata"], "lead", cfg) == "unseen"
+    assert [e["part"] for e in examples_from_row(r, cfg, 2, 1024, split="train")] == ["vocals"]
+    assert [e["part"] for e in examples_from_row(r, cfg, 2, 1024, split="unseen")] == ["lead"]
