@@ -1,0 +1,163 @@
+"""Extraction across two Ray nodes on one machine; the second node dies mid-run and the job still accounts for all."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from hummingml.corpus import write_corpus
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "ray"), "start", "--block", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_for_nodes(address: str, n: int, env: dict[str, str]) -> None:
+    code = f"import ray; ray.init(address='{address}'); print(len([x for x in ray.nodes() if x['Alive']]))"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        if out.stdout.strip().endswith(str(n)):
+            return
+        time.sleep(2)
+    pytest.fail(f"{n} Ray nodes did not come up")
+
+
+def actors_on_node(pgid: int) -> int:
+    """Pipeline actors started by the raylet of the node whose ``ray start`` leads process group ``pgid``.
+
+    Actor processes get their own session, but their parent is their node's raylet.
+    """
+    import psutil
+
+    procs = list(psutil.process_iter(["ppid", "cmdline"]))
+    raylets = set()
+    for p in procs:
+        try:
+            if os.getpgid(p.pid) == pgid and any(part.endswith("/raylet") for part in p.info["cmdline"] or []):
+                raylets.add(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return sum(1 for p in procs if p.info["ppid"] in raylets and "MapWorker" in " ".join(p.info["cmdline"] or []))
+
+
+def keys(out: Path, name: str) -> list[tuple[str, int]]:
+    table = pads.dataset(out / name, format="parquet").to_table(columns=["source_id", "segment_index"])
+    return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))
+
+
+def test_second_node_dies_mid_run(tmp_path) -> None:
+    write_corpus(tmp_path / "corpus", n_songs=4, seed=3, seconds=4.0)
+    (tmp_path / "corpus" / "mix" / "junk.wav").write_bytes(b"not audio" * 10)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    # token auth on, as in every documented setup; the nodes and the driver share the token
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+    }
+    head = start_node(
+        [
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--ray-client-server-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+        ],
+        env,
+    )
+    worker = None
+    try:
+        wait_for_nodes(address, 1, env)
+        worker = start_node(
+            [
+                "--address",
+                address,
+                "--num-cpus",
+                "2",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                "--metrics-export-port",
+                str(free_port()),
+            ],
+            env,
+        )
+        wait_for_nodes(address, 2, env)
+        out = tmp_path / "out"
+        job = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ray_jobs.extract",
+                "--input",
+                str(tmp_path / "corpus" / "mix"),
+                "--output",
+                str(out),
+                "--segment-s",
+                "2",
+                "--commit-rows",
+                "1",
+                "--models-cache-dir",
+                str(tmp_path / "models"),
+            ],
+            env={**env, "RAY_ADDRESS": address},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(list((out / "_commits").glob("*.json"))) < 2:
+            time.sleep(0.2)
+        on_second = actors_on_node(worker.pid)
+        assert job.poll() is None, "the job was still running when the node was killed"
+        assert on_second > 0, "pipeline actors ran on the second node when it was killed"
+        os.killpg(worker.pid, signal.SIGKILL)  # the second node and every worker on it die at once
+        log, _ = job.communicate(timeout=600)
+        assert job.returncode == 0, log[-4000:]
+        assert "5 inputs: 4 ok, 1 failed, 0 unaccounted" in log
+        features = keys(out, "audio-feature")
+        assert len(features) == len(set(features)) == 4 * 2  # four 4 s songs in 2 s segments, no duplicates
+        assert sorted(keys(out, "sine-audio-feature")) == sorted(features)
+    finally:
+        for proc in (worker, head):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
