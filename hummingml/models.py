@@ -262,7 +262,7 @@ def reachable(host: str, port: int, timeout_s: float) -> bool:
 
 def _offline_error(what: str, reason: str, cfg: ModelsConfig) -> ModelUnavailableError:
     return ModelUnavailableError(
-        f"{what} is not on this machine and cannot be downloaded ({reason}). Pass local files instead: "
+        f"The {what} are not on this machine and cannot be downloaded ({reason}). Pass local files instead: "
         f"--dac-weights PATH (the DAC 44 kHz file {DAC_PRETRAINED_FILE}) and --demucs-repo DIR (a Demucs model repo "
         f"holding {cfg.demucs_name}.yaml and its <sig>.th files), or run `hummingml models prepare --kind pretrained` "
         f"on a machine with internet and copy its cache directory to {cache_dir(cfg)} (--cache-dir or ${CACHE_ENV}). "
@@ -332,13 +332,13 @@ def _pretrained_dac_path(cfg: ModelsConfig) -> Path:
             return candidate
     if not reachable(*DAC_HOST, cfg.connect_timeout_s):
         raise _offline_error(
-            "The pretrained DAC 44 kHz weights", f"{DAC_HOST[0]} unreachable within {cfg.connect_timeout_s:g} s", cfg
+            "pretrained DAC 44 kHz weights", f"{DAC_HOST[0]} unreachable within {cfg.connect_timeout_s:g} s", cfg
         )
     dac = _require("dac")
     try:
         return Path(dac.utils.download(model_type=DAC_MODEL_TYPE, model_bitrate=DAC_BITRATE, tag=DAC_TAG))
     except Exception as exc:
-        raise _offline_error("The pretrained DAC 44 kHz weights", f"download failed: {exc}", cfg) from exc
+        raise _offline_error("pretrained DAC 44 kHz weights", f"download failed: {exc}", cfg) from exc
 
 
 def load_dac(cfg: ModelsConfig) -> tuple[Any, ModelIdentity]:
@@ -477,7 +477,7 @@ def _pretrained_demucs_repo(cfg: ModelsConfig) -> tuple[Path, str]:
         return repo, short
     except Exception:
         pass
-    what = f"The pretrained Demucs model {cfg.demucs_name}"
+    what = f"pretrained Demucs weights of {cfg.demucs_name}"
     if _hub_offline():
         raise _offline_error(what, "HF_HUB_OFFLINE is set", cfg)
     if not reachable(*HF_HOST, cfg.connect_timeout_s):

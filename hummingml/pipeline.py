@@ -46,6 +46,8 @@ class ExtractConfig:
     limit: int = 0  # process at most this many inputs (0 = all)
     retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
     commit_rows: int = 8  # segments per committed batch (per output file)
+    plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
+    wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
     models: ModelsConfig = field(default_factory=ModelsConfig)
     pitch: PitchConfig = field(default_factory=PitchConfig)
     separate: SeparateConfig = field(default_factory=SeparateConfig)  # its ``models`` is replaced by ``models``

@@ -6,6 +6,7 @@ This is the only library module that imports ``ray.data``.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ COMMIT_CPUS = 0.1
 MODEL_CPUS = {"separate": 0.5, "pitch": 0.25, "codec": 0.5}
 # Share of the remaining CPUs per model stage, from measured real-time factors (codec >> separate >> pitch).
 CPU_SHARE = {"separate": 0.25, "pitch": 0.1, "codec": 0.65}
+MIN_CPUS = DECODE_CPUS + COMMIT_CPUS + sum(MODEL_CPUS.values())  # one actor per model stage, one decode task
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,37 @@ def plan_pools(cpus: float, gpus: float) -> dict[str, PoolPlan]:
         biggest = max(sizes, key=lambda s: sizes[s] * MODEL_CPUS[s])
         sizes[biggest] -= 1
     if used() > free + 1e-9:
-        raise ValueError(
-            f"the cluster has {cpus} CPUs; extraction needs at least "
-            f"{DECODE_CPUS + COMMIT_CPUS + sum(MODEL_CPUS.values())}"
-        )
+        raise ValueError(f"the cluster has {cpus} CPUs; extraction needs at least {MIN_CPUS}")
     plans = {}
     for stage, per_actor in MODEL_CPUS.items():
         use_gpu = gpus >= 1 and stage in ("separate", "codec")
         plans[stage] = PoolPlan(max(1, int(gpus)) if use_gpu else sizes[stage], per_actor, 0.5 if use_gpu else 0.0)
     return plans
+
+
+def cluster_cpus(cfg: ExtractConfig, poll_s: float = 5.0) -> float:
+    """The CPUs to size the pools for: ``cfg.plan_cpus`` or the cluster's, waiting for an autoscaler if needed.
+
+    On an autoscaling cluster the workers may not be up when the job starts: the job asks the autoscaler for
+    what it plans for (``ray.autoscaler.sdk.request_resources``) and waits up to ``cfg.wait_for_cpus_s`` for at
+    least ``MIN_CPUS``.
+    """
+    want = max(cfg.plan_cpus, MIN_CPUS)
+    have = ray.cluster_resources().get("CPU", 0.0)
+    if have < want:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(num_cpus=math.ceil(want))
+    deadline = time.monotonic() + cfg.wait_for_cpus_s
+    while have < MIN_CPUS:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"the cluster has {have} CPUs after waiting {cfg.wait_for_cpus_s:.0f} s; extraction needs at least "
+                f"{MIN_CPUS} (start workers, or raise --wait-for-cpus-s on an autoscaling cluster)"
+            )
+        time.sleep(poll_s)
+        have = ray.cluster_resources().get("CPU", 0.0)
+    return cfg.plan_cpus or have
 
 
 def _decode(batch: Batch, cfg: ExtractConfig) -> Batch:
@@ -83,8 +107,7 @@ def build_dataset(
     frame_rate: float,
 ) -> ray.data.Dataset:
     """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (one actor)."""
-    resources = ray.cluster_resources()
-    plans = plan_pools(resources.get("CPU", 1.0), resources.get("GPU", 0.0))
+    plans = plan_pools(cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0))
     first = source_rows(sources, skip)
     items = [
         {"source_id": s, "segment_index": i, "payload": p}

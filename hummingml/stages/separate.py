@@ -186,14 +186,19 @@ def separate_batch(
     for i, mix in enumerate(mixes):
         by_length[mix.shape[-1]].append(i)
     results: list[Stems | None] = [None] * len(audios)
-    for indices in by_length.values():
+    for length, indices in by_length.items():
+        if length == 0:
+            for i in indices:
+                results[i] = _collect_stems(np.zeros((len(model.sources), 2, 0), np.float32), list(model.sources),
+                                            mapping, model_rate, audios[i].shape[-1], rates[i], cfg.output_sample_rate)
+            continue
         for k in range(0, len(indices), cfg.batch_size):
             batch = indices[k : k + cfg.batch_size]
             x = torch.from_numpy(np.stack([mixes[i] for i in batch]))  # (B, 2, T)
             # Demucs' own normalisation (demucs.api): zero mean, unit std of the mono reference, per clip.
             ref = x.mean(dim=1)  # (B, T)
             mean = ref.mean(dim=1)[:, None, None]
-            std = ref.std(dim=1)[:, None, None] + 1e-8
+            std = (ref.std(dim=1) if length > 1 else torch.zeros(len(batch)))[:, None, None] + 1e-8
             with _python_random_seed(cfg.seed):
                 out = apply_model(
                     model, (x - mean) / std, shifts=cfg.shifts, split=True, overlap=cfg.overlap,
@@ -223,8 +228,8 @@ def _collect_stems(
 def separate(audio: F32, sample_rate: int, model: Any, cfg: SeparateConfig = SeparateConfig()) -> Stems:
     """Split a mix into our six stems with Demucs.
 
-    Long audio runs in overlapping segments (``apply_model(split=True)``), so memory beyond the output is bounded by
-    one segment.
+    Long audio runs in overlapping segments (``apply_model(split=True)``), so the memory beyond the input and the
+    output is that of one segment.
 
     Args:
         audio: float32 ``(channels, samples)``, mono (duplicated to stereo) or stereo, any rate (resampled to the

@@ -121,3 +121,7 @@ def test_ray_batch_call(codec) -> None:
     assert out["codes"][1].shape == (2, 4, -(-audio[1].shape[1] // 512))
     assert out["frame_rate"].tolist() == pytest.approx([44_100 / 512] * 2)
     assert codec.identity is not None and codec.identity.random_weights
+
+
+def test_empty_audio_has_zero_frames(codec) -> None:
+    assert codec.encode(np.zeros((2, 0), np.float32), FEATURE_SAMPLE_RATE).codes.shape == (2, 4, 0)

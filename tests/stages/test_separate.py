@@ -166,3 +166,9 @@ def test_ray_batch_call(separator) -> None:
     assert out["stem_sample_rate"].tolist() == [22_050, 44_100]
     for stem in STEMS:
         assert out[f"stem_{stem}"][0].shape == (2, 11_025) and out[f"stem_{stem}"][1].shape == (2, 22_050)
+
+
+@pytest.mark.parametrize("n_samples", [0, 1, 100])
+def test_very_short_clips_give_stems_of_their_length(separator, n_samples) -> None:
+    stems = separator.separate(np.full((2, n_samples), 0.1, np.float32), 44_100)
+    assert stems.stacked().shape == (6, 2, n_samples) and np.isfinite(stems.stacked()).all()

@@ -1,0 +1,361 @@
+"""Deployment files: cluster.yaml through Ray's own autoscaler validation, the KubeRay manifests, and the docs.
+
+Offline only: no AWS, no Kubernetes. What these tests cannot check (AMIs, IAM, the CRDs installed in a cluster) is
+listed in docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = REPO / "cluster.yaml"
+KUBERAY = REPO / "deploy" / "kuberay"
+DOCS = REPO / "docs"
+TOKEN_SECRET = "hummingml-ray-auth"  # Kubernetes Secret (key auth_token), created from AWS Secrets Manager
+FSX_MOUNT = "/fsx"
+PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
+RAY_PORTS = {8265, 6379, 10001}  # dashboard + jobs API, GCS, Ray client
+
+
+def load_cluster() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def prepared_cluster() -> dict[str, Any]:
+    """cluster.yaml merged with Ray's AWS defaults, as `ray up` does before it talks to AWS."""
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(copy.deepcopy(load_cluster()))
+
+
+def kuberay_docs() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (path.name, doc)
+        for path in sorted(KUBERAY.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def one(kind: str, name: str) -> dict[str, Any]:
+    found = [doc for _, doc in kuberay_docs() if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    """(where, RayClusterSpec) of every RayCluster and of every RayJob that brings its own cluster."""
+    specs = []
+    for file, doc in kuberay_docs():
+        if doc["kind"] == "RayCluster":
+            specs.append((f"{file}:{doc['metadata']['name']}", doc["spec"]))
+        elif doc["kind"] == "RayJob" and "rayClusterSpec" in doc["spec"]:
+            specs.append((f"{file}:{doc['metadata']['name']}", doc["spec"]["rayClusterSpec"]))
+    return specs
+
+
+def pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [spec["headGroupSpec"]["template"]] + [group["template"] for group in spec.get("workerGroupSpecs", [])]
+
+
+def ray_start_resources(params: dict[str, str]) -> dict[str, float]:
+    """``rayStartParams.resources`` as KubeRay reads it: surrounding quotes trimmed, then JSON."""
+    return json.loads(params.get("resources", "{}").strip("'\"` "))
+
+
+def entrypoint_args(job: dict[str, Any], module: str) -> list[str]:
+    """The flags after ``python -m MODULE``; placeholders get syntactically valid stand-ins."""
+    entrypoint = re.sub(r"REPLACE_ME_\w*SHA256", "0" * 64, job["spec"]["entrypoint"])
+    argv = shlex.split(entrypoint)
+    assert argv[:3] == ["python", "-m", module], argv[:3]
+    return argv[3:]
+
+
+def all_commands(cfg: dict[str, Any]) -> list[str]:
+    commands = [
+        c
+        for key in (
+            "initialization_commands",
+            "setup_commands",
+            "head_setup_commands",
+            "worker_setup_commands",
+            "head_start_ray_commands",
+            "worker_start_ray_commands",
+        )
+        for c in cfg.get(key, [])
+    ]
+    for node_type in cfg["available_node_types"].values():
+        commands += node_type.get("worker_setup_commands", []) + node_type.get("initialization_commands", [])
+    return commands
+
+
+# ---------------------------------------------------------------------------------------------------- cluster.yaml
+
+
+def test_cluster_yaml_passes_rays_validation() -> None:
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = prepared_cluster()
+    validate_config(cfg)
+    assert cfg["provider"]["type"] == "aws"
+    assert cfg["available_node_types"][cfg["head_node_type"]]["max_workers"] == 0
+    # Every default command was replaced: nothing installs Ray's nightly wheel or starts a public dashboard.
+    joined = "\n".join(all_commands(cfg))
+    assert "ray-wheels" not in joined and "0.0.0.0" not in joined
+
+
+def test_rays_validation_rejects_an_unknown_node_type_field() -> None:
+    import jsonschema
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = prepared_cluster()
+    cfg["available_node_types"]["trn1_train"]["neuron_cores"] = 32  # belongs under resources
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(cfg)
+
+
+def test_node_types() -> None:
+    from ray._private.accelerators.neuron import AWS_NEURON_INSTANCE_MAP
+
+    types = load_cluster()["available_node_types"]
+    instance = {name: t["node_config"]["InstanceType"] for name, t in types.items()}
+    assert instance == {
+        "head": "m7i.2xlarge",
+        "cpu_extract": "c7i.8xlarge",
+        "gpu_extract": "g6.xlarge",
+        "trn1_train": "trn1.32xlarge",
+    }
+    assert types["head"]["resources"] == {"CPU": 0}
+    assert types["cpu_extract"]["min_workers"] < types["cpu_extract"]["max_workers"]
+    assert types["gpu_extract"]["resources"]["GPU"] == 1
+    trn1 = types["trn1_train"]["resources"]
+    assert trn1["neuron_cores"] == 32 == AWS_NEURON_INSTANCE_MAP["trn1.32xlarge"]  # Ray's own count for the type
+    assert trn1["CPU"] == 128
+
+
+def test_trn1_has_efa_interfaces_as_rays_aws_provider_expects() -> None:
+    node = load_cluster()["available_node_types"]["trn1_train"]["node_config"]
+    interfaces = node["NetworkInterfaces"]
+    assert len(interfaces) == 8  # trn1.32xlarge: 8 EFA devices
+    assert all(ni["InterfaceType"] == "efa" for ni in interfaces)
+    assert sorted(ni["NetworkCardIndex"] for ni in interfaces) == list(range(8))
+    primary = [ni for ni in interfaces if ni["NetworkCardIndex"] == 0]
+    assert primary[0]["DeviceIndex"] == 0
+    # Ray's AWS provider refuses node-level subnets/groups next to NetworkInterfaces and needs both on each interface.
+    assert not {"SubnetId", "SubnetIds", "SecurityGroupIds"} & node.keys()
+    assert all(ni["SubnetId"] and ni["Groups"] for ni in interfaces)
+    assert node["Placement"]["GroupName"]
+
+
+def test_no_public_ingress_and_a_local_dashboard() -> None:
+    cfg = load_cluster()
+    for rule in cfg["provider"].get("security_group", {}).get("IpPermissions", []):
+        ports = set(range(rule.get("FromPort", 0), rule.get("ToPort", 65535) + 1))
+        cidrs = {r.get("CidrIp") for r in rule.get("IpRanges", [])}
+        cidrs |= {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])}
+        assert not (ports & RAY_PORTS and cidrs & PUBLIC_CIDRS), rule
+    # Every type names its security group, so Ray creates none (its default one opens SSH to 0.0.0.0/0).
+    for name, node_type in cfg["available_node_types"].items():
+        node = node_type["node_config"]
+        groups = node.get("SecurityGroupIds") or [g for ni in node.get("NetworkInterfaces", []) for g in ni["Groups"]]
+        assert groups, f"{name} has no security group of its own"
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "--num-cpus=0" in head_start
+
+
+def test_ray_starts_with_token_auth_from_a_file_placed_by_setup() -> None:
+    cfg = load_cluster()
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:  # each list item is its own shell: the export must be in the same item
+        assert "export RAY_AUTH_MODE=token" in command
+        assert command.index("export RAY_AUTH_MODE=token") < command.index("ray start")
+        assert "source ~/hummingml/.venv/bin/activate" in command
+    prepared = prepared_cluster()
+    setups = {
+        "head": prepared["head_setup_commands"],
+        "workers": prepared["worker_setup_commands"],
+        "trn1": cfg["available_node_types"]["trn1_train"]["worker_setup_commands"],
+    }
+    for where, commands in setups.items():
+        token = [c for c in commands if "secretsmanager get-secret-value" in c]
+        assert len(token) == 1, where
+        assert "umask 077" in token[0] and "chmod 600 ~/.ray/auth_token" in token[0], where
+
+
+def test_setup_installs_the_project_as_the_readme_does() -> None:
+    cfg = load_cluster()
+    assert cfg["file_mounts"] == {"~/hummingml": "."}
+    assert ".gitignore" in cfg["rsync_filter"]  # keeps the local .venv out of the upload
+    prepared = prepared_cluster()
+    for commands in (prepared["head_setup_commands"], prepared["worker_setup_commands"]):
+        assert "cd ~/hummingml && ./install.sh" in commands
+    trn1 = cfg["available_node_types"]["trn1_train"]["worker_setup_commands"]
+    neuron = [i for i, c in enumerate(trn1) if "https://pip.repos.neuron.amazonaws.com" in c]
+    install = [i for i, c in enumerate(trn1) if "./install.sh --neuron" in c]
+    assert len(neuron) == 1 and len(install) == 1 and neuron[0] < install[0]
+    assert "torch-neuronx" in trn1[neuron[0]] and "neuronx-distributed" in trn1[neuron[0]]
+
+
+def test_every_command_is_valid_bash() -> None:
+    commands = all_commands(prepared_cluster())
+    assert len(commands) > 10
+    for command in commands:
+        result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+
+
+def test_fsx_is_mounted_where_the_jobs_expect_it() -> None:
+    commands = all_commands(prepared_cluster())
+    targets = [m.group(1) for c in commands for m in re.finditer(r"mount -t lustre .*? (/\S*);", c)]
+    assert targets and set(targets) == {FSX_MOUNT}
+
+
+def test_one_region_everywhere() -> None:
+    region = load_cluster()["provider"]["region"]
+    text = CLUSTER_YAML.read_text() + "".join(p.read_text() for p in KUBERAY.glob("*.yaml"))
+    named = set(re.findall(r"--region (\S+)", text)) | set(re.findall(r"\.fsx\.([a-z0-9-]+)\.amazonaws\.com", text))
+    named |= set(re.findall(r"\.ecr\.([a-z0-9-]+)\.amazonaws\.com", text))
+    assert named == {region}
+
+
+# ------------------------------------------------------------------------------------------------- KubeRay manifests
+
+
+def test_kuberay_objects() -> None:
+    kinds = sorted((doc["apiVersion"], doc["kind"], doc["metadata"]["name"]) for _, doc in kuberay_docs())
+    assert kinds == [
+        ("ray.io/v1", "RayCluster", "hummingml-extract"),
+        ("ray.io/v1", "RayJob", "hummingml-extract-v1"),
+        ("ray.io/v1", "RayJob", "hummingml-train-m385"),
+        ("storage.k8s.io/v1", "StorageClass", "fsx-lustre-hummingml"),
+        ("v1", "Namespace", "hummingml"),
+        ("v1", "PersistentVolumeClaim", "hummingml-fsx"),
+        ("v1", "ServiceAccount", "hummingml-ray"),
+    ]
+    assert not [doc for _, doc in kuberay_docs() if doc["kind"] == "Secret"]  # the token never lives in the repo
+    extract = one("RayJob", "hummingml-extract-v1")["spec"]
+    assert extract["clusterSelector"] == {"ray.io/cluster": "hummingml-extract"}
+    train = one("RayJob", "hummingml-train-m385")["spec"]
+    assert train["shutdownAfterJobFinishes"] is True and train["ttlSecondsAfterFinished"] > 0
+
+
+def test_extraction_entrypoint_parses_and_pins_the_models() -> None:
+    from ray_jobs.extract import parse
+
+    cfg = parse(entrypoint_args(one("RayJob", "hummingml-extract-v1"), "ray_jobs.extract"))
+    assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://")
+    assert cfg.models.kind == "pretrained"
+    assert cfg.models.dac_weights.startswith(f"{FSX_MOUNT}/") and cfg.models.demucs_repo.startswith(f"{FSX_MOUNT}/")
+    assert cfg.models.dac_sha256 and cfg.models.demucs_sha256
+
+
+def test_training_entrypoint_parses_and_fits_the_trn1_group() -> None:
+    from ray_jobs.train import parse
+
+    job = one("RayJob", "hummingml-train-m385")
+    cfg = parse(entrypoint_args(job, "ray_jobs.train"))
+    assert cfg.preset == "m385"
+    assert cfg.storage.startswith(f"{FSX_MOUNT}/")  # shared by every node: checkpoints and resume
+    (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    cores = ray_start_resources(group["rayStartParams"])["neuron_cores"]
+    assert cfg.world_size == cores  # README: one worker per NeuronCore, tp 8 x dp 4 on one trn1.32xlarge
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert cfg.world_size * cfg.cpus_per_worker <= float(limits["cpu"]) * group["minReplicas"]
+
+
+def test_trn1_worker_group_asks_for_neuron_cores_and_efa() -> None:
+    (group,) = one("RayJob", "hummingml-train-m385")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"node.kubernetes.io/instance-type": "trn1.32xlarge"}
+    (container,) = pod["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    for extended in ("aws.amazon.com/neuroncore", "vpc.amazonaws.com/efa"):
+        assert requests[extended] == limits[extended]  # Kubernetes requires equal requests and limits for these
+    assert int(limits["aws.amazon.com/neuroncore"]) == ray_start_resources(group["rayStartParams"])["neuron_cores"]
+    # KubeRay pastes the value unquoted into the container's `ray start` shell line: the shell must leave valid JSON.
+    raw = group["rayStartParams"]["resources"]
+    shell = subprocess.run(["bash", "-c", f"printf %s {raw}"], capture_output=True, text=True, timeout=10)
+    assert json.loads(shell.stdout) == ray_start_resources(group["rayStartParams"])
+    assert (
+        int(limits["aws.amazon.com/neuroncore"])
+        == load_cluster()["available_node_types"]["trn1_train"]["resources"]["neuron_cores"]
+    )
+    efa_in_cluster_yaml = load_cluster()["available_node_types"]["trn1_train"]["node_config"]["NetworkInterfaces"]
+    assert int(limits["vpc.amazonaws.com/efa"]) == len(efa_in_cluster_yaml)
+
+
+def test_token_auth_on_every_ray_container_and_submitter() -> None:
+    specs = ray_cluster_specs()
+    assert len(specs) == 2
+    for where, spec in specs:
+        assert spec["authOptions"] == {"mode": "token", "secretName": TOKEN_SECRET}, where
+        assert tuple(int(x) for x in spec["rayVersion"].split(".")) >= (2, 52, 0), where  # KubeRay's minimum
+        assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", where
+    templates = [t for _, spec in specs for t in pod_templates(spec)]
+    templates += [doc["spec"]["submitterPodTemplate"] for _, doc in kuberay_docs() if doc["kind"] == "RayJob"]
+    assert len(templates) == 7
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert "value" not in env["RAY_AUTH_TOKEN"]
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": TOKEN_SECRET, "key": "auth_token"}
+
+
+def test_fsx_claim_is_mounted_on_every_ray_pod() -> None:
+    claim = one("PersistentVolumeClaim", "hummingml-fsx")
+    storage_class = one("StorageClass", claim["spec"]["storageClassName"])
+    assert storage_class["provisioner"] == "fsx.csi.aws.com"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for where, spec in ray_cluster_specs():
+        for template in pod_templates(spec):
+            volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+            mounts = {m["mountPath"]: m["name"] for c in template["spec"]["containers"] for m in c["volumeMounts"]}
+            assert volumes[mounts[FSX_MOUNT]]["persistentVolumeClaim"]["claimName"] == "hummingml-fsx", where
+
+
+# ---------------------------------------------------------------------------------------------------------- no secrets
+
+
+def test_no_token_or_key_material_in_deployment_files() -> None:
+    files = [CLUSTER_YAML, *KUBERAY.glob("*.yaml"), DOCS / "cluster.md", DOCS / "security.md"]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"\b[0-9a-fA-F]{32,}\b", text), f"{path.name}: a long hex string (token or digest?)"
+        assert not re.search(r"RAY_AUTH_TOKEN=[^$\s\"']", text), f"{path.name}: a literal RAY_AUTH_TOKEN value"
+        assert not re.search(r"Bearer [A-Za-z0-9]{16,}", text), f"{path.name}: a literal bearer token"
+        assert "BEGIN RSA PRIVATE KEY" not in text and "aws_secret_access_key" not in text.lower(), path.name
+
+
+# ------------------------------------------------------------------------------------------------------------- docs
+
+
+def test_every_placeholder_is_documented() -> None:
+    text = CLUSTER_YAML.read_text() + "".join(p.read_text() for p in KUBERAY.glob("*.yaml"))
+    placeholders = set(re.findall(r"REPLACE_ME_[A-Z0-9_]*[A-Z0-9]", text))
+    assert placeholders
+    documented = (DOCS / "cluster.md").read_text()
+    assert not {p for p in placeholders if p not in documented}
+
+
+def test_tests_cited_in_the_docs_exist() -> None:
+    cited = set()
+    for doc in ("security.md", "cluster.md"):
+        cited |= set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", (DOCS / doc).read_text()))
+    assert len(cited) >= 5
+    for path, name in cited:
+        tree = ast.parse((REPO / path).read_text())
+        names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert name in names, f"{path}::{name} is cited in docs/ but does not exist"
