@@ -8,9 +8,12 @@ so the tp ranks of one dp group see the same batch (a streaming split per worker
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,73 +101,166 @@ class Batches:
                     )
 
 
+class _Torch:
+    """PyTorch on CPU (gloo) or GPU (NCCL): DTensor TP + FSDP2 / ZeRO-1 on a (dp, tp) mesh, DCP checkpoints."""
+
+    def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
+        import torch
+
+        from hummingml.model import HummingLM, NARUpsampler
+        from hummingml.parallelize import ParallelDims, build_optimizer, lr_lambda, parallelize_torch
+
+        self.cfg = cfg
+        self.device_type = "cuda" if cfg.use_gpu else "cpu"
+        self.device = torch.device(self.device_type, ctx.get_local_rank()) if cfg.use_gpu else torch.device("cpu")
+        self.mesh = ParallelDims.from_config(cfg.parallel, ctx.get_world_size()).build_mesh(self.device_type)
+        self.dp_rank = self.mesh["dp"].get_local_rank()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.models = {"ar": HummingLM(cfg.model), "nar": NARUpsampler(cfg.model)}
+        self.optimizers, self.schedulers = {}, {}
+        for key, m in self.models.items():
+            m.to(self.device)
+            parallelize_torch(m, self.mesh, cfg.parallel)
+            self.optimizers[key] = build_optimizer(m, cfg.optim, cfg.parallel, self.mesh)
+            self.schedulers[key] = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizers[key], lr_lambda(cfg.optim, cfg.steps)
+            )
+
+    def autocast(self) -> Any:
+        from hummingml.parallelize import autocast
+
+        return autocast(self.cfg.parallel, self.device_type)
+
+    def after_backward(self, model: Any) -> None:
+        """Average grads over dp (FSDP does it inside backward) and clip."""
+        from hummingml.parallelize import clip_grad_norm_, sync_gradients
+
+        if not self.cfg.parallel.fsdp:
+            sync_gradients(model, self.mesh["dp"])
+        if self.cfg.optim.grad_clip:
+            clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+
+    def end_step(self) -> None:
+        """Nothing to flush on eager devices."""
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        out = {}
+        for key, m in self.models.items():
+            model_sd, optim_sd = get_state_dict(m, self.optimizers[key])
+            out[key] = {"model": model_sd, "optim": optim_sd, "sched": self.schedulers[key].state_dict()}
+        return out
+
+    def save(self, directory: str) -> None:
+        """Every rank writes its shards of the models, optimizers and schedulers (torch.distributed.checkpoint)."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=directory)
+
+    def load(self, directory: str) -> None:
+        """Inverse of :meth:`save`, resharding to this run's layout."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=directory)
+        for key, m in self.models.items():
+            set_state_dict(
+                m, self.optimizers[key], model_state_dict=state[key]["model"], optim_state_dict=state[key]["optim"]
+            )
+            self.schedulers[key].load_state_dict(state[key]["sched"])
+
+
+class _Neuron:
+    """Trainium: neuronx-distributed's parallel layers and ZeRO-1 optimizer on the XLA device, NxD checkpoints.
+
+    NxD writes one checkpoint directory from every rank, so it must be on a filesystem all nodes share (FSx for
+    Lustre): ``--storage`` is used for it directly.
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
+        import torch
+        import torch_xla.core.xla_model as xm
+        from neuronx_distributed.parallel_layers import parallel_state
+
+        from hummingml.model import HummingLM, NARUpsampler
+        from hummingml.neuron import neuron_config, neuron_model, neuron_optimizer
+        from hummingml.parallelize import lr_lambda
+
+        self.cfg, self.xm = cfg, xm
+        self.device = xm.xla_device()
+        nxd_config = neuron_config(cfg.parallel, cfg.optim)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.models = {
+            "ar": neuron_model(cfg.model, nxd_config, HummingLM, cfg.seed),
+            "nar": neuron_model(cfg.model, nxd_config, NARUpsampler, cfg.seed),
+        }
+        self.optimizers = {k: neuron_optimizer(m, cfg.optim, nxd_config) for k, m in self.models.items()}
+        self.schedulers = {
+            k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.optim, cfg.steps)) for k, o in self.optimizers.items()
+        }
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def after_backward(self, model: Any) -> None:
+        """NxD's optimizer wrapper reduces grads over dp and clips inside ``step``."""
+
+    def end_step(self) -> None:
+        """Cut the lazily traced XLA graph: one compiled graph per step."""
+        self.xm.mark_step()
+
+    def save(self, directory: str) -> None:
+        import neuronx_distributed as nxd
+
+        for key, m in self.models.items():
+            nxd.save_checkpoint(
+                directory, tag=key, model=m, optimizer=self.optimizers[key], scheduler=self.schedulers[key]
+            )
+
+    def load(self, directory: str) -> None:
+        import neuronx_distributed as nxd
+
+        for key, m in self.models.items():
+            nxd.load_checkpoint(
+                directory, tag=key, model=m, optimizer=self.optimizers[key], scheduler=self.schedulers[key]
+            )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker: build, parallelize, resume, train, report metrics and checkpoints."""
     import ray.train
     import torch
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from hummingml.config import from_dict
-    from hummingml.model import HummingLM, NARUpsampler, count_parameters, flops_per_token, mfu, packed_length
-    from hummingml.parallelize import (
-        ParallelDims,
-        autocast,
-        build_optimizer,
-        clip_grad_norm_,
-        lr_lambda,
-        parallelize_torch,
-        sync_gradients,
-    )
+    from hummingml.model import count_parameters, flops_per_token, mfu, packed_length
 
     cfg = from_dict(TrainConfig, config)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
-    device_type = "cuda" if cfg.use_gpu else "cpu"
-    device = torch.device(device_type, ctx.get_local_rank()) if cfg.use_gpu else torch.device("cpu")
-    dims = ParallelDims.from_config(cfg.parallel, ctx.get_world_size())
-    mesh = dims.build_mesh(device_type)
-    dp_rank = mesh["dp"].get_local_rank()
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    models = {"ar": HummingLM(cfg.model), "nar": NARUpsampler(cfg.model)}
-    optimizers, schedulers = {}, {}
-    for key, m in models.items():
-        m.to(device)
-        parallelize_torch(m, mesh, cfg.parallel)
-        optimizers[key] = build_optimizer(m, cfg.optim, cfg.parallel, mesh)
-        schedulers[key] = torch.optim.lr_scheduler.LambdaLR(optimizers[key], lr_lambda(cfg.optim, cfg.steps))
+    backend = _Neuron(cfg, ctx) if cfg.parallel.backend == "neuron" else _Torch(cfg, ctx)
+    models, optimizers, schedulers = backend.models, backend.optimizers, backend.schedulers
     if rank == 0:
         print(
             f"[train] AR {count_parameters(models['ar']):,} parameters, NAR {count_parameters(models['nar']):,}",
             flush=True,
         )
 
-    def state() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, m in models.items():
-            model_sd, optim_sd = get_state_dict(m, optimizers[key])
-            out[key] = {"model": model_sd, "optim": optim_sd, "sched": schedulers[key].state_dict()}
-        return out
-
     step, epoch, batch_in_epoch = 0, 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            loaded = state()
-            dcp.load(loaded, checkpoint_id=directory)
-            for key, m in models.items():
-                set_state_dict(
-                    m, optimizers[key], model_state_dict=loaded[key]["model"], optim_state_dict=loaded[key]["optim"]
-                )
-                schedulers[key].load_state_dict(loaded[key]["sched"])
+            backend.load(directory)
             position = np.load(os.path.join(directory, "position.npy"))
         step, epoch, batch_in_epoch = (int(x) for x in position)
         if rank == 0:
             print(f"[train] resumed at step {step} (epoch {epoch}, batch {batch_in_epoch})", flush=True)
 
-    batches = Batches(ray.train.get_dataset_shard("train"), cfg, dp_rank)
+    batches = Batches(ray.train.get_dataset_shard("train"), cfg, backend.dp_rank)
     seq_len = packed_length(cfg.model.layout, cfg.data.timbre_max_frames, cfg.data.frames)
     flops_tok = flops_per_token(cfg.model, seq_len)
     peak = _peak_flops(cfg)
@@ -174,24 +270,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         produced = False
         for index, batch in batches.epoch(epoch, skip=batch_in_epoch):
             produced = True
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(backend.device) for k, v in batch.items()}
             # NAR levels are a function of the step, so a resumed run draws what a continuous one would
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             level = torch.randint(1, cfg.model.n_codebooks, (batch["target"].shape[0],), generator=generator)
+            step_metrics = {}
             for key, m in models.items():
                 optimizers[key].zero_grad(set_to_none=True)
-                with autocast(cfg.parallel, device_type):
-                    loss, metrics = m(batch) if key == "ar" else m(batch, level.to(device))
+                with backend.autocast():
+                    loss, step_metrics[key] = m(batch) if key == "ar" else m(batch, level.to(backend.device))
                 loss.backward()
-                if not cfg.parallel.fsdp:
-                    sync_gradients(m, mesh["dp"])
-                if cfg.optim.grad_clip:
-                    clip_grad_norm_(m.parameters(), cfg.optim.grad_clip)
+                backend.after_backward(m)
                 optimizers[key].step()
                 schedulers[key].step()
+            backend.end_step()
+            for key, metrics in step_metrics.items():
                 for name in ("loss", "acc", "top10_acc"):
                     window.setdefault(f"{key}_{name}", []).append(float(metrics[name]))
-                tokens += int(metrics["tokens"]) if key == "ar" else 0
+            tokens += int(step_metrics["ar"]["tokens"])
             step += 1
             batch_in_epoch = index + 1
             if step == cfg.fail_at_step and checkpoint is None:
@@ -203,12 +299,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 report.update(step=step, epoch=epoch, tokens_per_s=tokens_per_s, lr=schedulers["ar"].get_last_lr()[0])
                 if peak:
                     report["mfu"] = mfu(tokens_per_s / cfg.world_size * 2, flops_tok, peak)  # AR + NAR
-                with tempfile.TemporaryDirectory() as directory:
-                    dcp.save(state(), checkpoint_id=directory)
+                with _checkpoint_dir(cfg, step) as directory:
+                    backend.save(directory)
                     if rank == 0:
                         np.save(os.path.join(directory, "position.npy"), np.array([step, epoch, batch_in_epoch]))
+                        with open(os.path.join(directory, "train_config.json"), "w") as f:
+                            f.write(json.dumps(asdict(cfg), default=str))  # hummingml.checkpoint rebuilds the models
                     dist.barrier()
-                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                    # torch: every rank uploads its own shards; neuron: the shared directory already holds them all
+                    shared = cfg.parallel.backend == "neuron"
+                    own = ray.train.Checkpoint.from_directory(directory) if rank == 0 or not shared else None
+                    ray.train.report(report, checkpoint=own)
                 if rank == 0:
                     print(
                         f"[train] step {step}/{cfg.steps} "
@@ -227,6 +328,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             epoch, batch_in_epoch = epoch + 1, 0
 
 
+@contextlib.contextmanager
+def _checkpoint_dir(cfg: TrainConfig, step: int) -> Iterator[str]:
+    """Where a checkpoint is written before Ray Train takes it: a private temporary directory (torch), or a
+    directory under ``--storage`` that every node shares (neuron, whose checkpoint writer needs one)."""
+    if cfg.parallel.backend != "neuron":
+        with tempfile.TemporaryDirectory() as directory:
+            yield directory
+        return
+    directory = os.path.join(cfg.storage, cfg.name, "neuron-staging", f"step_{step:08d}")
+    os.makedirs(directory, exist_ok=True)
+    yield directory
+
+
 def fit(cfg: TrainConfig) -> Any:
     """Run (or resume) training on the connected Ray cluster; returns the ``ray.train.Result``."""
     import ray
@@ -241,13 +355,21 @@ def fit(cfg: TrainConfig) -> Any:
     dataset = read_joined(cfg.data.features)
     if cfg.cache_dataset:
         dataset = dataset.materialize()
+    if cfg.parallel.backend == "neuron":
+        from hummingml.neuron import neuron_train_config
+
+        placement = neuron_train_config(cfg.world_size)  # TorchXLAConfig, one worker per NeuronCore
+    else:
+        placement = {
+            "torch_config": TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+            "scaling_config": ray.train.ScalingConfig(
+                num_workers=cfg.world_size, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
+            ),
+        }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(cfg),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.world_size, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-        ),
+        **placement,
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=os.path.abspath(cfg.storage) if "://" not in cfg.storage else cfg.storage,
