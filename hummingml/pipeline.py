@@ -45,7 +45,7 @@ class ExtractConfig:
     stem_channels: Literal["mono", "stereo"] = "mono"  # encode each stem as 1 DAC stream (its mono mix) or 2
     limit: int = 0  # process at most this many inputs (0 = all)
     retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
-    commit_rows: int = 8  # segments per committed batch (per output file)
+    commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
     wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
     models: ModelsConfig = field(default_factory=ModelsConfig)

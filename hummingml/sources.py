@@ -107,13 +107,15 @@ def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list
 
     fs, base = pafs.FileSystem.from_uri(uri)
     scheme = uri.split("://", 1)[0]
+    # options such as ?endpoint_override=...&region=... stay on every listed URI, so each can be opened alone
+    query = "?" + uri.split("?", 1)[1] if "?" in uri else ""
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.File:
         return [Source(uri, source_id(uri))]
     if info.type != pafs.FileType.Directory:
         raise FileNotFoundError(f"input {uri!r} does not exist")
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    uris = sorted(f"{scheme}://{i.path}" for i in infos if i.path.lower().endswith(exts))
+    uris = sorted(f"{scheme}://{i.path}{query}" for i in infos if i.path.lower().endswith(exts))
     return [Source(u, source_id(u)) for u in uris]
 
 

@@ -174,7 +174,8 @@ class OutputStore:
         """Path (or URI) of a visible set, for ``pyarrow.dataset``/``ray.data.read_parquet``/pandas."""
         if self.uri.startswith(("/", "file://")) or "://" not in self.uri:
             return self._path(name)
-        return f"{self.uri.rstrip('/')}/{name}"
+        base, _, query = self.uri.partition("?")
+        return f"{base.rstrip('/')}/{name}" + (f"?{query}" if query else "")
 
     def write_summary(self, summary: dict) -> str:
         """Write ``summary.json`` at the output root atomically; returns its path."""
