@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="HUMMINGML_WEIGHTS_DIR is not set"))
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op thread: the test models are tiny, and two threads on a busy 2-core box spin for seconds a step."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance with 2 CPUs for the whole session (the size of a developer laptop or CI machine)."""

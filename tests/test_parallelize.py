@@ -30,12 +30,8 @@ from hummingml.train_config import OptimConfig, ParallelConfig, debug
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these models are tiny, and two threads on a busy 2-core box spin for seconds per step."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one intra-op thread (see conftest's ``one_torch_thread``)."""
 
 
 def _free_port() -> int:
