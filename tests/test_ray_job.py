@@ -32,14 +32,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def token_head():
     token = secrets.token_hex(16)
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", str(gcs),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
          "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-         "--metrics-export-port", str(free_port()), "--node-ip-address", "127.0.0.1"],
+         "--metrics-export-port", str(metrics), "--node-ip-address", "127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{dashboard}"
@@ -53,13 +53,13 @@ def token_head():
     else:
         os.killpg(head.pid, signal.SIGKILL)
         pytest.fail("the Ray head did not come up within 90 s")
-    yield url, token, env
+    yield url, token, env, metrics
     os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started share this process group
     head.wait(timeout=30)
 
 
 def test_jobs_api_refuses_missing_and_wrong_tokens(token_head) -> None:
-    url, token, _ = token_head
+    url, token, _, _ = token_head
     for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403)):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/", headers=headers), timeout=10)
@@ -71,7 +71,7 @@ def test_jobs_api_refuses_missing_and_wrong_tokens(token_head) -> None:
 
 
 def test_ray_job_submit_runs_the_extraction(token_head, tmp_path) -> None:
-    url, _, env = token_head
+    url, _, env, metrics = token_head
     write_corpus(tmp_path / "corpus", n_songs=1, seed=2, seconds=2.0)
     out = tmp_path / "out"
     submit = subprocess.run(
@@ -86,3 +86,9 @@ def test_ray_job_submit_runs_the_extraction(token_head, tmp_path) -> None:
     assert "succeeded" in status.stdout.lower(), submit.stdout[-3000:] + submit.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["inputs"], summary["ok"], summary["accounted"]) == (1, 1, True)
+    # the job's counters reach the node's Prometheus endpoint, which the dashboard's metrics view reads
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "hummingml_audio_seconds" not in text:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    assert "hummingml_audio_seconds" in text and "hummingml_segments" in text
