@@ -123,7 +123,7 @@ def examples_from_row(
 
 
 def read_joined(features: str, parallelism: int = 2) -> Any:
-    """The two feature sets as one Ray Dataset, joined on (source_id, segment_index)."""
+    """The two feature sets as one Ray Dataset, joined on (source_id, segment_index) and sorted by that key."""
     import ray.data
 
     audio = ray.data.read_parquet(
@@ -133,4 +133,7 @@ def read_joined(features: str, parallelism: int = 2) -> Any:
     sine = ray.data.read_parquet(
         f"{features.rstrip('/')}/sine-audio-feature", columns=["source_id", "segment_index", "mono_codes", "melody"]
     )
-    return audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
+    joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
+    # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
+    # the same rows when a later run resumes from it
+    return joined.sort(["source_id", "segment_index"])
