@@ -44,6 +44,21 @@ def _inspect(args: argparse.Namespace) -> int:
     return inspect_main(args.out, args.png)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from hummingml.generate import config_from_args, run
+
+    run(config_from_args(args))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from hummingml.evaluate import config_from_args, run
+
+    cfg, models_given = config_from_args(args)
+    run(cfg, models_given)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
@@ -74,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the extraction's output root")
     p.add_argument("--png", default=None, help="also write a plot report (notes, sine, code maps) to this PNG")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("generate", help="hum + timbre clip + checkpoint -> instrument audio (WAV, 44.1 kHz)")
+    __import__("hummingml.generate", fromlist=["add_generate_flags"]).add_generate_flags(p)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("evaluate", help="token accuracies and SI-SDR of checkpoints (same flags as ray_jobs.evaluate)")
+    __import__("hummingml.evaluate", fromlist=["add_eval_flags"]).add_eval_flags(p)
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("doctor", help="check that every dependency imports and print versions")
     p.set_defaults(func=_doctor)

@@ -1,0 +1,123 @@
+"""Training checkpoints back into models, on the CPU, in one process (no Ray, no process group).
+
+A checkpoint is the directory Ray Train keeps under ``<storage>/<name>/checkpoint_*``: a torch.distributed.checkpoint
+(DCP) save of ``{"ar": {"model", "optim", "sched"}, "nar": {...}}`` plus ``position.npy`` and ``train_config.json``
+(``hummingml.train`` writes both on rank 0). DCP reshards on load, so a checkpoint written by any (dp, tp) layout,
+with or without FSDP, loads into plain unsharded models here. Only the two model state dicts are read; the optimizer
+and scheduler states stay on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hummingml.config import from_dict
+from hummingml.train import TrainConfig
+
+if TYPE_CHECKING:
+    from hummingml.model import HummingLM, NARUpsampler
+
+CONFIG_FILE = "train_config.json"
+DCP_METADATA = ".metadata"  # the file every DCP checkpoint directory holds
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory ``path`` names: itself if it is one, else its newest ``checkpoint_*`` subdirectory.
+
+    So both a checkpoint directory and the run directory ``<storage>/<name>`` work. The newest is the one with the
+    highest training step (``position.npy``), then the last by name (Ray Train 2.60 names checkpoints
+    ``checkpoint_<date>_<time>``, which sort in creation order).
+
+    Raises:
+        FileNotFoundError: neither ``path`` nor any ``checkpoint_*`` below it holds a DCP checkpoint.
+        NotImplementedError: the checkpoint was written by the ``neuron`` backend (``nxd.save_checkpoint``), whose
+            format this module does not read.
+    """
+    root = Path(path).expanduser()
+    if (root / DCP_METADATA).is_file():
+        return root
+    candidates = [root, *sorted(root.glob("checkpoint_*"))]
+    found = [p for p in candidates[1:] if (p / DCP_METADATA).is_file()]
+    if not found:
+        for p in candidates:
+            config = p / CONFIG_FILE
+            if config.is_file() and json.loads(config.read_text()).get("parallel", {}).get("backend") == "neuron":
+                raise NotImplementedError(
+                    f"{p} was written by the neuron backend (nxd.save_checkpoint); only torch (DCP) checkpoints load"
+                )
+        raise FileNotFoundError(
+            f"{root} is not a training checkpoint (no {DCP_METADATA}) and has no checkpoint_* directory holding one"
+        )
+    return max(found, key=lambda p: (checkpoint_step(p), p.name))
+
+
+def checkpoint_step(directory: str | Path) -> int:
+    """The training step a checkpoint was taken at (``position.npy``), -1 if it does not say."""
+    import numpy as np
+
+    path = Path(directory) / "position.npy"
+    return int(np.load(path)[0]) if path.is_file() else -1
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a checkpoint (``train_config.json``).
+
+    Raises:
+        FileNotFoundError: the checkpoint has no ``train_config.json`` (written by training since it was added; older
+            checkpoints need the config passed to :func:`load_checkpoint`).
+    """
+    directory = resolve_checkpoint(path)
+    file = directory / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {CONFIG_FILE}: it was written before training stored its config; "
+            "pass the run's TrainConfig to load_checkpoint(path, cfg)"
+        )
+    return from_dict(TrainConfig, json.loads(file.read_text()))
+
+
+def load_checkpoint(
+    path: str | Path, cfg: TrainConfig | None = None
+) -> tuple[TrainConfig, HummingLM, NARUpsampler]:
+    """Rebuild the run's config and both models from a checkpoint, weights loaded on the CPU, in eval mode.
+
+    Args:
+        path: a checkpoint directory or a run directory (its newest checkpoint is used; see
+            :func:`resolve_checkpoint`); local paths only.
+        cfg: the run's config, for checkpoints without ``train_config.json``; None reads the stored one.
+
+    Returns:
+        ``(cfg, ar, nar)``: the config, the :class:`~hummingml.model.HummingLM` and the
+        :class:`~hummingml.model.NARUpsampler`, unsharded, float32, on the CPU.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``, or no stored config and ``cfg`` is None.
+        ValueError: the checkpoint's tensors do not fit models built from the config (a missing key or a size
+            mismatch, named in the message).
+    """
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from hummingml.model import HummingLM, NARUpsampler
+
+    directory = resolve_checkpoint(path)
+    if cfg is None:
+        cfg = load_train_config(directory)
+    with torch.device("cpu"):
+        ar, nar = HummingLM(cfg.model), NARUpsampler(cfg.model)
+    # Only the model entries: DCP loads a subset of a checkpoint's keys, in place into these tensors.
+    state = {"ar": {"model": ar.state_dict()}, "nar": {"model": nar.state_dict()}}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*load in a single process.*")
+        try:
+            dcp.load(state, checkpoint_id=str(directory), no_dist=True)
+        except CheckpointException as exc:  # a BaseException holding each rank's traceback; its last line says why
+            reason = [line for line in str(exc).splitlines() if line.strip()][-1].strip()
+            raise ValueError(f"{directory} does not fit models built from the config: {reason}") from exc
+    ar.load_state_dict(state["ar"]["model"])
+    nar.load_state_dict(state["nar"]["model"])
+    return cfg, ar.eval(), nar.eval()

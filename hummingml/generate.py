@@ -1,0 +1,324 @@
+"""Humming -> instrument audio with a trained checkpoint.
+
+The path mirrors the extraction, so the model sees inputs made the way its training features were made:
+
+1. the hum is resampled to 22.05 kHz and mixed to mono (``hummingml.audio``);
+2. Basic Pitch transcribes its notes, which are rendered as the sine "MIDI signal" (``stages.pitch``, ``stages.synth``);
+3. DAC encodes the sine rendering and the mono hum (the first ``cond_codebooks`` levels are the conditioning: the hum
+   stands in for the mono reference of training) and the first ``timbre_seconds`` of the timbre clip (all levels);
+4. the AR model generates level 0, the NAR upsampler levels 1..N-1, DAC decodes the codes;
+5. the audio is cropped (DAC pads to whole frames) or zero-padded to the hum's duration.
+
+Long hums are cut into windows of the trained target length (``cfg.data.frames``), generated independently (each
+with the same timbre prompt, batched) and concatenated; nothing carries over a window boundary. The output is at
+the codec's rate (44.1 kHz for every DAC kind we use), ``round(hum samples * 44100 / hum rate)`` samples long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, resample, to_mono
+from hummingml.models import ModelIdentity, ModelsConfig
+
+if TYPE_CHECKING:
+    import argparse
+
+    from hummingml.model import HummingLM, NARUpsampler
+    from hummingml.stages.pitch import PitchDetector
+    from hummingml.train import TrainConfig
+    from hummingml.train_config import ModelConfig
+
+DAC_LIBRARY = "descript-audio-codec"  # ModelIdentity.library of the codec in an extraction's metadata
+
+
+class CodecMismatchError(ValueError):
+    """The DAC at hand is not the codec the checkpoint's training features were extracted with."""
+
+
+def extraction_record(features: str) -> dict[str, Any] | None:
+    """The ``hummingml.run`` metadata (config, model identities) of an extraction output, or None if unreadable.
+
+    Read from the first Parquet file of ``<features>/audio-feature`` (local path or pyarrow URI).
+    """
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    try:
+        if "://" in features and not features.startswith("file://"):
+            fs, root = pafs.FileSystem.from_uri(features)
+        else:
+            fs, root = pafs.LocalFileSystem(), features.removeprefix("file://")
+        infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/audio-feature", allow_not_found=True))
+        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        if not files:
+            return None
+        with fs.open_input_file(files[0]) as f:
+            metadata = pq.read_schema(f).metadata or {}
+        return json.loads(metadata[b"hummingml.run"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def recorded_dac(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The DAC's identity dict in an extraction record, if any."""
+    for identity in (record or {}).get("models", []):
+        if identity.get("library") == DAC_LIBRARY:
+            return identity
+    return None
+
+
+def recorded_models_config(record: dict[str, Any] | None) -> ModelsConfig:
+    """The extraction's :class:`ModelsConfig` as far as it holds here: kind and seed, plus ``cache_dir`` and
+    ``dac_weights`` only when those paths exist on this machine; defaults without a record."""
+    import os
+
+    recorded = (record or {}).get("config", {}).get("models")
+    if not recorded:
+        return ModelsConfig()
+    keep = {k: recorded[k] for k in ("kind", "seed") if k in recorded}
+    for key in ("cache_dir", "dac_weights"):
+        if recorded.get(key) and os.path.exists(recorded[key]):
+            keep[key] = recorded[key]
+    if keep.get("kind") != "pretrained":
+        keep.pop("dac_weights", None)
+    return ModelsConfig(**keep)
+
+
+def check_codec(
+    model_cfg: ModelConfig,
+    dac: Any,
+    identity: ModelIdentity | None = None,
+    record: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a DAC that cannot be the one the training features were made with.
+
+    Checks ``codebook_size`` and ``n_codebooks`` (equal to the model's), the frame rate (the 86.13 frames/s grid of
+    the features) and, when both ``identity`` and the extraction ``record`` are given, the weights' sha256.
+
+    Raises:
+        CodecMismatchError: naming both sides of the first difference.
+    """
+    rate = float(dac.sample_rate) / int(dac.hop_length)
+    problems = []
+    if int(dac.codebook_size) != model_cfg.codebook_size:
+        problems.append(f"codebook_size: DAC {dac.codebook_size}, checkpoint {model_cfg.codebook_size}")
+    if int(dac.n_codebooks) != model_cfg.n_codebooks:
+        problems.append(f"n_codebooks: DAC {dac.n_codebooks}, checkpoint {model_cfg.n_codebooks}")
+    if abs(rate - FRAME_RATE) > 1e-6:
+        problems.append(f"frame rate: DAC {rate:.4f} frames/s, features {FRAME_RATE:.4f}")
+    dac_record = recorded_dac(record)
+    if identity is not None and dac_record is not None and dac_record.get("sha256") != identity.sha256:
+        problems.append(
+            f"weights: DAC {identity.kind} {identity.name} sha256 {identity.sha256[:12]}…, the features were "
+            f"extracted with {dac_record.get('kind')} {dac_record.get('name')} sha256 "
+            f"{str(dac_record.get('sha256'))[:12]}…"
+        )
+    if problems:
+        raise CodecMismatchError(
+            "the DAC does not match the codec of the checkpoint's training features ("
+            + "; ".join(problems)
+            + "): pick the same model with --models-kind / --models-seed / --models-cache-dir / --models-dac-weights"
+        )
+
+
+def window_frames(cfg: TrainConfig) -> int:
+    """Target frames per generation window: the trained length ``cfg.data.frames``.
+
+    Raises:
+        ValueError: a window with a one-frame timbre prompt does not fit ``max_seq_len``.
+    """
+    from hummingml.model import packed_length
+
+    frames = cfg.data.frames
+    if packed_length(cfg.model.layout, 1, frames) > cfg.model.max_seq_len:
+        raise ValueError(f"data.frames {frames} does not fit max_seq_len {cfg.model.max_seq_len}")
+    return frames
+
+
+def timbre_frames(cfg: TrainConfig, seconds: float) -> int:
+    """Timbre prompt frames: ``seconds`` of audio, at most ``data.timbre_max_frames`` and at most what
+    ``max_seq_len`` leaves beside one window (AR and NAR rows)."""
+    from hummingml.model import packed_length
+
+    if seconds <= 0:
+        raise ValueError(f"timbre_seconds must be > 0, got {seconds}")
+    frames = window_frames(cfg)
+    room = cfg.model.max_seq_len - max(packed_length(cfg.model.layout, 0, frames), packed_length("nar", 0, frames))
+    return max(1, min(round(seconds * FRAME_RATE), cfg.data.timbre_max_frames, room))
+
+
+def generate(
+    hum_audio: F32,
+    hum_sample_rate: int,
+    timbre_audio: F32,
+    timbre_sample_rate: int,
+    ar: HummingLM,
+    nar: NARUpsampler,
+    cfg: TrainConfig,
+    dac: Any,
+    pitch_detector: PitchDetector,
+    *,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    timbre_seconds: float = 5.0,
+    batch_size: int = 16,
+) -> tuple[F32, int]:
+    """Play the hum's melody with the timbre clip's instrument.
+
+    Args:
+        hum_audio: float32 ``(channels, samples)``, any rate and length (>= 1 sample).
+        hum_sample_rate: rate of ``hum_audio`` in Hz.
+        timbre_audio: float32 ``(channels, samples)``: the instrument to imitate; its first ``timbre_seconds``
+            (capped by :func:`timbre_frames`) are the prompt.
+        timbre_sample_rate: rate of ``timbre_audio`` in Hz.
+        ar, nar: the models of one checkpoint (:func:`hummingml.checkpoint.load_checkpoint`); they run on the
+            device of their parameters.
+        cfg: the checkpoint's training config (model shape, ``data.frames``, ``data.timbre_max_frames``).
+        dac: the ``dac.DAC`` the training features were extracted with (see :func:`check_codec`).
+        pitch_detector: Basic Pitch, as used by the extraction.
+        top_k: 1 = greedy level 0; else top-k sampling at ``temperature`` with a generator seeded by ``seed``. The
+            NAR levels are always greedy.
+        timbre_seconds: prompt length in seconds; training drew prompts of ``data.timbre_min_frames`` to
+            ``data.timbre_max_frames`` frames.
+        batch_size: generation windows per forward pass.
+
+    Returns:
+        ``(audio, sample_rate)``: float32 ``(1, round(hum samples * sample_rate / hum_sample_rate))`` at the
+        codec's rate (44 100 Hz).
+
+    Raises:
+        CodecMismatchError: ``dac`` does not fit the model config (sizes, frame rate).
+        ValueError: bad audio shapes or lengths that cannot fit ``max_seq_len``.
+    """
+    import torch
+
+    from hummingml.model import make_batch
+    from hummingml.stages.codec import CodecConfig, CodecTokens, decode, encode_batch, receptive_field_frames
+    from hummingml.stages.synth import render_sine
+
+    check_codec(cfg.model, dac)
+    for name, audio in (("hum_audio", hum_audio), ("timbre_audio", timbre_audio)):
+        if audio.ndim != 2 or audio.shape[1] < 1:
+            raise ValueError(f"{name} must be (channels, samples) with >= 1 sample, got shape {audio.shape}")
+    W, P = window_frames(cfg), timbre_frames(cfg, timbre_seconds)
+    hum = to_mono(resample(hum_audio, hum_sample_rate, FEATURE_SAMPLE_RATE))  # (1, n) at 22.05 kHz
+    # P frames plus one receptive field of real audio after them, so the last prompt frames are not encoded
+    # against zero padding (training clips were cut from longer codes)
+    keep = (P + receptive_field_frames(dac)) * FRAME_HOP
+    timbre = to_mono(resample(timbre_audio, timbre_sample_rate, FEATURE_SAMPLE_RATE))[:, :keep]
+    notes = pitch_detector.detect(hum, FEATURE_SAMPLE_RATE)
+    if not notes:
+        warnings.warn("Basic Pitch found no notes in the hum: the sine conditioning is silence", stacklevel=2)
+    sine = render_sine(notes, hum.shape[1], FEATURE_SAMPLE_RATE)
+    tokens = encode_batch([sine, hum, timbre], FEATURE_SAMPLE_RATE, dac, CodecConfig())
+    sine_codes, hum_codes, timbre_codes = (t.codes[0].astype(np.int64) for t in tokens)  # (N, frames) each
+    F = sine_codes.shape[1]  # ceil(n / 256)
+    Kc = cfg.model.cond_codebooks
+    windows = [
+        {"timbre": timbre_codes[:, :P], "sine": sine_codes[:Kc, s : s + W], "mono": hum_codes[:Kc, s : s + W]}
+        for s in range(0, F, W)
+    ]
+    device = next(ar.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    codes = np.zeros((cfg.model.n_codebooks, F), dtype=np.int16)
+    ar.eval()
+    nar.eval()
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in make_batch(chunk, cfg.model, frames=W).items()}
+        level0 = ar.generate(batch, top_k=top_k, temperature=temperature, generator=generator)
+        out = nar.generate(batch, level0).cpu().numpy()  # (B, N, W), zero past each window's end
+        for j, window in enumerate(chunk):
+            s, n = (i + j) * W, window["sine"].shape[1]
+            codes[:, s : s + n] = out[j, :, :n]
+    audio, sample_rate = decode(CodecTokens(codes[None], float(dac.sample_rate) / int(dac.hop_length)), dac)
+    n_out = round(hum_audio.shape[1] * sample_rate / hum_sample_rate)
+    audio = audio[:, :n_out]
+    if audio.shape[1] < n_out:  # rounding: DAC returns whole frames, which can fall one sample short of n_out
+        audio = np.pad(audio, ((0, 0), (0, n_out - audio.shape[1])))
+    return np.ascontiguousarray(audio, dtype=np.float32), sample_rate
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """``hummingml generate``: inputs, checkpoint, output and sampling."""
+
+    hum: str = ""  # audio file of the hum (any format hummingml.audio.decode reads)
+    timbre: str = ""  # audio file of the instrument to imitate; its first --timbre-seconds are the prompt
+    checkpoint: str = ""  # checkpoint directory, or a run directory (its newest checkpoint)
+    output: str = "generated.wav"  # WAV written at the codec's rate (44.1 kHz), 16-bit, as long as the hum
+    top_k: int = 1  # 1: greedy level 0; > 1: top-k sampling
+    temperature: float = 1.0  # sampling temperature (top_k > 1 only)
+    seed: int = 0  # sampling seed
+    timbre_seconds: float = 5.0  # timbre prompt length; capped by data.timbre_max_frames and max_seq_len
+    batch_size: int = 16  # generation windows per forward pass
+    models: ModelsConfig = field(default_factory=ModelsConfig)  # the DAC; unset flags follow the extraction record
+
+
+def add_generate_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of :class:`GenerateConfig` (``--models-*`` included) plus ``-o`` for ``--output``."""
+    from hummingml.config import add_flags
+
+    add_flags(parser, GenerateConfig)
+    parser.add_argument("-o", dest="output", default=None, help="same as --output")
+
+
+def config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    """Flags -> config. ``--models-*`` flags not given take the values of the extraction that made the checkpoint's
+    training features (when its output is readable here; see :func:`recorded_models_config`), else the defaults."""
+    from hummingml.checkpoint import load_train_config
+    from hummingml.config import from_flags
+
+    cfg = from_flags(GenerateConfig, args)
+    if not (cfg.hum and cfg.timbre and cfg.checkpoint):
+        raise SystemExit("hummingml generate: --hum, --timbre and --checkpoint are required")
+    record = extraction_record(load_train_config(cfg.checkpoint).data.features)
+    models = from_flags(ModelsConfig, args, prefix="models_", base=recorded_models_config(record))
+    return dataclasses.replace(cfg, models=models)
+
+
+def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
+    """Load everything, generate, write ``cfg.output`` (16-bit WAV, clipped to [-1, 1]); returns its path.
+
+    Raises:
+        CodecMismatchError: the DAC ``cfg.models`` loads is not the training features' codec.
+    """
+    import soundfile as sf
+
+    from hummingml.audio import decode
+    from hummingml.checkpoint import load_checkpoint
+    from hummingml.models import load_dac
+    from hummingml.stages.pitch import PitchDetector
+
+    train_cfg, ar, nar = load_checkpoint(cfg.checkpoint)
+    dac, identity = load_dac(cfg.models)
+    record = extraction_record(train_cfg.data.features)
+    if record is None:
+        print(f"[generate] {train_cfg.data.features} is not readable here: DAC weights not compared", file=log)
+    check_codec(train_cfg.model, dac, identity, record)
+    hum, hum_rate = decode(cfg.hum)
+    timbre, timbre_rate = decode(cfg.timbre)
+    audio, rate = generate(
+        hum, hum_rate, timbre, timbre_rate, ar, nar, train_cfg, dac, PitchDetector(),
+        top_k=cfg.top_k, temperature=cfg.temperature, seed=cfg.seed, timbre_seconds=cfg.timbre_seconds,
+        batch_size=cfg.batch_size,
+    )  # fmt: skip
+    sf.write(cfg.output, np.clip(audio, -1.0, 1.0).T, rate, subtype="PCM_16")
+    print(
+        f"[generate] wrote {cfg.output}: {audio.shape[1] / rate:.2f} s at {rate} Hz "
+        f"(checkpoint {train_cfg.name}, {train_cfg.preset}; DAC {identity.kind} {identity.name})",
+        file=log,
+    )
+    return cfg.output

@@ -1,0 +1,113 @@
+"""SI-SDR, and the evaluation job on two short training runs (HummingLM and the VALL-E baseline)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hummingml.evaluate import SI_SDR_MAX_DB, SI_SDR_MIN_DB, EvalConfig, si_sdr, summarize_db
+from hummingml.testing import chord, silence, sine
+from tests.test_generate import trained_run
+
+
+def noise(n: int, power: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, math.sqrt(power), n)
+
+
+# --- SI-SDR --------------------------------------------------------------------------------------------------------
+
+
+def test_identical_signals_reach_the_upper_clamp() -> None:
+    x = chord([220.0, 330.0, 440.0], 1.0, 16_000)
+    assert si_sdr(x, x) == SI_SDR_MAX_DB
+    assert si_sdr(x + 0.3, x) == SI_SDR_MAX_DB  # a DC offset is removed (zero mean)
+
+
+def test_si_sdr_ignores_the_scale_of_either_signal() -> None:
+    ref = sine(440.0, 1.0, 16_000)[0]
+    est = ref + noise(ref.size, 0.01)
+    value = si_sdr(est, ref)
+    assert value == pytest.approx(10 * math.log10(0.125 / 0.01), abs=0.2)  # sine power 0.5**2 / 2 over the noise's
+    for scaled in (si_sdr(3.0 * est, ref), si_sdr(est, 0.2 * ref), si_sdr(-est, ref)):
+        assert scaled == pytest.approx(value, abs=1e-6)
+    assert si_sdr(1e-3 * est, ref) == pytest.approx(value, abs=1e-3)  # eps is absolute: it shows 60 dB down
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0, 30.0])
+def test_white_noise_at_a_known_level_gives_that_level(snr_db: float) -> None:
+    ref = sine(440.0, 2.0, 16_000)[0].astype(np.float64)
+    power = float(np.mean(ref**2)) / 10 ** (snr_db / 10)
+    # noise uncorrelated with the reference: SI-SDR is its SNR (32,000 samples: about 0.05 dB of estimation spread)
+    assert si_sdr(ref + noise(ref.size, power, seed=int(snr_db)), ref) == pytest.approx(snr_db, abs=0.2)
+
+
+def test_silent_references_are_not_scored() -> None:
+    x = sine(440.0, 0.5, 16_000)
+    assert math.isnan(si_sdr(x, silence(0.5, 16_000)))
+    assert math.isnan(si_sdr(x, np.full(8000, 1e-3)))  # a constant is silence once the mean is removed
+    assert math.isnan(si_sdr(x, []))
+    assert si_sdr(silence(0.5, 16_000), x) == SI_SDR_MIN_DB  # a silent estimate is the worst score, not NaN
+    assert si_sdr(x[:, :7000], x) == SI_SDR_MAX_DB  # lengths differ: the longer is cropped (DAC pads to frames)
+    summary = summarize_db([10.0, math.nan, 20.0, 60.0])
+    assert summary == {"mean": 30.0, "median": 20.0, "n_scored": 3, "n_skipped_silent": 1}
+    assert summarize_db([math.nan])["median"] is None
+
+
+def test_split_names_are_checked() -> None:
+    assert EvalConfig(checkpoint="c", compare=("d",)).checkpoints == ("c", "d")
+    with pytest.raises(ValueError, match="split"):
+        EvalConfig(split=("seen",))
+
+
+# --- the job -------------------------------------------------------------------------------------------------------
+
+ROW_KEYS = {
+    "checkpoint", "run_name", "step", "preset", "layout", "trained_with_augmentation", "trained_holdout_instruments",
+    "split", "features", "holdout_instruments", "frames", "timbre_frames", "dac", "n_examples", "n_frames",
+    "ar_teacher_forced", "ar_free_running_acc", "nar_teacher_forced", "nar_mean_acc", "si_sdr_db", "eval_s",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_evaluate_job_compares_two_checkpoints_on_seen_and_unseen_instruments(
+    demo_features, tmp_path_factory, tmp_path
+) -> None:
+    from ray_jobs.evaluate import main
+
+    debug_dir, _ = trained_run("debug", demo_features, tmp_path_factory)
+    valle_dir, _ = trained_run("valle_debug", demo_features, tmp_path_factory)
+    manifest_file = demo_features.parent / "corpus" / "manifest.jsonl"
+    manifest = [json.loads(line) for line in manifest_file.read_text().splitlines()]
+    held_out = manifest[0]["instruments"]["vocals"]
+    out, png = tmp_path / "results.json", tmp_path / "results.png"
+    argv = [
+        "--checkpoint", str(debug_dir), "--compare", str(valle_dir), "--data-features", str(demo_features),
+        "--split", "train", "unseen", "--holdout-instruments", held_out, "--out", str(out), "--plot", str(png),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert {"reference", "metrics", "si_sdr", "config", "rows"} <= set(results)
+    assert "not audio" in results["reference"]
+    rows = results["rows"]
+    assert [(r["preset"], r["split"]) for r in rows] == [
+        ("debug", "train"), ("debug", "unseen"), ("valle_debug", "train"), ("valle_debug", "unseen")
+    ]  # fmt: skip
+    assert [r["layout"] for r in rows] == ["humming", "humming", "valle", "valle"]
+    for row in rows:
+        assert set(row) == ROW_KEYS
+        assert row["n_examples"] > 0 and row["n_frames"] == 64 * row["n_examples"] and row["step"] == 10
+        assert row["holdout_instruments"] == [held_out]
+        metrics = [*row["ar_teacher_forced"].values(), row["ar_free_running_acc"], row["nar_mean_acc"]]
+        assert all(0 <= m <= 1 for m in metrics[1:]) and metrics[0] >= 0  # loss, then accuracies
+        assert set(row["nar_teacher_forced"]) == {"1", "2", "3"}
+        for combo in ("full", "ar_only", "nar_only"):
+            sdr = row["si_sdr_db"][combo]
+            assert sdr["n_scored"] + sdr["n_skipped_silent"] == row["n_examples"]
+            if sdr["n_scored"]:
+                assert SI_SDR_MIN_DB <= sdr["median"] <= SI_SDR_MAX_DB
+    # the same examples for both checkpoints: one held-out part each time
+    assert rows[0]["n_examples"] == rows[2]["n_examples"] and rows[1]["n_examples"] == rows[3]["n_examples"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
