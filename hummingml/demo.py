@@ -45,12 +45,11 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
     print(BANNER, file=log, flush=True)
 
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "10")
-    if not ray.is_initialized():
-        context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
-        dashboard = context.dashboard_url
+    if ray.is_initialized():
+        print("[demo] using the Ray instance this process is already connected to", file=log)
     else:
-        dashboard = ray.get_runtime_context().gcs_address
-    print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] Ray dashboard not available", file=log)
+        dashboard = ray.init(include_dashboard=True, dashboard_host="127.0.0.1").dashboard_url
+        print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] no Ray dashboard", file=log)
     cfg = ExtractConfig(
         input=str(corpus / "mix"), output=str(root / "features"), segment_s=4.0,
         models=dataclasses.replace(ModelsConfig(), kind=kind),
