@@ -299,6 +299,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 report.update(step=step, epoch=epoch, tokens_per_s=tokens_per_s, lr=schedulers["ar"].get_last_lr()[0])
                 if peak:
                     report["mfu"] = mfu(tokens_per_s / cfg.world_size * 2, flops_tok, peak)  # AR + NAR
+                with torch.no_grad():  # teacher-forced accuracy of every NAR level on this step's batch
+                    for level_index, level_metrics in models["nar"].level_metrics(batch).items():
+                        for name in ("acc", "top10_acc"):
+                            report[f"nar_level{level_index}_{name}"] = level_metrics[name]
                 with _checkpoint_dir(cfg, step) as directory:
                     backend.save(directory)
                     if rank == 0:

@@ -30,6 +30,8 @@ def test_debug_model_learns_from_the_extraction_shards(demo_features, tmp_path) 
     assert last["ar_loss"] < 0.25 * initial and last["ar_loss"] < first["ar_loss"]
     assert last["nar_loss"] < 0.5 * initial and last["nar_loss"] < first["nar_loss"]
     assert 0 <= last["ar_top10_acc"] <= 1 and last["tokens_per_s"] > 0
+    for level in (1, 2, 3):  # the debug preset has 4 codebooks: the NAR predicts levels 1..3
+        assert 0 <= last[f"nar_level{level}_acc"] <= last[f"nar_level{level}_top10_acc"] <= 1
     assert result.checkpoint is not None
 
 
