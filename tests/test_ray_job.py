@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +85,10 @@ def token_head():
     yield url, token, env, metrics
     os.killpg(head.pid, signal.SIGKILL)  # the head and every process it started share this process group
     head.wait(timeout=30)
+    # `ray start` recorded this head as the machine's current cluster; a later plain ray.init() would try to join it
+    current = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray" / "ray_current_cluster"
+    if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+        current.unlink()
 
 
 def test_jobs_api_refuses_missing_and_wrong_tokens(token_head) -> None:

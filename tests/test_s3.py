@@ -63,7 +63,7 @@ def test_listing_and_reading_objects(s3) -> None:
 
 
 def test_extraction_from_s3_to_s3(s3, tmp_path) -> None:
-    # its own driver and local Ray, so that every worker process gets the test's AWS variables
+    # its own driver and a new local Ray (not the session's), so that every worker gets the test's AWS variables
     query, client = s3
     done = subprocess.run(
         [
@@ -79,7 +79,7 @@ def test_extraction_from_s3_to_s3(s3, tmp_path) -> None:
             "--models-cache-dir",
             str(tmp_path / "models"),
         ],
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env={**os.environ, "RAY_ADDRESS": "local"},
         capture_output=True,
         text=True,
         timeout=600,
