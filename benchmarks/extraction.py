@@ -72,12 +72,10 @@ def _steps(cfg: ExtractConfig) -> list[Any]:
 
 
 def _commit(cfg: ExtractConfig) -> Any:
-    from hummingml.models import load_dac, prepare
-    from hummingml.pipeline import CommitStep, run_metadata
-    from hummingml.stages.codec import frame_rate
+    from hummingml.extract import models_for_run
+    from hummingml.pipeline import CommitStep
 
-    identities = [i.to_dict() for i in prepare(cfg.models)]
-    return CommitStep(cfg, run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0]))
+    return CommitStep(cfg, *models_for_run(cfg))
 
 
 def run_sequential(cfg: ExtractConfig) -> None:

@@ -57,6 +57,15 @@ def summarize(
     }
 
 
+def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
+    """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
+    from hummingml.models import load_dac, prepare
+    from hummingml.stages.codec import frame_rate
+
+    identities = [i.to_dict() for i in prepare(cfg.models)]
+    return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
+
+
 def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """Run one extraction (resuming a previous one on the same output) and return the summary.
 
@@ -64,9 +73,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """
     import ray
 
-    from hummingml.models import load_dac, prepare
     from hummingml.ray_stages import build_dataset
-    from hummingml.stages.codec import frame_rate
 
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)
@@ -92,21 +99,19 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
         flush=True,
     )
 
-    identities = [i.to_dict() for i in prepare(cfg.models)]
-    dac_model, _ = load_dac(cfg.models)
-    for ident in identities:
+    metadata, codec_frame_rate = models_for_run(cfg)
+    for ident in metadata["models"]:
         label = "RANDOM WEIGHTS (features are not meaningful)" if ident.get("random_weights") else "pretrained"
         print(
             f"[extract] model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}",
             file=log,
             flush=True,
         )
-    metadata = run_metadata(cfg, identities)
     run_audio_s = 0.0
     if pending:
         if not ray.is_initialized():
             ray.init()
-        ds = build_dataset(cfg, pending, skip, metadata, frame_rate(dac_model))
+        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate)
         done = errors = 0
         last = time.monotonic()
         for summary in ds.iter_batches(batch_size=None):
