@@ -33,7 +33,7 @@ class TrainConfig:
     steps: int = 60  # optimizer steps in total
     batch_size: int = 4  # examples per step per dp rank
     checkpoint_every: int = 20  # steps between checkpoints (and metric reports)
-    keep_checkpoints: int = 2  # newest checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept (Ray Train keeps the metrics of these reports only)
     max_failures: int = 1  # worker failures Ray Train recovers from (restart from the last checkpoint)
     cpus_per_worker: float = 1.0  # CPUs reserved per training worker
     use_gpu: bool = False  # one GPU per worker (NCCL), else CPU (gloo)
