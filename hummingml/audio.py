@@ -21,7 +21,7 @@ FRAME_HOP = 256  # samples at FEATURE_SAMPLE_RATE per feature frame: DAC 44 kHz 
 FRAME_RATE = FEATURE_SAMPLE_RATE / FRAME_HOP  # frames/s, 86.13
 
 DecodeErrorKind = Literal[
-    "empty", "not_found", "unreadable", "not_audio", "corrupt", "truncated", "zero_length", "non_finite"
+    "empty", "not_found", "unreadable", "not_audio", "corrupt", "truncated", "zero_length", "non_finite", "channels"
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -78,6 +78,32 @@ def _check_wav_length(data: bytes) -> None:
         pos += 8 + size + (size & 1)
 
 
+def _check_ogg_complete(data: bytes) -> None:
+    """Raise ``truncated`` when an Ogg stream (Vorbis, Opus, FLAC-in-Ogg) breaks off.
+
+    Walks the pages: a page that runs past the end of the data, or a last page without the end-of-stream flag, means
+    the file was cut. libsndfile reports such files inconsistently (not audio, zero samples, or silently shorter).
+    """
+    if data[:4] != b"OggS":
+        return
+    pos, last_flags = 0, 0
+    while pos < len(data):
+        if data[pos : pos + 4] != b"OggS":
+            return  # not a page boundary: trailing or damaged data, which the decoder judges
+        if pos + 27 > len(data):
+            raise DecodeError("truncated", f"the Ogg stream breaks off at byte {pos} of {len(data)}")
+        n_lacing = data[pos + 26]
+        if pos + 27 + n_lacing > len(data):
+            raise DecodeError("truncated", f"the Ogg page at byte {pos} is cut short")
+        body = sum(data[pos + 27 : pos + 27 + n_lacing])
+        last_flags = data[pos + 5]
+        pos += 27 + n_lacing + body
+        if pos > len(data):
+            raise DecodeError("truncated", f"the last Ogg page needs {pos - len(data)} more bytes than present")
+    if not last_flags & 0x04:
+        raise DecodeError("truncated", "the Ogg stream ends without its end-of-stream page")
+
+
 def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
     """Decode an encoded audio file into float32 samples.
 
@@ -92,7 +118,7 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
 
     Raises:
         DecodeError: for a missing, unreadable, empty, non-audio, corrupt, truncated, zero-length or
-            non-finite input; ``kind`` says which.
+            non-finite input; ``kind`` says which. (``channels`` is raised by callers that limit the channel count.)
     """
     import soundfile as sf
 
@@ -100,6 +126,7 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
     if not data:
         raise DecodeError("empty", "the input has 0 bytes")
     _check_wav_length(data)
+    _check_ogg_complete(data)
     buf = io.BytesIO(data)
     try:
         f = sf.SoundFile(buf)

@@ -108,27 +108,49 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
             flush=True,
         )
     run_audio_s = 0.0
+    deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
     if pending:
         if not ray.is_initialized():
             ray.init()
         ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate)
         done = errors = 0
         last = time.monotonic()
-        for summary in ds.iter_batches(batch_size=None):
-            done += len(summary["ok"])
-            errors += int((~summary["ok"]).sum())
-            run_audio_s += float(summary["audio_s"].sum())
-            if time.monotonic() - last >= PROGRESS_EVERY_S:
-                last = time.monotonic()
-                elapsed = last - start
-                print(
-                    f"[extract] {done} rows committed ({errors} errors), {run_audio_s:.1f} s of audio, "
-                    f"{run_audio_s / elapsed:.2f} audio-s/s",
-                    file=log,
-                    flush=True,
-                )
+        try:
+            for summary in ds.iter_batches(batch_size=None):
+                unavailable = summary["deferred"].astype(bool)
+                reasons = zip(summary["source_id"][unavailable], summary["deferred"][unavailable], strict=True)
+                deferred.update((str(sid), str(reason)) for sid, reason in reasons)
+                done += int((~unavailable).sum())
+                errors += int((~summary["ok"] & ~unavailable).sum())
+                run_audio_s += float(summary["audio_s"].sum())
+                if time.monotonic() - last >= PROGRESS_EVERY_S:
+                    last = time.monotonic()
+                    elapsed = last - start
+                    print(
+                        f"[extract] {done} rows committed ({errors} errors, {len(deferred)} inputs deferred), "
+                        f"{run_audio_s:.1f} s of audio, {run_audio_s / elapsed:.2f} audio-s/s",
+                        file=log,
+                        flush=True,
+                    )
+        except Exception as exc:
+            print(
+                f"[extract] the run stopped: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}\n"
+                "[extract] every committed batch is kept; fix the cause and rerun the same command to resume",
+                file=log,
+                flush=True,
+            )
+            raise
     summary = summarize(cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata)
+    summary["deferred"] = len(deferred)
+    summary["deferred_examples"] = sorted(deferred.values())[:20]
     store.write_summary(summary)
+    if deferred:
+        print(
+            f"[extract] {len(deferred)} inputs could not be read for a transient reason (store outage, throttling) "
+            f"and were not committed; rerun the same command to process them. First: {next(iter(deferred.values()))}",
+            file=log,
+            flush=True,
+        )
     print(
         f"[extract] {summary['inputs']} inputs: {summary['ok']} ok, {summary['failed']} failed, "
         f"{summary['unaccounted']} unaccounted; {summary['feature_rows']} feature rows, "

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, DecodeError, decode, n_frames, resample, to_mono
 from hummingml.models import ModelsConfig
-from hummingml.sources import AUDIO_EXTENSIONS, Source, read_bytes
+from hummingml.sources import AUDIO_EXTENSIONS, Source, SourceUnavailable, printable, read_bytes
 from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig
 from hummingml.stages.separate import MELODIC_STEMS, STEMS, SeparateConfig
@@ -45,6 +45,8 @@ class ExtractConfig:
     stem_channels: Literal["mono", "stereo"] = "mono"  # encode each stem as 1 DAC stream (its mono mix) or 2
     limit: int = 0  # process at most this many inputs (0 = all)
     retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
+    read_retries: int = 4  # retries of an input read that failed for a transient reason (network, throttling, 5xx)
+    read_backoff_s: float = 1.0  # wait before the first read retry; it doubles with every retry
     commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
     wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
@@ -123,12 +125,22 @@ class DecodeStep:
     def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stage = "read"
         try:
-            data = read_bytes(row["source_uri"])
+            data = read_bytes(row["source_uri"], self.cfg.read_retries, self.cfg.read_backoff_s)
             row["content_sha256"] = hashlib.sha256(data).hexdigest()
             stage = "decode"
             audio, rate = decode(data)
             del data
+            if audio.shape[0] > 2:
+                raise DecodeError(
+                    "channels",
+                    f"{audio.shape[0]} channels: features are made from mono or stereo; mix the file down to stereo "
+                    "first (e.g. ffmpeg -i in.wav -ac 2 out.wav), since the layout of a multichannel file is not known",
+                )
             feature = resample(audio, rate, FEATURE_SAMPLE_RATE)
+        except SourceUnavailable as exc:
+            row["deferred"] = printable(str(exc))  # not committed: the source stays pending for a rerun
+            yield row
+            return
         except Exception as exc:
             _fail(row, stage, exc)
             yield row
@@ -166,7 +178,7 @@ class _ModelStep:
     def __call__(self, batch: Batch) -> Batch:
         rows = _rows(batch)
         for row in rows:
-            if row.get("error"):
+            if row.get("error") or row.get("deferred"):
                 continue
             try:
                 self.process(row)
@@ -278,12 +290,14 @@ def feature_tables(rows: list[dict[str, Any]], frame_rate: float) -> dict[str, p
                 {
                     "source_id": row["source_id"],
                     "segment_index": row["segment_index"],
-                    "source_uri": row["source_uri"],
+                    "source_uri": printable(row["source_uri"]),
                     **row["error"],
+                    "message": printable(row["error"]["message"]),
                 }
             )
             continue
         common = {k: row[k] for k in PROVENANCE_KEYS}
+        common["source_uri"] = printable(common["source_uri"])
         common.update(sample_rate=FEATURE_SAMPLE_RATE, frame_rate=frame_rate)
         audio.append(
             {
@@ -318,16 +332,20 @@ class CommitStep:
 
     def __call__(self, batch: Batch) -> Batch:
         rows = _rows(batch)
+        done = [r for r in rows if not r.get("deferred")]
         keys = [
-            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in rows
+            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in done
         ]
-        self.store.commit(feature_tables(rows, self.frame_rate), keys, self.metadata)
+        if done:
+            self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata)
+        failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
         summary = {
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),
             "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
-            "ok": np.array([not r.get("error") for r in rows]),
+            "ok": ~np.array(failed, dtype=bool),
+            "deferred": np.array([r.get("deferred", "") for r in rows], dtype=object),
             "stage": np.array([(r.get("error") or {}).get("stage", "") for r in rows], dtype=object),
-            "audio_s": np.array([0.0 if r.get("error") else r["segment_duration_s"] for r in rows]),
+            "audio_s": np.array([0.0 if f else r["segment_duration_s"] for r, f in zip(rows, failed, strict=True)]),
         }
         self.metrics.record(summary)
         return summary
@@ -340,7 +358,9 @@ class _Metrics:
         try:
             from ray.util.metrics import Counter
 
-            self.segments = Counter("hummingml_segments", "segments committed, by status", tag_keys=("status",))
+            self.segments = Counter(
+                "hummingml_segments", "segments by status: ok, error, deferred (unreadable now)", tag_keys=("status",)
+            )
             self.audio = Counter("hummingml_audio_seconds", "seconds of audio committed as features")
             self.errors = Counter("hummingml_errors", "error rows committed, by stage", tag_keys=("stage",))
         except Exception:  # outside a Ray worker there is nowhere to report to
@@ -353,9 +373,12 @@ class _Metrics:
         if ok:
             self.segments.inc(ok, tags={"status": "ok"})
             self.audio.inc(float(summary["audio_s"].sum()))
-        for stage in summary["stage"][~summary["ok"]]:
-            self.segments.inc(1, tags={"status": "error"})
-            self.errors.inc(1, tags={"stage": str(stage)})
+        for stage, deferred in zip(summary["stage"], summary["deferred"], strict=True):
+            if deferred:
+                self.segments.inc(1, tags={"status": "deferred"})
+            elif stage:
+                self.segments.inc(1, tags={"status": "error"})
+                self.errors.inc(1, tags={"stage": str(stage)})
 
 
 def run_metadata(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import os
+import re
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,11 @@ class Source:
 def source_id(uri: str) -> str:
     """Stable id of an input: the first 32 hex digits of sha256(uri)."""
     return hashlib.sha256(uri.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: bytes of a non-UTF-8 file name (held as surrogates) become ``\\xNN`` escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_remote(uri: str) -> bool:
@@ -133,12 +142,31 @@ def list_sources(
     return list(unique.values())
 
 
-def read_bytes(uri: str) -> bytes:
-    """The bytes of a local path or any pyarrow filesystem URI (S3, GCS, HDFS; FSx mounts are local paths).
+class SourceUnavailable(OSError):
+    """A read failed for a reason that is not the input's fault (network, throttling, a 5xx), even after retries.
 
-    Raises:
-        DecodeError: ``not_found`` or ``unreadable`` (with the reason), so a read failure becomes an error row.
+    Extraction commits nothing for such an input: it stays pending, the run ends unaccounted, and a rerun reads it
+    again. An error row would be wrong, since the input itself may be fine.
     """
+
+
+# pyarrow's S3/GCS errors name their cause in the message; these are the ones a later attempt can cure
+_TRANSIENT = re.compile(
+    r"NETWORK_CONNECTION|curlCode|SLOW_DOWN|THROTTL|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|REQUEST_TIMEOUT|"
+    r"HTTP status 5\d\d|timed? ?out|Connection (refused|reset)|Couldn't connect|temporarily",
+    re.IGNORECASE,
+)
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ETIMEDOUT, errno.ESTALE, errno.EAGAIN, errno.ENOTCONN, errno.ECONNRESET}
+
+
+def is_transient(exc: OSError) -> bool:
+    """Whether a failed read may succeed when tried again (an outage), as opposed to a fact about the input."""
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        return False
+    return exc.errno in _TRANSIENT_ERRNOS or bool(_TRANSIENT.search(str(exc)))
+
+
+def _read_once(uri: str) -> bytes:
     if not _is_remote(uri):
         return read_local_bytes(_local(uri))
     import pyarrow.fs as pafs
@@ -151,3 +179,30 @@ def read_bytes(uri: str) -> bytes:
         raise DecodeError("not_found", f"{uri} does not exist") from exc
     except OSError as exc:
         raise DecodeError("unreadable", f"{uri}: {exc}") from exc
+
+
+def read_bytes(uri: str, retries: int = 0, backoff_s: float = 0.5) -> bytes:
+    """The bytes of a local path or any pyarrow filesystem URI (S3, GCS, HDFS; FSx mounts are local paths).
+
+    Args:
+        uri: the input.
+        retries: attempts after the first when a read fails for a transient reason (see :func:`is_transient`).
+        backoff_s: the wait before the first retry; it doubles with every retry.
+
+    Raises:
+        DecodeError: ``not_found`` or ``unreadable`` (with the reason): a fact about the input, for an error row.
+        SourceUnavailable: the read still failed for a transient reason after ``retries`` retries.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return _read_once(uri)
+        except DecodeError as exc:
+            cause = exc.__cause__
+            if exc.kind != "unreadable" or not isinstance(cause, OSError) or not is_transient(cause):
+                raise
+            if attempt == retries:
+                raise SourceUnavailable(f"{uri}: {cause} (after {retries} retries)") from cause
+            wait = backoff_s * 2**attempt
+            print(f"[read] {printable(uri)}: {cause}; retry {attempt + 1}/{retries} in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+    raise AssertionError("unreachable")

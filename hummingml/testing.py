@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from hummingml.audio import F32
@@ -30,3 +32,14 @@ def silence(seconds: float = 1.0, sample_rate: int = 16_000, channels: int = 1) 
 def stereo_distinct(seconds: float = 1.0, sample_rate: int = 44_100) -> F32:
     """Stereo with different content per channel: 440 Hz left, 660 Hz right, float32 ``(2, samples)``."""
     return np.concatenate([sine(440.0, seconds, sample_rate), sine(660.0, seconds, sample_rate)], axis=0)
+
+
+def output_keys(output: str | os.PathLike[str], name: str) -> list[tuple[str, int]]:
+    """The ``(source_id, segment_index)`` of every row of one output set (``audio-feature``, ``errors``, ...)."""
+    import pyarrow.dataset as pads
+
+    path = os.path.join(output, name)
+    if not os.path.isdir(path):
+        return []
+    table = pads.dataset(path, format="parquet").to_table(columns=["source_id", "segment_index"])
+    return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))

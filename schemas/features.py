@@ -12,6 +12,9 @@ import pyarrow as pa
 SCHEMA_VERSION = "1.0"
 
 
+URI_DOC = "the input's URI or path as given (bytes of a non-UTF-8 file name as \\xNN escapes)"
+
+
 def _f(name: str, type_: pa.DataType, doc: str, unit: str = "", nullable: bool = False) -> pa.Field:
     return pa.field(name, type_, nullable=nullable, metadata={"doc": doc, "unit": unit})
 
@@ -40,7 +43,7 @@ MELODY_STREAM = pa.struct(
 PROVENANCE = [
     _f("source_id", pa.string(), "stable id of the input: sha256 of its URI, first 32 hex digits"),
     _f("segment_index", pa.int32(), "0-based index of the segment within the source"),
-    _f("source_uri", pa.string(), "the input's URI or path as given"),
+    _f("source_uri", pa.string(), URI_DOC),
     _f("content_sha256", pa.string(), "sha256 of the input's bytes (hex)"),
     _f("source_sample_rate", pa.int32(), "sample rate of the decoded input", "Hz"),
     _f("source_channels", pa.int16(), "channel count of the decoded input"),
@@ -83,7 +86,7 @@ ERROR_SCHEMA = pa.schema(
     [
         _f("source_id", pa.string(), "stable id of the input (as in the feature sets)"),
         _f("segment_index", pa.int32(), "segment that failed, or -1 when the whole source failed"),
-        _f("source_uri", pa.string(), "the input's URI or path as given"),
+        _f("source_uri", pa.string(), URI_DOC),
         _f("stage", pa.string(), "stage that failed: read, decode, separate, pitch, codec"),
         _f("error_type", pa.string(), "exception class, with DecodeError's kind after a colon"),
         _f("message", pa.string(), "what went wrong, in words"),

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -64,3 +67,59 @@ def demo_features(ray_local, tmp_path_factory):
     summary = run(cfg, log=io.StringIO())
     assert summary["ok"] == 2
     return root / "features"
+
+
+@dataclass
+class S3Server:
+    """A running moto S3 server: ``query`` is the pyarrow URI options that reach it; ``restart`` ends an outage."""
+
+    server: Any
+    client: Any
+    query: str
+    port: int
+
+    def stop(self) -> None:
+        """An outage: the endpoint refuses connections (the objects stay in moto's in-process backend)."""
+        self.server.stop()
+
+    def start(self) -> None:
+        """The endpoint serves again on the same port, with the same objects."""
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port)
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with a bucket ``audio`` holding ``mix/``: a two-song corpus and a bad file."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from hummingml.corpus import write_corpus
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        mp.setenv(key, value)
+    endpoint = f"127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    client.create_bucket(Bucket="audio")
+    corpus = tmp_path_factory.mktemp("s3corpus")
+    write_corpus(corpus, n_songs=2, seed=4, seconds=2.0)
+    for path in sorted((corpus / "mix").glob("*.wav")):
+        client.upload_file(str(path), "audio", f"mix/{path.name}")
+    client.put_object(Bucket="audio", Key="mix/bad.wav", Body=b"not audio at all" * 8)
+    handle = S3Server(server, client, f"endpoint_override={endpoint}&scheme=http&region=us-east-1", port)
+    yield handle
+    handle.server.stop()
+    mp.undo()

@@ -20,6 +20,7 @@ from hummingml.corpus import write_corpus
 from hummingml.models import ModelsConfig
 from hummingml.pipeline import ExtractConfig
 from hummingml.sources import list_sources
+from hummingml.testing import output_keys as keys
 from schemas.features import SCHEMA_VERSION, SCHEMAS
 
 pytestmark = pytest.mark.slow
@@ -49,11 +50,6 @@ def corpus(tmp_path_factory) -> Path:
 def config(corpus: Path, out: Path, **kw) -> ExtractConfig:
     models = ModelsConfig(kind="tiny", cache_dir=str(corpus.parent / "models"))
     return ExtractConfig(input=str(corpus / "mix"), output=str(out), segment_s=2.0, commit_rows=2, models=models, **kw)
-
-
-def keys(out: Path, name: str) -> list[tuple[str, int]]:
-    table = pads.dataset(out / name, format="parquet").to_table(columns=["source_id", "segment_index"])
-    return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hummingml.audio import DecodeError
-from hummingml.sources import list_sources, read_bytes, source_id
+from hummingml.sources import is_transient, list_sources, read_bytes, source_id
 
 
 @pytest.fixture()
@@ -76,3 +77,21 @@ def test_read_bytes_errors_are_typed(tree) -> None:
     with pytest.raises(DecodeError) as info:
         read_bytes(str(tree / "dir.wav"))
     assert info.value.kind == "unreadable"
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 7, Couldn't connect"), True),
+        (OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce your request rate."), True),
+        (OSError("AWS Error UNKNOWN (HTTP status 503) during GetObject operation"), True),
+        (OSError(errno.EIO, "Input/output error"), True),
+        (OSError(errno.ESTALE, "Stale file handle"), True),
+        (OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied"), False),
+        (PermissionError(errno.EACCES, "Permission denied"), False),
+        (FileNotFoundError(errno.ENOENT, "No such file"), False),
+        (IsADirectoryError(errno.EISDIR, "Is a directory"), False),
+    ],
+)
+def test_transient_read_errors_are_told_apart_from_facts_about_the_input(error: OSError, transient: bool) -> None:
+    assert is_transient(error) is transient
