@@ -40,7 +40,7 @@ class TrainConfig:
     peak_flops: float = 0.0  # peak FLOP/s of one worker's device for the MFU estimate; 0: known GPUs only
     seed: int = 0  # model initialisation and NAR level sampling
     cache_dataset: bool = True  # keep the joined rows in Ray's object store (off when they do not fit)
-    fail_at_step: int = 0  # fault injection: the first attempt raises at this step (0 = never); tests use it
+    fail_at_step: int = 0  # fault injection: rank 0 raises once per run at this step (0 = never); tests use it
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -290,8 +290,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tokens += int(step_metrics["ar"]["tokens"])
             step += 1
             batch_in_epoch = index + 1
-            if step == cfg.fail_at_step and checkpoint is None:
-                raise RuntimeError(f"injected failure at step {step} (--fail-at-step)")
+            if step == cfg.fail_at_step and rank == 0:
+                _inject_failure_once(cfg)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - started
                 tokens_per_s = tokens * cfg.parallel.dp / elapsed  # AR target tokens over all dp ranks
@@ -330,6 +330,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         if step < cfg.steps:
             epoch, batch_in_epoch = epoch + 1, 0
+
+
+def _inject_failure_once(cfg: TrainConfig) -> None:
+    """Raise the injected failure unless an earlier attempt of this run did (a marker file under ``--storage``).
+
+    A marker, not "no checkpoint yet": a worker that fails right after a report can restart without that checkpoint
+    (Ray Train registers reports asynchronously), and must not fail again.
+    """
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(cfg.storage if "://" in cfg.storage else os.path.abspath(cfg.storage))
+    marker = f"{base}/{cfg.name}/injected-failure-at-step-{cfg.fail_at_step}"
+    if fs.get_file_info(marker).type != pafs.FileType.NotFound:
+        return
+    fs.create_dir(f"{base}/{cfg.name}", recursive=True)
+    with fs.open_output_stream(marker) as f:
+        f.write(b"fired\n")
+    raise RuntimeError(f"injected failure at step {cfg.fail_at_step} (--fail-at-step)")
 
 
 @contextlib.contextmanager
