@@ -1,6 +1,7 @@
 """Time training steps of a preset on one device with random codes; print the result and write it as JSON.
 
     python benchmarks/gpu_train_step.py --out bench.json                        # m385, bf16 autocast, one CUDA GPU
+    python benchmarks/gpu_train_step.py --measure-peak --out bench.json         # MFU against a measured matmul
     python benchmarks/gpu_train_step.py --preset b2 --batch-size 4 --compile --out bench-b2.json
     python benchmarks/gpu_train_step.py --device cpu --preset debug --steps 2 --out /tmp/x.json   # smoke test
 
@@ -41,6 +42,20 @@ def peak_flops(device: torch.device) -> tuple[str, float | None]:
     return name, next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
+def measured_matmul_peak(device: torch.device, n: int = 8192, repeats: int = 10) -> float:
+    """FLOP/s of an n x n x n bf16 matrix product on random data (mean of ``repeats`` after 3 warm-ups)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t0)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="m385", choices=sorted(PRESETS))
@@ -53,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--ac", default=None, choices=["none", "selective", "full"], help="default: the preset's")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
     p.add_argument("--peak-flops", type=float, default=None, help="override the detected peak FLOP/s")
+    p.add_argument("--measure-peak", action="store_true", help="MFU against a measured 8192^3 bf16 matmul instead")
     p.add_argument("--out", required=True, type=Path, help="JSON result path")
     args = p.parse_args(argv)
 
@@ -105,8 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         losses.append(float(loss.detach()))
 
-    name, peak = peak_flops(device)
-    peak = args.peak_flops or peak
+    name, datasheet_peak = peak_flops(device)
+    measured_peak = measured_matmul_peak(device) if args.measure_peak and device.type == "cuda" else None
+    peak = args.peak_flops or measured_peak or datasheet_peak
     step_s = statistics.median(times)
     tokens_per_s = args.batch_size * seq_len / step_s
     fpt = flops_per_token(cfg, seq_len)
@@ -121,7 +138,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokens_per_s": tokens_per_s,
         "flops_per_token": fpt,
         "peak_flops": peak,
+        "peak_source": "--peak-flops" if args.peak_flops else "measured matmul" if measured_peak else "datasheet",
+        "datasheet_peak_flops": datasheet_peak,
+        "measured_matmul_peak_flops": measured_peak,
         "mfu": mfu(tokens_per_s, fpt, peak) if peak else None,
+        "mfu_vs_datasheet": mfu(tokens_per_s, fpt, datasheet_peak) if datasheet_peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "loss_first": losses[0],
         "loss_last": losses[-1],

@@ -207,3 +207,25 @@ def _unreadable(data: bytes) -> Callable[[Path], None]:
         path.chmod(0)
 
     return write
+
+
+def markdown_table(segment_s: float = 2.0) -> str:
+    """The kinds and their expected outcomes as a Markdown table (docs/reliability.md holds it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        inputs = write_hostile_corpus(Path(root), segment_s)
+    lines = ["| kind | file | expected outcome |", "|---|---|---|"]
+    for i in inputs:
+        name = i.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        name = name if len(name) < 40 else name[:12] + "…" + name[-8:]
+        outcome = (f"error row: stage `{i.expected.stage}`, `{i.expected.error_type}`" if not i.expected.ok
+                   else f"{i.expected.segments} feature row{'s' if i.expected.segments > 1 else ''}")
+        if i.kind == "unreadable file":  # depends on who runs it; the table states both
+            outcome = "1 feature row as root; error row: stage `read`, `DecodeError:unreadable` for other users"
+        lines.append(f"| {i.kind} | `{name}` | {outcome} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

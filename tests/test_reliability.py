@@ -286,3 +286,10 @@ def test_error_rows_name_the_file_readably(hostile) -> None:
     assert by_type["DecodeError:channels"] == 4 and "ffmpeg" in next(
         e["message"] for e in errors if e["error_type"] == "DecodeError:channels"
     )
+
+
+def test_docs_list_every_hostile_kind_as_the_generator_states_it() -> None:
+    from hummingml.hostile import markdown_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    assert markdown_table() in doc, "docs/reliability.md is stale: paste the output of python -m hummingml.hostile"

@@ -1,0 +1,119 @@
+"""Training throughput on CPU through Ray Train at several (dp, tp) layouts, with scaling efficiency.
+
+    python -m benchmarks.train_scaling --out benchmarks/results/train_scaling_cpu.json
+
+The features come from a small extraction with the tiny models (made once under ``--work``). Each case runs
+``hummingml.train.fit`` for ``--steps`` steps of the AR and NAR models and reads ``tokens_per_s`` (AR target tokens
+per second over all dp ranks) from the last report, which covers the second half of the run, after warm-up.
+Every case gets the same CPUs in total; ``1x1`` runs twice, with one CPU and with all of them, so that the speedup
+of two workers is measured against both.
+
+Scaling efficiency of a layout = its tokens/s / (world size x tokens/s of ``1x1`` on one CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PRESET_MODELS = {  # the debug preset, and a mid-size variant of it (about 14M parameters)
+    "debug": {"max_seq_len": 512},
+    "mid": {"n_layers": 6, "d_model": 384, "n_heads": 6, "d_ff": 1536, "max_seq_len": 512},
+}
+
+
+def features(work: Path) -> Path:
+    """A two-song extraction with the tiny models (reused when present)."""
+    from hummingml.corpus import write_corpus
+    from hummingml.extract import run
+    from hummingml.models import ModelsConfig
+    from hummingml.pipeline import ExtractConfig
+
+    out = work / "features"
+    if not (out / "summary.json").exists():
+        write_corpus(work / "corpus", n_songs=2, seed=5, seconds=8.0)
+        cfg = ExtractConfig(input=str(work / "corpus" / "mix"), output=str(out), segment_s=8.0,
+                            models=ModelsConfig(kind="tiny", cache_dir=str(work / "models")))
+        run(cfg, log=io.StringIO())
+    return out
+
+
+def case(features_dir: Path, work: Path, preset: str, dp: int, tp: int, cpus: float, steps: int,
+         batch_size: int) -> dict[str, Any]:
+    """One fit; returns its throughput."""
+    from hummingml.data import DataConfig
+    from hummingml.train import fit, from_preset
+
+    data = DataConfig(features=str(features_dir), frames=128, timbre_min_frames=32, timbre_max_frames=64)
+    name = f"{preset}-{dp}x{tp}-{cpus:g}cpu-{time.time_ns()}"
+    cfg = from_preset("debug", name=name, storage=str(work / "runs"), data=data, batch_size=batch_size,
+                      steps=steps, checkpoint_every=steps // 2, cpus_per_worker=cpus / (dp * tp))
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, **PRESET_MODELS[preset]),
+        parallel=dataclasses.replace(cfg.parallel, dp=dp, tp=tp),
+    )
+    started = time.perf_counter()
+    result = fit(cfg)
+    if result.error is not None:
+        raise RuntimeError(f"{name} failed: {result.error}")
+    metrics = result.metrics
+    return {
+        "preset": preset, "dp": dp, "tp": tp, "cpus": cpus, "steps": steps, "batch_size_per_dp_rank": batch_size,
+        "tokens_per_s": metrics["tokens_per_s"], "ar_loss_last": metrics["ar_loss"],
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every case and write the JSON report."""
+    import ray
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="debug,mid", help=f"any of {','.join(PRESET_MODELS)}")
+    p.add_argument("--layouts", default="1x1,1x2,2x1", help="dp x tp layouts besides 1x1 on one CPU")
+    p.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs given to every case")
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps per case (throughput of the second half)")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step per dp rank")
+    p.add_argument("--work", default="/tmp/hummingml-train-bench", help="features and runs go here")
+    p.add_argument("--out", default="benchmarks/results/train_scaling_cpu.json", help="result JSON")
+    args = p.parse_args(argv)
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    feats = features(work)
+    rows = []
+    for preset in args.presets.split(","):
+        base = case(feats, work, preset, 1, 1, 1, args.steps, args.batch_size)
+        rows.append(base | {"scaling_efficiency": 1.0})
+        for layout in args.layouts.split(","):
+            dp, tp = (int(x) for x in layout.split("x"))
+            row = case(feats, work, preset, dp, tp, args.cpus, args.steps, args.batch_size)
+            row["speedup_vs_1cpu"] = row["tokens_per_s"] / base["tokens_per_s"]
+            row["scaling_efficiency"] = row["speedup_vs_1cpu"] / (dp * tp)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    report = {
+        "command": "python -m benchmarks.train_scaling " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                    "load_avg_1m_at_end": os.getloadavg()[0]},
+        "cases": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
