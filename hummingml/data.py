@@ -8,9 +8,10 @@ One example is one melodic part (a stem such as ``lead``) of one segment:
 - ``timbre``: a 1-5 s clip of the same part from a different, non-overlapping time of the segment,
   ``(n_codebooks, timbre_frames)``.
 
-The sets hold codes, not audio, so augmentation works on tokens: random replacement of mono-reference tokens
-(noise), a random shift of the sine stream by up to ``jitter_frames`` (note timing jitter), random timbre length and
-position. Parts whose instrument (the manifest's ``instruments`` metadata) is in ``holdout_instruments`` form the
+Augmentation: with probability ``mono_variant_prob`` the mono reference is one of its audio-augmented variants
+(gain, noise, EQ; encoded at extraction, ``hummingml.stages.augment``); then, on tokens, random replacement of
+mono-reference tokens (noise), a random shift of the sine stream by up to ``jitter_frames`` (note timing jitter),
+random timbre length and position. Parts whose instrument (the manifest's ``instruments`` metadata) is in ``holdout_instruments`` form the
 unseen-instrument split.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,6 +41,7 @@ class DataConfig:
     timbre_max_frames: int = 32  # longest timbre clip in frames (431 = 5 s)
     augment: bool = True  # token-level augmentation (noise, jitter, timbre length/position); off for evaluation
     mono_noise: float = 0.1  # fraction of mono-reference tokens replaced by random tokens
+    mono_variant_prob: float = 0.5  # chance to condition on an audio-augmented mono variant (gain/noise/EQ) instead
     jitter_frames: int = 1  # the sine stream shifts by up to this many frames
     holdout_instruments: tuple[str, ...] = ()  # instruments (metadata 'instruments'[part]) kept out of training
     seed: int = 0  # example randomness: crop positions, timbre clips, augmentation
@@ -103,7 +106,12 @@ def examples_from_row(
             y_start, t_start = start, start + cfg.frames
         window = slice(y_start, y_start + cfg.frames)
         sine_w = sine[:cond_codebooks, window]
-        mono_w = mono[:cond_codebooks, window].copy()
+        variants = row.get("mono_variants") or []
+        if cfg.augment and variants and rng.random() < cfg.mono_variant_prob:
+            chosen = variants[int(rng.integers(0, len(variants)))]["codes"]
+            mono_w = np.asarray(chosen, dtype=np.int64)[0][:cond_codebooks, window].copy()
+        else:
+            mono_w = mono[:cond_codebooks, window].copy()
         if cfg.augment:
             shift = int(rng.integers(-cfg.jitter_frames, cfg.jitter_frames + 1))
             lo, hi = y_start - shift, y_start - shift + cfg.frames
@@ -122,6 +130,14 @@ def examples_from_row(
         }
 
 
+def _schema_names(path: str) -> list[str]:
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
+    return pads.dataset(inner, filesystem=fs, format="parquet").schema.names
+
+
 def read_joined(features: str, parallelism: int = 2) -> Any:
     """The two feature sets as one Ray Dataset, joined on (source_id, segment_index) and sorted by that key."""
     import ray.data
@@ -130,9 +146,11 @@ def read_joined(features: str, parallelism: int = 2) -> Any:
         f"{features.rstrip('/')}/audio-feature",
         columns=["source_id", "segment_index", "metadata", "stem_names", "stem_codes"],
     )
-    sine = ray.data.read_parquet(
-        f"{features.rstrip('/')}/sine-audio-feature", columns=["source_id", "segment_index", "mono_codes", "melody"]
-    )
+    sine_path = f"{features.rstrip('/')}/sine-audio-feature"
+    columns = ["source_id", "segment_index", "mono_codes", "melody"]
+    if "mono_variants" in _schema_names(sine_path):  # absent from sets written before schema 1.1
+        columns.append("mono_variants")
+    sine = ray.data.read_parquet(sine_path, columns=columns)
     joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
     # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
     # the same rows when a later run resumes from it

@@ -24,6 +24,7 @@ import pyarrow as pa
 from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, DecodeError, decode, n_frames, resample, to_mono
 from hummingml.models import ModelsConfig
 from hummingml.sources import AUDIO_EXTENSIONS, Source, SourceUnavailable, printable, read_bytes
+from hummingml.stages import augment
 from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig
 from hummingml.stages.separate import MELODIC_STEMS, STEMS, SeparateConfig
@@ -43,6 +44,7 @@ class ExtractConfig:
     segment_s: float = 30.0  # segment length in seconds; the last segment of a source is shorter
     melodic_stems: tuple[str, ...] = MELODIC_STEMS  # stems that get notes and a sine rendering, besides the mono ref
     stem_channels: Literal["mono", "stereo"] = "mono"  # encode each stem as 1 DAC stream (its mono mix) or 2
+    mono_variants: int = 1  # augmented copies (gain, noise, EQ) of the mono reference encoded per segment, for training
     limit: int = 0  # process at most this many inputs (0 = all)
     retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
     read_retries: int = 4  # retries of an input read that failed for a transient reason (network, throttling, 5xx)
@@ -249,7 +251,13 @@ class CodecStep(_ModelStep):
         stems = row.pop("stems")
         row["stem_names"] = list(STEMS)
         row["stem_codes"] = [encode(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s]) for s in STEMS]
-        row["mono_codes"] = encode(row.pop("mono"))
+        mono = row.pop("mono")
+        row["mono_codes"] = encode(mono)
+        row["mono_variants"] = []
+        for copy in range(self.cfg.mono_variants):
+            variant = augment.draw(augment.AugmentConfig(), row["source_id"], int(row["segment_index"]), copy)
+            codes = encode(augment.apply(mono, FEATURE_SAMPLE_RATE, variant))
+            row["mono_variants"].append({**asdict(variant), "codes": codes})
         for stream in row["melody"]:
             stream["sine_codes"] = encode(stream.pop("sine"))
         row["n_frames"] = int(row["channel_codes"].shape[-1])
@@ -311,7 +319,8 @@ def feature_tables(rows: list[dict[str, Any]], frame_rate: float) -> dict[str, p
             {"stream": m["stream"], "notes": m["notes"], "midi": m["midi"], "sine_codes": _codes(m["sine_codes"])}
             for m in row["melody"]
         ]
-        sine.append({**common, "mono_codes": _codes(row["mono_codes"]), "melody": melody})
+        variants = [{**v, "codes": _codes(v["codes"])} for v in row.get("mono_variants", [])]
+        sine.append({**common, "mono_codes": _codes(row["mono_codes"]), "mono_variants": variants, "melody": melody})
     return {
         "audio-feature": pa.Table.from_pylist(audio, schema=SCHEMAS["audio-feature"]),
         "sine-audio-feature": pa.Table.from_pylist(sine, schema=SCHEMAS["sine-audio-feature"]),

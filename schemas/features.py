@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: sine-audio-feature.mono_variants
 
 
 URI_DOC = "the input's URI or path as given (bytes of a non-UTF-8 file name as \\xNN escapes)"
@@ -70,6 +70,18 @@ AUDIO_FEATURE_SCHEMA = pa.schema(
     ]
 )
 
+MONO_VARIANT = pa.struct(
+    [
+        _f("gain_db", pa.float32(), "level change", "dB"),
+        _f("snr_db", pa.float32(), "white noise added at this signal-to-noise ratio", "dB"),
+        _f("eq_hz", pa.float32(), "centre frequency of the peaking EQ", "Hz"),
+        _f("eq_db", pa.float32(), "gain of the peaking EQ at its centre", "dB"),
+        _f("eq_q", pa.float32(), "quality factor of the peaking EQ"),
+        _f("noise_seed", pa.int64(), "seed of the noise (the variant can be made again from these fields)"),
+        _f("codes", CODES, "DAC codes of the variant, shape (1, n_codebooks, frames)"),
+    ]
+)
+
 SINE_AUDIO_FEATURE_SCHEMA = pa.schema(
     [
         *PROVENANCE,
@@ -77,6 +89,11 @@ SINE_AUDIO_FEATURE_SCHEMA = pa.schema(
             "mono_codes",
             CODES,
             "DAC codes of the mono reference (mean of the channels), shape (1, n_codebooks, frames)",
+        ),
+        _f(
+            "mono_variants",
+            pa.list_(MONO_VARIANT),
+            "augmented copies of the mono reference (ExtractConfig.mono_variants, hummingml.stages.augment)",
         ),
         _f("melody", pa.list_(MELODY_STREAM), "notes and sine codes per melodic stream: the mono reference first"),
     ]

@@ -78,3 +78,17 @@ def test_held_out_instruments_form_the_unseen_split() -> None:
     assert split_of(r["metadata"], "lead", cfg) == "unseen"
     assert [e["part"] for e in examples_from_row(r, cfg, 2, 1024, split="train")] == ["vocals"]
     assert [e["part"] for e in examples_from_row(r, cfg, 2, 1024, split="unseen")] == ["lead"]
+
+
+def test_augmentation_conditions_on_an_audio_variant_of_the_mono_reference() -> None:
+    r = row()
+    variant = np.full((1, K, F), 7)  # a constant variant: visible in the mono window when chosen
+    r["mono_variants"] = [{"gain_db": 0.0, "codes": variant}]
+    cfg = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, mono_noise=0.0, jitter_frames=0,
+                     mono_variant_prob=1.0)
+    examples = list(examples_from_row(r, cfg, 2, 1024, split="all"))
+    assert examples and all((e["mono"] == 7).all() for e in examples)
+    never = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, mono_noise=0.0, mono_variant_prob=0.0)
+    assert not any((e["mono"] == 7).all() for e in examples_from_row(r, never, 2, 1024, split="all"))
+    off = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, augment=False, mono_variant_prob=1.0)
+    assert not any((e["mono"] == 7).all() for e in examples_from_row(r, off, 2, 1024, split="all"))

@@ -114,6 +114,9 @@ def test_feature_rows_have_consistent_shapes(clean_run) -> None:
         sine = sine_rows[(row["source_id"], row["segment_index"])]
         assert [m["stream"] for m in sine["melody"]] == ["mono", "vocals", "lead"]
         assert np.array(sine["mono_codes"]).shape == (1, codes.shape[1], frames)
+        (variant,) = sine["mono_variants"]  # ExtractConfig.mono_variants = 1: one augmented copy
+        assert np.array(variant["codes"]).shape == (1, codes.shape[1], frames)
+        assert -12 <= variant["gain_db"] <= 6 and 15 <= variant["snr_db"] <= 40
 
 
 def test_stored_sine_codes_are_the_encoding_of_the_stored_notes(clean_run, corpus) -> None:

@@ -146,6 +146,7 @@ def test_a_hanging_network_is_given_up_after_the_timeout(monkeypatch, tmp_path) 
 
     def hang(*args, **kwargs):
         time.sleep(30)
+        raise TimeoutError("timed out")  # what a real connect to a blackholed route ends with
 
     monkeypatch.setattr(socket, "create_connection", hang)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

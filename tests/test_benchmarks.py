@@ -1,0 +1,29 @@
+"""The benchmarks' quick mode runs end to end (its figures are not asserted: they depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import PLANS
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_runs_every_benchmark_and_writes_its_json() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name, _ in PLANS["quick"]:
+        report = json.loads((ROOT / "benchmarks" / "results" / "quick" / f"{name}.json").read_text())
+        assert report, name
+    extraction = json.loads((ROOT / "benchmarks/results/quick/extraction.json").read_text())
+    assert {r["variant"] for r in extraction["results"]} >= {"ray", "sequential", "pool 2x1"}
+    scaling = json.loads((ROOT / "benchmarks/results/quick/train_scaling.json").read_text())
+    assert [(c["dp"], c["tp"]) for c in scaling["cases"]] == [(1, 1), (1, 2)]
+    assert all(c["tokens_per_s"] > 0 for c in scaling["cases"])
