@@ -2,9 +2,10 @@
 
     python -m benchmarks.train_scaling --out benchmarks/results/train_scaling_cpu.json
 
-The features come from a small extraction with the tiny models (made once under ``--work``). Each case runs
-``hummingml.train.fit`` for ``--steps`` steps of the AR and NAR models and reads ``tokens_per_s`` (AR target tokens
-per second over all dp ranks) from the last report, which covers the second half of the run, after warm-up.
+The features come from a small extraction with the tiny models (eight 4 s segments, made once under ``--work``).
+Each case runs ``hummingml.train.fit`` for ``--steps`` steps of the AR and NAR models and reads ``tokens_per_s``
+(AR target tokens per second over all dp ranks) from the last report, which covers the second half of the run,
+after warm-up.
 Every case gets the same CPUs in total; ``1x1`` runs twice, with one CPU and with all of them, so that the speedup
 of two workers is measured against both.
 
@@ -31,16 +32,16 @@ PRESET_MODELS = {  # the debug preset, and a mid-size variant of it (about 14M p
 
 
 def features(work: Path) -> Path:
-    """A two-song extraction with the tiny models (reused when present)."""
+    """Eight 4 s segments (four songs) extracted with the tiny models (reused when present): every dp rank gets rows."""
     from hummingml.corpus import write_corpus
     from hummingml.extract import run
     from hummingml.models import ModelsConfig
     from hummingml.pipeline import ExtractConfig
 
-    out = work / "features"
+    out = work / "features-4x8s"
     if not (out / "summary.json").exists():
-        write_corpus(work / "corpus", n_songs=2, seed=5, seconds=8.0)
-        cfg = ExtractConfig(input=str(work / "corpus" / "mix"), output=str(out), segment_s=8.0,
+        write_corpus(work / "corpus-4x8s", n_songs=4, seed=5, seconds=8.0)
+        cfg = ExtractConfig(input=str(work / "corpus-4x8s" / "mix"), output=str(out), segment_s=4.0,
                             models=ModelsConfig(kind="tiny", cache_dir=str(work / "models")))
         run(cfg, log=io.StringIO())
     return out
