@@ -11,8 +11,8 @@ One example is one melodic part (a stem such as ``lead``) of one segment:
 Augmentation: with probability ``mono_variant_prob`` the mono reference is one of its audio-augmented variants
 (gain, noise, EQ; encoded at extraction, ``hummingml.stages.augment``); then, on tokens, random replacement of
 mono-reference tokens (noise), a random shift of the sine stream by up to ``jitter_frames`` (note timing jitter),
-random timbre length and position. Parts whose instrument (the manifest's ``instruments`` metadata) is in ``holdout_instruments`` form the
-unseen-instrument split.
+random timbre length and position. Parts whose instrument (the manifest's ``instruments`` metadata) is in
+``holdout_instruments`` form the unseen-instrument split.
 """
 
 from __future__ import annotations
