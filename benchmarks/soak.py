@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.extraction import machine
 from hummingml.hostile import Expected, encode, write_hostile_corpus
 from hummingml.sources import source_id
 from hummingml.testing import output_keys, sine
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "command": "python -m benchmarks.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+        "machine": machine(),
         "files": args.files,
         "hostile_inputs": hostile,
         "wall_s": round(wall_s, 1),

@@ -19,13 +19,14 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-PRESET_MODELS = {  # the debug preset, and a mid-size variant of it (about 14M parameters)
+from benchmarks.extraction import machine
+
+PRESET_MODELS = {  # the debug preset, and a mid-size variant of it (18.1M AR parameters)
     "debug": {"max_seq_len": 512},
     "mid": {"n_layers": 6, "d_model": 384, "n_heads": 6, "d_ff": 1536, "max_seq_len": 512},
 }
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "command": "python -m benchmarks.train_scaling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-                    "load_avg_1m_at_end": os.getloadavg()[0]},
+        "machine": machine() | {"load_avg_1m_at_end": os.getloadavg()[0]},
         "cases": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
