@@ -54,12 +54,9 @@ def encode(audio: F32, sample_rate: int, fmt: str = "WAV", subtype: str | None =
     return buf.getvalue()
 
 
-def _float_wav(samples: np.ndarray, sample_rate: int = 16_000) -> bytes:
-    """A mono IEEE-float WAV written by hand, so it can hold NaN and infinity."""
-    data = np.asarray(samples, dtype="<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, sample_rate, sample_rate * 4, 4, 32)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
+def float_wav(samples: np.ndarray, sample_rate: int = 16_000) -> bytes:
+    """A mono 32-bit float WAV of ``samples`` as they are (NaN, infinity and values beyond full scale kept)."""
+    return encode(np.asarray(samples, dtype=np.float32)[None, :], sample_rate, "WAV", "FLOAT")
 
 
 def _segments(n_samples: int, sample_rate: int, segment_s: float) -> int:
@@ -121,8 +118,8 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
         "opus cut in half": ("half.opus", opus[: len(opus) // 2], err("truncated")),
         "mp3 cut in half": ("half.mp3", mp3[: len(mp3) // 2], err("truncated")),
         "zero-length wav": ("no-samples.wav", encode(np.zeros((2, 0), np.float32), 22_050), err("zero_length")),
-        "float wav with NaN": ("nan.wav", _float_wav(np.array([0.0, np.nan, 0.1] * 100)), err("non_finite")),
-        "float wav with Inf": ("inf.wav", _float_wav(np.array([0.0, np.inf, 0.1] * 100)), err("non_finite")),
+        "float wav with NaN": ("nan.wav", float_wav(np.array([0.0, np.nan, 0.1] * 100)), err("non_finite")),
+        "float wav with Inf": ("inf.wav", float_wav(np.array([0.0, np.inf, 0.1] * 100)), err("non_finite")),
         # sample formats
         "8-bit unsigned wav": ("u8.wav", at(22_050, subtype="PCM_U8"), one),
         "16-bit wav": ("s16.wav", wav16, one),
@@ -162,8 +159,8 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
         "DC offset": ("dc.wav", encode(np.full((2, n), 0.5, np.float32), 22_050), one),
         "full-scale square": ("square.wav", encode(np.sign(stereo + 1e-9).astype(np.float32), 22_050), one),
         "white noise": ("noise.wav", encode(rng.uniform(-1, 1, (2, n)).astype(np.float32), 22_050), one),
-        "float beyond full scale": ("loud.wav", _float_wav(np.sin(np.arange(n) / 8.0) * 8.0, 22_050), one),
-        "denormal samples": ("denormal.wav", _float_wav(np.full(n, 1e-42), 22_050), one),
+        "float beyond full scale": ("loud.wav", float_wav(np.sin(np.arange(n) / 8.0) * 8.0, 22_050), one),
+        "denormal samples": ("denormal.wav", float_wav(np.full(n, 1e-42), 22_050), one),
         # names and file-system objects
         "non-UTF-8 name": ("bad-\udcff\udcfe-name.wav", wav16, one),
         "very long name": ("l" * 240 + ".wav", wav16, one),

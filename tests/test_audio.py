@@ -1,25 +1,18 @@
 from __future__ import annotations
 
-import io
 import os
 import struct
 
 import numpy as np
 import pytest
-import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hummingml.audio import DecodeError, decode, n_frames, resample, to_mono
+from hummingml.hostile import encode, float_wav
 from hummingml.testing import sine, stereo_distinct
 
 RATES = [8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 88_200, 96_000, 192_000]
-
-
-def encode(audio: np.ndarray, sample_rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio.T, sample_rate, format=fmt, subtype=subtype)
-    return buf.getvalue()
 
 
 def dominant_hz(x: np.ndarray, sample_rate: int) -> float:
@@ -90,10 +83,6 @@ def test_decode_reads_ogg_vorbis_and_paths(tmp_path) -> None:
     assert abs(dominant_hz(out[1], rate) - 660.0) < 5
 
 
-def _wav_float(values: np.ndarray) -> bytes:
-    return encode(values.astype(np.float32)[None, :], 16_000, "WAV", "FLOAT")
-
-
 def _bad_inputs(tmp_path) -> dict[str, tuple[object, str]]:
     good = encode(sine(440.0, seconds=0.5), 16_000)
     flac = encode(sine(440.0, seconds=2.0), 16_000, "FLAC")
@@ -112,8 +101,8 @@ def _bad_inputs(tmp_path) -> dict[str, tuple[object, str]]:
         "header claims more data": (lying_header, "truncated"),
         "flac cut in half": (flac[: len(flac) // 2], "truncated"),
         "zero-length wav": (encode(np.zeros((1, 0), np.float32), 16_000), "zero_length"),
-        "nan samples": (_wav_float(np.array([0.0, np.nan, 0.1])), "non_finite"),
-        "inf samples": (_wav_float(np.array([0.0, np.inf, 0.1])), "non_finite"),
+        "nan samples": (float_wav(np.array([0.0, np.nan, 0.1])), "non_finite"),
+        "inf samples": (float_wav(np.array([0.0, np.inf, 0.1])), "non_finite"),
         "missing path": (tmp_path / "missing.wav", "not_found"),
         "broken symlink": (broken, "not_found"),
         "directory": (directory, "unreadable"),
