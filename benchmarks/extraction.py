@@ -13,6 +13,12 @@ synthesized corpus with the same models, each into a fresh output root:
 
 Reported per variant: wall seconds, audio seconds per wall second, and the peak resident memory of the process tree
 (sampled every 0.5 s). The JSON also holds the machine, the date and the exact command.
+
+The sequential loop and the pool also time every step (``stage_s``: seconds summed over all processes). In the pool
+with one thread per process, each stage runs at its best thread split for throughput (one per core), so the busy time
+summed over the stages and divided by the process count is the machine's limit for this work: the wall time a perfect
+scheduler would need. Efficiency = limit / wall time; each stage's share and real-time factor (core-seconds per
+second of audio) come from the same figures.
 """
 
 from __future__ import annotations
@@ -65,25 +71,42 @@ class PeakRSS:
         self._thread.join()
 
 
-def _steps(cfg: ExtractConfig) -> list[Any]:
+class Timed:
+    """A pipeline step that adds its wall time to ``seconds[name]``."""
+
+    def __init__(self, name: str, step: Any, seconds: dict[str, float]) -> None:
+        self.name, self.step, self.seconds = name, step, seconds
+
+    def __call__(self, batch: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.step(batch)
+        finally:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - start
+
+
+def _steps(cfg: ExtractConfig, seconds: dict[str, float]) -> list[Any]:
     from hummingml.pipeline import CodecStep, DecodeStep, PitchStep, SeparateStep
 
-    return [DecodeStep(cfg), SeparateStep(cfg), PitchStep(cfg), CodecStep(cfg)]
+    steps = {"decode": DecodeStep(cfg), "separate": SeparateStep(cfg), "pitch": PitchStep(cfg), "codec": CodecStep(cfg)}
+    return [Timed(name, step, seconds) for name, step in steps.items()]
 
 
-def _commit(cfg: ExtractConfig) -> Any:
+def _commit(cfg: ExtractConfig, seconds: dict[str, float]) -> Any:
     from hummingml.extract import models_for_run
     from hummingml.pipeline import CommitStep
 
-    return CommitStep(cfg, *models_for_run(cfg))
+    return Timed("commit", CommitStep(cfg, *models_for_run(cfg)), seconds)
 
 
-def run_sequential(cfg: ExtractConfig) -> None:
-    """Every step in this process, one source after another."""
+def run_sequential(cfg: ExtractConfig) -> dict[str, float]:
+    """Every step in this process, one source after another; returns the seconds spent in each step."""
     from hummingml.pipeline import run_local
     from hummingml.sources import list_sources
 
-    run_local(cfg, list_sources(cfg.input), _steps(cfg), _commit(cfg))
+    seconds: dict[str, float] = {}
+    run_local(cfg, list_sources(cfg.input), _steps(cfg, seconds), _commit(cfg, seconds))
+    return seconds
 
 
 _WORKER: dict[str, Any] = {}
@@ -93,24 +116,33 @@ def _pool_init(cfg: ExtractConfig, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER.update(cfg=cfg, steps=_steps(cfg), commit=_commit(cfg))
+    seconds: dict[str, float] = {}
+    _WORKER.update(cfg=cfg, steps=_steps(cfg, seconds), commit=_commit(cfg, seconds), seconds=seconds)
 
 
-def _pool_task(uri: str) -> int:
+def _pool_task(uri: str) -> dict[str, float]:
     from hummingml.pipeline import run_local
     from hummingml.sources import Source, source_id
 
+    _WORKER["seconds"].clear()
     run_local(_WORKER["cfg"], [Source(uri, source_id(uri))], _WORKER["steps"], _WORKER["commit"])
-    return 1
+    return dict(_WORKER["seconds"])
 
 
-def run_pool(cfg: ExtractConfig, processes: int, threads: int) -> None:
-    """A spawn pool of ``processes`` workers with ``threads`` torch threads each; models load once per process."""
+def run_pool(cfg: ExtractConfig, processes: int, threads: int) -> dict[str, float]:
+    """A spawn pool of ``processes`` workers with ``threads`` torch threads each; models load once per process.
+
+    Returns the seconds spent in each step, summed over the processes.
+    """
     from hummingml.sources import list_sources
 
     uris = [s.uri for s in list_sources(cfg.input)]
+    seconds: dict[str, float] = {}
     with mp.get_context("spawn").Pool(processes, initializer=_pool_init, initargs=(cfg, threads)) as pool:
-        assert sum(pool.imap_unordered(_pool_task, uris)) == len(uris)
+        for task in pool.imap_unordered(_pool_task, uris):
+            for name, s in task.items():
+                seconds[name] = seconds.get(name, 0.0) + s
+    return seconds
 
 
 def run_ray(cfg: ExtractConfig, cpus: int) -> None:
@@ -128,15 +160,38 @@ def run_ray(cfg: ExtractConfig, cpus: int) -> None:
 
 
 def measure(name: str, fn: Any, audio_s: float) -> dict[str, Any]:
-    """Wall time, throughput and peak memory of one variant."""
+    """Wall time, throughput and peak memory of one variant (and its per-step seconds, if ``fn`` returns them)."""
     start = time.perf_counter()
     with PeakRSS(os.getpid()) as mem:
-        fn()
+        seconds = fn()
     wall = time.perf_counter() - start
     result = {"variant": name, "wall_s": round(wall, 2), "audio_s_per_wall_s": round(audio_s / wall, 4),
               "peak_rss_gib": round(mem.peak / 2**30, 3)}
+    if seconds:
+        result["stage_s"] = {k: round(v, 2) for k, v in seconds.items()}
     print(json.dumps(result), flush=True)
     return result
+
+
+def machine_limit(results: list[dict[str, Any]], audio_s: float) -> dict[str, Any] | None:
+    """The limit from the one-thread-per-process pool with the most processes: its summed step time per process.
+
+    Also each step's share of the busy time and its real-time factor (seconds at one thread per second of audio).
+    """
+    single = [r for r in results if r["variant"].startswith("pool") and r["variant"].endswith("x1") and "stage_s" in r]
+    if not single:
+        return None
+    best = max(single, key=lambda r: int(r["variant"].split()[1].split("x")[0]))
+    processes = int(best["variant"].split()[1].split("x")[0])
+    busy = sum(best["stage_s"].values())
+    return {
+        "from": best["variant"],
+        "limit_s": round(busy / processes, 2),
+        "stages": {
+            name: {"share": round(s / busy, 4), "rtf_one_thread": round(s / audio_s, 4)}
+            for name, s in sorted(best["stage_s"].items(), key=lambda kv: -kv[1])
+        },
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -194,6 +249,10 @@ def main() -> None:
         best = min(pools, key=lambda r: r["wall_s"])
         ratios["ray_over_best_pool"] = round(best["wall_s"] / by_name["ray"]["wall_s"], 3)
         ratios["best_pool"] = best["variant"]
+    limit = machine_limit(results, audio_s)
+    if limit:
+        for r in results:
+            r["efficiency"] = round(limit["limit_s"] / r["wall_s"], 3)
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python " + " ".join(sys.argv),
@@ -202,6 +261,7 @@ def main() -> None:
         "models_kind": args.models_kind,
         "results": results,
         "ratios": ratios,
+        "limit": limit,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

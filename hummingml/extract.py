@@ -112,7 +112,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     if pending:
         if not ray.is_initialized():
             ray.init()
-        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate)
+        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log)
         done = errors = 0
         last = time.monotonic()
         try:

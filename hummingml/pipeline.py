@@ -50,6 +50,7 @@ class ExtractConfig:
     read_retries: int = 4  # retries of an input read that failed for a transient reason (network, throttling, 5xx)
     read_backoff_s: float = 1.0  # wait before the first read retry; it doubles with every retry
     commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
+    actor_threads: int = 1  # torch threads per model actor; 1 does the most work per core, more: fewer actors, less RAM
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
     wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -173,9 +174,20 @@ class DecodeStep:
 
 
 class _ModelStep:
-    """Shared batch loop of the model-backed steps: run ``process`` on every good row, capture failures."""
+    """Shared batch loop of the model-backed steps: run ``process`` on every good row, capture failures.
+
+    A step built with ``threads > 0`` sets torch's intra-op threads of its process to that many (Ray's default for an
+    actor that reserves under one CPU is one); 0 leaves torch's default.
+    """
 
     stage = ""
+
+    @staticmethod
+    def _set_threads(threads: int) -> None:
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
         rows = _rows(batch)
@@ -198,9 +210,10 @@ class SeparateStep(_ModelStep):
 
     stage = "separate"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         from hummingml.stages.separate import Separator
 
+        self._set_threads(threads)
         self.separator = Separator(cfg.separate_config(), model=model)
 
     def process(self, row: dict[str, Any]) -> None:
@@ -212,9 +225,10 @@ class PitchStep(_ModelStep):
 
     stage = "pitch"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         from hummingml.stages.pitch import PitchDetector
 
+        self._set_threads(threads)
         self.cfg = cfg
         self.detector = PitchDetector(cfg.pitch, model=model)
 
@@ -238,9 +252,10 @@ class CodecStep(_ModelStep):
 
     stage = "codec"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None) -> None:
+    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         from hummingml.stages.codec import Codec
 
+        self._set_threads(threads)
         self.cfg = cfg
         self.codec = Codec(cfg.codec_config(), model=model)
 

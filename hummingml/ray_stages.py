@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import ray
 import ray.data
@@ -24,50 +24,76 @@ from hummingml.pipeline import (
     source_rows,
 )
 from hummingml.sources import Source
+from hummingml.stages.separate import STEMS
 
-# CPUs reserved per task/actor. Fractions let every operator hold a slot on a 2-CPU machine: an actor pool that
-# takes every CPU starves the read/decode tasks and the job hangs (see docs on Ray's actor-pool deadlock).
+# CPUs reserved per task. Fractions let every operator hold a slot on a 2-CPU machine: an actor pool that takes
+# every CPU starves the read/decode tasks and the job hangs (see docs on Ray's actor-pool deadlock).
 DECODE_CPUS = 0.25
 COMMIT_CPUS = 0.1
-MODEL_CPUS = {"separate": 0.5, "pitch": 0.25, "codec": 0.5}
-# Share of the remaining CPUs per model stage, from measured real-time factors (codec >> separate >> pitch).
-CPU_SHARE = {"separate": 0.25, "pitch": 0.1, "codec": 0.65}
-MIN_CPUS = DECODE_CPUS + COMMIT_CPUS + sum(MODEL_CPUS.values())  # one actor per model stage, one decode task
+MIN_ACTOR_CPUS = 0.25  # the smallest CPU reservation of a model actor
+MIN_CPUS = DECODE_CPUS + COMMIT_CPUS + 3 * MIN_ACTOR_CPUS  # one actor per model stage, one decode task
+# Real-time factors on one 2-core machine (benchmarks/results/stage_costs.json, docs in benchmarks/README.md): the
+# seconds of CPU time per second of audio of one Demucs pass (stereo), one Basic Pitch stream, one DAC stream.
+STAGE_RTF = {"separate": 0.91, "pitch": 0.017, "codec": 0.68}
 
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """Actor count, CPUs and GPUs per actor for one model stage."""
+    """Actor count, torch threads, CPUs and GPUs per actor for one model stage."""
 
     size: int
-    num_cpus: float
+    threads: int  # torch intra-op threads each actor runs (set in the actor; Ray's OMP default would be 1)
+    num_cpus: float  # Ray's logical reservation per actor: ``threads`` scaled so that every pool fits
     num_gpus: float
 
 
-def plan_pools(cpus: float, gpus: float) -> dict[str, PoolPlan]:
-    """Size the model actor pools so that, with one decode task and the writer, they fit in ``cpus``.
+def stage_weights(cfg: ExtractConfig) -> dict[str, float]:
+    """Seconds of single-core work per second of segment audio for each model stage, under ``cfg``'s streams."""
+    melodic = 1 + len(cfg.melodic_stems)  # the mono reference and each melodic stem get notes and a sine
+    stem_streams = len(STEMS) * (1 if cfg.stem_channels == "mono" else 2)
+    codec_streams = 2 + stem_streams + 1 + cfg.mono_variants + melodic  # channels, stems, mono, variants, sines
+    return {
+        "separate": STAGE_RTF["separate"],
+        "pitch": STAGE_RTF["pitch"] * melodic,
+        "codec": STAGE_RTF["codec"] * codec_streams,
+    }
 
-    Each stage gets its ``CPU_SHARE`` of the CPUs left after the decode and writer reservations, at least one actor;
-    when the minimum of one actor each overshoots (tiny machines), the largest pools shrink first. With GPUs the
-    separation and codec stages run one actor per GPU, half a GPU each.
+
+def plan_pools(cpus: float, gpus: float, weights: dict[str, float], actor_threads: int = 1) -> dict[str, PoolPlan]:
+    """Size the model actor pools by the threads they run, in proportion to each stage's work.
+
+    On CPUs the machine has ``floor(cpus)`` cores' worth of threads. Each stage gets its share of them by ``weights``
+    (rounded, at least one actor), in actors of ``actor_threads`` torch threads; the light stages' single actors
+    idle most of the time, so their threads oversubscribe the cores only briefly. Ray's logical CPUs are a
+    reservation, not a thread count: each actor reserves its threads scaled so that all pools, one decode task and
+    the writer fit in ``cpus``. With GPUs the separation and codec stages run one actor per GPU, half a GPU each.
     """
     free = cpus - DECODE_CPUS - COMMIT_CPUS
-    sizes = {stage: max(1, math.floor(free * CPU_SHARE[stage] / per_actor + 1e-9))
-             for stage, per_actor in MODEL_CPUS.items()}
-
-    def used() -> float:
-        return sum(sizes[s] * MODEL_CPUS[s] for s in sizes)
-
-    while used() > free + 1e-9 and any(n > 1 for n in sizes.values()):
-        biggest = max(sizes, key=lambda s: sizes[s] * MODEL_CPUS[s])
-        sizes[biggest] -= 1
-    if used() > free + 1e-9:
+    if free < 3 * MIN_ACTOR_CPUS - 1e-9:
         raise ValueError(f"the cluster has {cpus} CPUs; extraction needs at least {MIN_CPUS}")
-    plans = {}
-    for stage, per_actor in MODEL_CPUS.items():
-        use_gpu = gpus >= 1 and stage in ("separate", "codec")
-        plans[stage] = PoolPlan(max(1, int(gpus)) if use_gpu else sizes[stage], per_actor, 0.5 if use_gpu else 0.0)
-    return plans
+    threads = max(1, math.floor(cpus + 1e-9))
+    total = sum(weights.values())
+    sizes = {}
+    for stage, weight in weights.items():
+        if gpus >= 1 and stage in ("separate", "codec"):
+            sizes[stage] = max(1, int(gpus))
+        else:
+            sizes[stage] = max(1, round(threads * weight / total / actor_threads))
+    reserved = sum(n * actor_threads for n in sizes.values())
+    scale = min(1.0, free / reserved)
+    while scale * actor_threads < MIN_ACTOR_CPUS - 1e-9:  # many actors on few CPUs: shrink the largest pool
+        biggest = max(sizes, key=lambda s: sizes[s])
+        sizes[biggest] -= 1
+        scale = min(1.0, free / sum(n * actor_threads for n in sizes.values()))
+    return {
+        stage: PoolPlan(
+            size=n,
+            threads=actor_threads,
+            num_cpus=math.floor(scale * actor_threads * 1000) / 1000,
+            num_gpus=0.5 if gpus >= 1 and stage in ("separate", "codec") else 0.0,
+        )
+        for stage, n in sizes.items()
+    }
 
 
 def cluster_cpus(cfg: ExtractConfig, poll_s: float = 5.0) -> float:
@@ -105,9 +131,18 @@ def build_dataset(
     skip: dict[str, list[int]],
     metadata: dict[str, Any],
     frame_rate: float,
+    log: TextIO | None = None,
 ) -> ray.data.Dataset:
-    """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (one actor)."""
-    plans = plan_pools(cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0))
+    """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (one actor).
+
+    The pool plan is printed to ``log``.
+    """
+    cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
+    plans = plan_pools(cpus, gpus, stage_weights(cfg), cfg.actor_threads)
+    if log is not None:
+        pools = ", ".join(f"{s} {p.size} x {p.threads} thread(s) ({p.num_cpus} CPU, {p.num_gpus} GPU)"
+                          for s, p in plans.items())
+        print(f"[extract] actor pools for {cpus:g} CPUs, {gpus:g} GPUs: {pools}", file=log, flush=True)
     first = source_rows(sources, skip)
     items = [
         {"source_id": s, "segment_index": i, "payload": p}
@@ -119,7 +154,7 @@ def build_dataset(
         plan = plans[stage]
         ds = ds.map_batches(
             cls,
-            fn_constructor_kwargs={"cfg": cfg},
+            fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.size),
             batch_size=1,
             num_cpus=plan.num_cpus,

@@ -1,25 +1,50 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from hummingml.ray_stages import COMMIT_CPUS, DECODE_CPUS, MIN_CPUS, plan_pools
+from hummingml.pipeline import ExtractConfig
+from hummingml.ray_stages import COMMIT_CPUS, DECODE_CPUS, MIN_ACTOR_CPUS, MIN_CPUS, plan_pools, stage_weights
+
+WEIGHTS = stage_weights(ExtractConfig())
 
 
 @pytest.mark.parametrize("cpus", [MIN_CPUS, 2, 3, 4, 8, 16, 96, 192])
-def test_pools_fit_the_cluster_with_room_for_decode(cpus: float) -> None:
-    plans = plan_pools(cpus, 0)
-    assert all(p.size >= 1 and p.num_gpus == 0 for p in plans.values())
+@pytest.mark.parametrize("actor_threads", [1, 2, 4])
+def test_pools_fit_the_cluster_with_room_for_decode(cpus: float, actor_threads: int) -> None:
+    plans = plan_pools(cpus, 0, WEIGHTS, actor_threads)
+    assert all(p.size >= 1 and p.num_gpus == 0 and p.threads == actor_threads for p in plans.values())
+    assert all(p.num_cpus >= MIN_ACTOR_CPUS for p in plans.values())
     used = sum(p.size * p.num_cpus for p in plans.values()) + DECODE_CPUS + COMMIT_CPUS
     assert used <= cpus + 1e-9
 
 
-def test_the_codec_gets_most_actors_on_a_big_node() -> None:
-    plans = plan_pools(64, 0)
-    assert plans["codec"].size > plans["separate"].size > 1
+def test_two_cores_run_two_single_thread_codec_actors() -> None:
+    """The codec is most of the work: on 2 CPUs it gets both cores as two 1-thread actors, like a 2x1 process pool."""
+    plans = plan_pools(2, 0, WEIGHTS)
+    assert (plans["codec"].size, plans["codec"].threads) == (2, 1)
+    assert plans["separate"].size == plans["pitch"].size == 1
+
+
+def test_threads_follow_the_stage_weights_on_a_big_node() -> None:
+    plans = plan_pools(64, 0, WEIGHTS)
+    codec, separate = plans["codec"].size, plans["separate"].size
+    assert codec > separate > 1
+    share = WEIGHTS["codec"] / sum(WEIGHTS.values())
+    assert abs(codec - 64 * share) <= 1
+    assert plans["codec"].num_cpus == pytest.approx(1.0, abs=0.03)  # each actor reserves about its one thread
+
+
+def test_more_streams_weigh_the_codec_more() -> None:
+    mono = stage_weights(ExtractConfig())
+    stereo = stage_weights(replace(ExtractConfig(), stem_channels="stereo", mono_variants=3))
+    assert stereo["codec"] - mono["codec"] == pytest.approx(0.68 * (6 + 2))
+    assert stereo["separate"] == mono["separate"]
 
 
 def test_gpu_stages_take_half_a_gpu_per_actor() -> None:
-    plans = plan_pools(8, 2)
+    plans = plan_pools(8, 2, WEIGHTS)
     assert (plans["separate"].size, plans["separate"].num_gpus) == (2, 0.5)
     assert (plans["codec"].size, plans["codec"].num_gpus) == (2, 0.5)
     assert plans["pitch"].num_gpus == 0
@@ -27,4 +52,4 @@ def test_gpu_stages_take_half_a_gpu_per_actor() -> None:
 
 def test_too_small_a_cluster_is_refused() -> None:
     with pytest.raises(ValueError, match="needs at least"):
-        plan_pools(1.0, 0)
+        plan_pools(1.0, 0, WEIGHTS)
