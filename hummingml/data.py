@@ -6,7 +6,9 @@ One example is one melodic part (a stem such as ``lead``) of one segment:
 - ``sine`` and ``mono``: the frame-aligned conditioning over the same window, each ``(cond_codebooks, frames)``:
   the codes of the part's sine rendering (its notes) and of the mono reference;
 - ``timbre``: a 1-5 s clip of the same part from a different, non-overlapping time of the segment,
-  ``(n_codebooks, timbre_frames)``.
+  ``(n_codebooks, timbre_frames)``;
+- ``source_id``, ``segment_index``, ``part`` and ``target_start`` (the window's first frame in the segment): where
+  the example comes from, so that evaluation can find the part's audio again.
 
 Augmentation: with probability ``mono_variant_prob`` the mono reference is one of its audio-augmented variants
 (gain, noise, EQ; encoded at extraction, ``hummingml.stages.augment``); then, on tokens, random replacement of
@@ -127,6 +129,7 @@ def examples_from_row(
             "sine": sine_w,
             "mono": mono_w,
             "target": target_all[:, window],
+            "target_start": y_start,  # first frame of the target window in the segment
         }
 
 

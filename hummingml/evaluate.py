@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,10 +43,12 @@ SI_SDR_EPS = 1e-8  # added to both energies (torchmetrics and audiotools use the
 SILENT_POWER = 1e-8  # mean square of the zero-mean reference below which a clip is not scored (RMS 1e-4, -80 dBFS)
 
 REFERENCE = (
-    "The feature sets hold DAC codes, not audio. Every SI-SDR compares two DAC decodes at the codec's rate: the "
-    "estimate is the decode of generated (or partly generated) codes, the reference is the decode of the ground-truth "
-    "codes of the target part over the same frames. The codec ceiling SI-SDR(decode(encode(x)), x) needs the "
-    "original audio and is not measured. Token accuracies compare codes with the stored ground-truth codes."
+    "The feature sets hold DAC codes, not audio. full, ar_only and nar_only compare two DAC decodes at the codec's "
+    "rate: the estimate is the decode of generated (or partly generated) codes, the reference is the decode of the "
+    "ground-truth codes of the target part over the same frames. codec_ceiling and full_vs_audio compare with the "
+    "part's own audio x, found again by re-reading the source segment and separating it with the extraction's "
+    "models: codec_ceiling = SI-SDR(decode(ground-truth codes), x), the best any model of these codes can score, and "
+    "full_vs_audio = SI-SDR(decode(generated codes), x). Token accuracies compare codes with the stored ground truth."
 )
 METRICS = {
     "ar_teacher_forced.acc": "level-0 top-1 accuracy, teacher-forced, over target frames (token mean)",
@@ -57,6 +60,9 @@ METRICS = {
     "si_sdr_db.full": "SI-SDR of decode(generated level 0 + NAR levels from it) vs decode(ground truth)",
     "si_sdr_db.ar_only": "SI-SDR of decode(generated level 0 + ground-truth levels 1..N-1) vs decode(ground truth)",
     "si_sdr_db.nar_only": "SI-SDR of decode(ground-truth level 0 + NAR levels from it) vs decode(ground truth)",
+    "si_sdr_db.codec_ceiling": "SI-SDR of decode(ground truth) vs the part's audio (re-separated source segment)",
+    "si_sdr_db.full_vs_audio": "SI-SDR of decode(generated level 0 + NAR levels) vs the part's audio",
+    "part_audio_unavailable": "examples without the part's audio, by reason (not in codec_ceiling, full_vs_audio)",
 }
 
 
@@ -147,6 +153,99 @@ def load_examples(
     return out
 
 
+# --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
+
+
+@dataclass
+class PartAudio:
+    """Each example's target part as audio at the codec's rate, found again from its source (or why not)."""
+
+    audio: list[npt.NDArray[np.float32] | None]  # per example: mono, ``frames * hop`` samples at the codec's rate
+    unavailable: dict[str, int]  # reason -> examples without audio
+
+
+def _provenance(features: str, source_ids: set[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """``(source_id, segment_index) -> {source_uri, content_sha256, n_segments}`` from the audio-feature set."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(features if "://" in features else os.path.abspath(features))
+    dataset = pads.dataset(f"{root.rstrip('/')}/audio-feature", filesystem=fs, format="parquet")
+    table = dataset.to_table(
+        columns=["source_id", "segment_index", "source_uri", "content_sha256", "n_segments"],
+        filter=pc.field("source_id").isin(sorted(source_ids)),
+    )
+    return {(r["source_id"], int(r["segment_index"])): r for r in table.to_pylist()}
+
+
+def part_audio(
+    examples: list[dict[str, Any]],
+    features: str,
+    record: dict[str, Any] | None,
+    models: ModelsConfig,
+    codec_rate: int,
+    frames: int,
+    log: TextIO = sys.stdout,
+) -> PartAudio:
+    """Re-read, decode and re-separate each example's source segment with the extraction's own steps and models.
+
+    The extraction's config comes from ``record`` (its output metadata), with ``models`` for the weights. Each
+    source is read once, only its segments that examples use are decoded (``hummingml.pipeline.DecodeStep``) and
+    separated (``SeparateStep``); a part is the stem as the codec saw it (its mono mix, or its left channel with
+    ``stem_channels=stereo``, which the examples' channel 0 holds), cut to the example's frames and resampled to the
+    codec's rate. A source that cannot be read, fails to decode, or whose bytes changed since the extraction
+    (``content_sha256``) gives no audio, counted by reason.
+    """
+    from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, resample, to_mono
+    from hummingml.config import from_dict
+    from hummingml.pipeline import DecodeStep, ExtractConfig, SeparateStep, source_rows, unpack
+    from hummingml.sources import Source
+
+    out = PartAudio([None] * len(examples), {})
+
+    def missing(reason: str, n: int) -> None:
+        out.unavailable[reason] = out.unavailable.get(reason, 0) + n
+
+    if not examples:
+        return out
+    if not record or "config" not in record:
+        missing("the features record no extraction config", len(examples))
+        return out
+    cfg = replace(from_dict(ExtractConfig, record["config"]), models=models)
+    wanted: dict[str, dict[int, list[int]]] = {}  # source -> segment -> example indices
+    for i, ex in enumerate(examples):
+        wanted.setdefault(ex["source_id"], {}).setdefault(int(ex["segment_index"]), []).append(i)
+    provenance = _provenance(features, set(wanted))
+    segments = sum(len(v) for v in wanted.values())
+    print(f"[evaluate] codec ceiling: re-reading {len(wanted)} sources, separating {segments} segments", file=log,
+          flush=True)
+    decode, separate = DecodeStep(cfg), SeparateStep(cfg)
+    for source_id, by_segment in wanted.items():
+        first = provenance.get((source_id, next(iter(by_segment))))
+        if first is None:
+            missing("no audio-feature row", sum(len(v) for v in by_segment.values()))
+            continue
+        skip = [i for i in range(int(first["n_segments"])) if i not in by_segment]
+        batch = separate(decode(source_rows([Source(first["source_uri"], source_id)], {source_id: skip})))
+        for row in map(unpack, batch["payload"]):
+            indices = by_segment.get(int(row["segment_index"]), [])
+            if row.get("error") or row.get("deferred"):
+                error = row.get("error") or {}
+                missing(f"{error.get('stage', 'read')}: {error.get('error_type', 'unavailable')}", len(indices))
+                continue
+            if row["content_sha256"] != first["content_sha256"]:
+                missing("source changed since extraction", len(indices))
+                continue
+            for i in indices:
+                stem = row["stems"][examples[i]["part"]]
+                channel = to_mono(stem) if cfg.stem_channels == "mono" else stem[:1]
+                start = int(examples[i]["target_start"]) * FRAME_HOP
+                piece = channel[:, start : start + frames * FRAME_HOP]
+                out.audio[i] = resample(piece, FEATURE_SAMPLE_RATE, codec_rate)[0]
+    return out
+
+
 # --- metrics -------------------------------------------------------------------------------------------------------
 
 
@@ -169,6 +268,7 @@ def evaluate_models(
     batch_size: int = 16,
     top_k: int = 1,
     seed: int = 0,
+    audio: list[npt.NDArray[np.float32] | None] | None = None,
 ) -> dict[str, Any]:
     """Token accuracies and SI-SDR of one checkpoint's models on ``examples`` (module docstring).
 
@@ -179,12 +279,15 @@ def evaluate_models(
         dac: the DAC that made the codes, for the SI-SDR decodes.
         batch_size: examples per forward pass.
         top_k, seed: free-running level-0 decoding (1 = greedy).
+        audio: per example, the target part's own audio at the codec's rate (:func:`part_audio`), or None where it
+            could not be found; adds ``codec_ceiling`` and ``full_vs_audio`` to ``si_sdr_db`` over the examples
+            that have it.
 
     Returns:
         ``{"n_examples", "n_frames", "ar_teacher_forced": {"loss", "acc", "top10_acc"}, "ar_free_running_acc",
         "nar_teacher_forced": {str(level): {"loss", "acc", "top10_acc"}}, "nar_mean_acc", "si_sdr_db": {"full",
-        "ar_only", "nar_only"} each {"mean", "median", "n_scored", "n_skipped_silent"}}``; metric values are None
-        without examples.
+        "ar_only", "nar_only"[, "codec_ceiling", "full_vs_audio"]} each {"mean", "median", "n_scored",
+        "n_skipped_silent"}}``; metric values are None without examples.
     """
     import torch
 
@@ -197,6 +300,8 @@ def evaluate_models(
     nar_sums = {lvl: {"loss": 0.0, "acc": 0.0, "top10_acc": 0.0} for lvl in levels}
     tokens, hits = 0, 0
     scores: dict[str, list[float]] = {"full": [], "ar_only": [], "nar_only": []}
+    if audio is not None:
+        scores.update(codec_ceiling=[], full_vs_audio=[])
     ar.eval()
     nar.eval()
     with torch.no_grad():
@@ -225,9 +330,14 @@ def evaluate_models(
                 "nar_only": nar.generate(batch, gt[:, 0]),
             }
             reference = _decode_clips(gt, lengths, dac)
-            for name, codes in combos.items():
-                for est, ref in zip(_decode_clips(codes, lengths, dac), reference, strict=True):
+            decoded = {name: _decode_clips(codes, lengths, dac) for name, codes in combos.items()}
+            for name, clips in decoded.items():
+                for est, ref in zip(clips, reference, strict=True):
                     scores[name].append(si_sdr(est, ref))
+            for j, part in enumerate(audio[i : i + batch_size] if audio is not None else []):
+                if part is not None:
+                    scores["codec_ceiling"].append(si_sdr(reference[j], part))
+                    scores["full_vs_audio"].append(si_sdr(decoded["full"][j], part))
     if not tokens:
         return {
             "n_examples": 0, "n_frames": 0, "ar_teacher_forced": None, "ar_free_running_acc": None,
@@ -261,6 +371,7 @@ class EvalConfig:
     batch_size: int = 16  # examples per forward pass
     top_k: int = 1  # free-running level 0: 1 = greedy, else top-k sampling
     seed: int = 0  # sampling seed (top_k > 1)
+    codec_ceiling: bool = True  # re-read and re-separate the examples' source segments to score the codec's ceiling
     out: str = "eval-results.json"  # the JSON: one row per (checkpoint, split)
     plot: str = ""  # a PNG bar plot of the main metrics; "" = none
     models: ModelsConfig = field(default_factory=ModelsConfig)  # the DAC for SI-SDR; unset flags follow the features
@@ -329,6 +440,7 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
         ray.init()
     started = time.time()
     example_cache: dict[Any, list[dict[str, Any]]] = {}
+    audio_cache: dict[Any, PartAudio] = {}
     dac_cache: dict[ModelsConfig, Any] = {}
     rows = []
     for path in cfg.checkpoints:
@@ -356,9 +468,19 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
                 example_cache[key] = load_examples(features, data, train_cfg.model, split, cfg.max_examples)
             examples = example_cache[key]
             t0 = time.time()
+            parts = None
+            if cfg.codec_ceiling:
+                if (key, models) not in audio_cache:
+                    audio_cache[key, models] = part_audio(
+                        examples, features, record, models, int(dac.sample_rate), data.frames, log
+                    )
+                parts = audio_cache[key, models]
             metrics = evaluate_models(
-                ar, nar, train_cfg, examples, dac, batch_size=cfg.batch_size, top_k=cfg.top_k, seed=cfg.seed
+                ar, nar, train_cfg, examples, dac, batch_size=cfg.batch_size, top_k=cfg.top_k, seed=cfg.seed,
+                audio=None if parts is None else parts.audio,
             )
+            if parts is not None:
+                metrics["part_audio_unavailable"] = parts.unavailable
             row = {
                 "checkpoint": str(directory),
                 "run_name": train_cfg.name,
@@ -407,12 +529,11 @@ def _brief(row: dict[str, Any]) -> str:
         unseen_undefined = row["split"] == "unseen" and not row["holdout_instruments"]
         return "no examples" + (" (no holdout instruments: set --holdout-instruments)" if unseen_undefined else "")
     sdr = row["si_sdr_db"]
-    median = {k: ("n/a" if v["median"] is None else f"{v['median']:.2f}") for k, v in sdr.items()}
+    median = " ".join(f"{k} {'n/a' if v['median'] is None else format(v['median'], '.2f')}" for k, v in sdr.items())
     return (
         f"{row['n_examples']} examples, AR acc {row['ar_teacher_forced']['acc']:.3f} "
         f"top10 {row['ar_teacher_forced']['top10_acc']:.3f} free-running {row['ar_free_running_acc']:.3f}, "
-        f"NAR mean acc {row['nar_mean_acc']:.3f}, SI-SDR median dB full {median['full']} "
-        f"ar_only {median['ar_only']} nar_only {median['nar_only']}"
+        f"NAR mean acc {row['nar_mean_acc']:.3f}, SI-SDR median dB {median}"
     )
 
 
@@ -430,7 +551,9 @@ def plot_results(results: dict[str, Any], png: str) -> str:
         "AR free-running": lambda r: r["ar_free_running_acc"],
         "NAR mean acc (TF)": lambda r: r["nar_mean_acc"],
     }
-    sdrs = {name: (lambda r, n=name: r["si_sdr_db"][n]["median"]) for name in ("full", "ar_only", "nar_only")}
+    names = ("full", "ar_only", "nar_only", "codec_ceiling", "full_vs_audio")
+    sdrs = {n: (lambda r, n=n: (r["si_sdr_db"].get(n) or {}).get("median")) for n in names
+            if any(n in r["si_sdr_db"] for r in rows)}
     fig, axes = plt.subplots(1, 2, figsize=(7 + 1.6 * len(rows), 4.5))
     for ax, metrics, ylabel in ((axes[0], accuracies, "accuracy"), (axes[1], sdrs, "median SI-SDR (dB)")):
         x = np.arange(len(metrics))
@@ -444,7 +567,7 @@ def plot_results(results: dict[str, Any], png: str) -> str:
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     skipped = len(results["rows"]) - len(rows)
-    title = "SI-SDR reference: DAC decode of the ground-truth codes"
+    title = "SI-SDR vs the DAC decode of the ground truth (codec_ceiling, full_vs_audio: vs the part's audio)"
     fig.suptitle(title + (f" ({skipped} rows without examples left out)" if skipped else ""))
     fig.tight_layout()
     fig.savefig(png, dpi=80)

@@ -96,6 +96,17 @@ def plan_pools(cpus: float, gpus: float, weights: dict[str, float], actor_thread
     }
 
 
+def starting_size(plan: PoolPlan, planned_cpus: float, present_cpus: float) -> int:
+    """Actors a pool starts with: all of ``plan`` when the cluster has the planned CPUs, else its share of them.
+
+    The pools start at their planned size rather than growing on demand: Ray Data grows a pool only within the
+    operator's share of its resource budget, which on a small machine keeps the codec at one actor.
+    """
+    if plan.num_gpus or present_cpus >= planned_cpus - 1e-9:
+        return plan.size
+    return max(1, math.floor(plan.size * present_cpus / planned_cpus))
+
+
 def cluster_cpus(cfg: ExtractConfig, poll_s: float = 5.0) -> float:
     """The CPUs to size the pools for: ``cfg.plan_cpus`` or the cluster's, waiting for an autoscaler if needed.
 
@@ -150,12 +161,13 @@ def build_dataset(
     ]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one source per block: spreads work
     ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=DECODE_CPUS)
+    present = ray.cluster_resources().get("CPU", 0.0)
     for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
         plan = plans[stage]
         ds = ds.map_batches(
             cls,
             fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads},
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.size),
+            compute=ray.data.ActorPoolStrategy(min_size=starting_size(plan, cpus, present), max_size=plan.size),
             batch_size=1,
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +70,7 @@ ROW_KEYS = {
     "checkpoint", "run_name", "step", "preset", "layout", "trained_with_augmentation", "trained_holdout_instruments",
     "split", "features", "holdout_instruments", "frames", "timbre_frames", "dac", "n_examples", "n_frames",
     "ar_teacher_forced", "ar_free_running_acc", "nar_teacher_forced", "nar_mean_acc", "si_sdr_db", "eval_s",
+    "part_audio_unavailable",
 }  # fmt: skip
 
 
@@ -90,7 +93,7 @@ def test_evaluate_job_compares_two_checkpoints_on_seen_and_unseen_instruments(
     assert main(argv) == 0
     results = json.loads(out.read_text())
     assert {"reference", "metrics", "si_sdr", "config", "rows"} <= set(results)
-    assert "not audio" in results["reference"]
+    assert "not audio" in results["reference"] and "codec_ceiling" in results["reference"]
     rows = results["rows"]
     assert [(r["preset"], r["split"]) for r in rows] == [
         ("debug", "train"), ("debug", "unseen"), ("valle_debug", "train"), ("valle_debug", "unseen")
@@ -103,7 +106,8 @@ def test_evaluate_job_compares_two_checkpoints_on_seen_and_unseen_instruments(
         metrics = [*row["ar_teacher_forced"].values(), row["ar_free_running_acc"], row["nar_mean_acc"]]
         assert all(0 <= m <= 1 for m in metrics[1:]) and metrics[0] >= 0  # loss, then accuracies
         assert set(row["nar_teacher_forced"]) == {"1", "2", "3"}
-        for combo in ("full", "ar_only", "nar_only"):
+        assert row["part_audio_unavailable"] == {}  # every source is still there: every example has its audio
+        for combo in ("full", "ar_only", "nar_only", "codec_ceiling", "full_vs_audio"):
             sdr = row["si_sdr_db"][combo]
             assert sdr["n_scored"] + sdr["n_skipped_silent"] == row["n_examples"]
             if sdr["n_scored"]:
@@ -111,3 +115,73 @@ def test_evaluate_job_compares_two_checkpoints_on_seen_and_unseen_instruments(
     # the same examples for both checkpoints: one held-out part each time
     assert rows[0]["n_examples"] == rows[2]["n_examples"] and rows[1]["n_examples"] == rows[3]["n_examples"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+# --- the parts' own audio ------------------------------------------------------------------------------------------
+
+
+def _whole_segment_examples(features: Path) -> tuple[list[dict], list[np.ndarray]]:
+    """One example per (segment, melodic stem) of an extraction output, spanning the whole segment; and its codes."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(features / "audio-feature").to_pylist()
+    examples, codes = [], []
+    for row in table:
+        for part in ("vocals", "lead"):
+            target = np.asarray(row["stem_codes"][row["stem_names"].index(part)], dtype=np.int64)[0]
+            examples.append({"source_id": row["source_id"], "segment_index": row["segment_index"], "part": part,
+                             "target_start": 0, "target": target})
+            codes.append(target)
+    return examples, codes
+
+
+def test_part_audio_is_what_the_codec_encoded(demo_features) -> None:
+    """Re-read + re-separated audio re-encodes to the stored codes: it is the audio the extraction encoded."""
+    from hummingml.evaluate import part_audio
+    from hummingml.generate import extraction_record, recorded_models_config
+    from hummingml.models import load_dac
+    from hummingml.stages.codec import encode
+
+    record = extraction_record(str(demo_features))
+    models = recorded_models_config(record)
+    dac, _ = load_dac(models)
+    examples, codes = _whole_segment_examples(demo_features)
+    frames = min(c.shape[1] for c in codes)
+    log = io.StringIO()
+    found = part_audio(examples, str(demo_features), record, models, int(dac.sample_rate), frames, log)
+    assert found.unavailable == {} and "re-reading 2 sources" in log.getvalue()
+    for audio, stored in zip(found.audio, codes, strict=True):
+        assert audio is not None and audio.shape == (frames * int(dac.hop_length),)
+        again = encode(audio[None, :], int(dac.sample_rate), dac).codes[0]
+        inner = slice(16, frames - 16)  # the stored codes saw the rest of the segment past the last frame
+        assert np.mean(again[:, inner] == stored[:, inner]) > 0.99
+
+
+def test_part_audio_counts_what_it_cannot_find(demo_features, monkeypatch) -> None:
+    from hummingml import evaluate
+    from hummingml.generate import extraction_record, recorded_models_config
+
+    record = extraction_record(str(demo_features))
+    models = recorded_models_config(record)
+    examples, _ = _whole_segment_examples(demo_features)
+    stranger = {**examples[0], "source_id": "not-extracted"}
+    found = evaluate.part_audio([stranger], str(demo_features), record, models, 44100, 8, io.StringIO())
+    assert found.audio == [None] and found.unavailable == {"no audio-feature row": 1}
+    found = evaluate.part_audio(examples[:1], str(demo_features), None, models, 44100, 8, io.StringIO())
+    assert found.audio == [None] and found.unavailable == {"the features record no extraction config": 1}
+
+    real = evaluate._provenance
+
+    def changed(features: str, source_ids: set[str]) -> dict:
+        return {k: {**v, "content_sha256": "0" * 64} for k, v in real(features, source_ids).items()}
+
+    monkeypatch.setattr(evaluate, "_provenance", changed)
+    found = evaluate.part_audio(examples[:2], str(demo_features), record, models, 44100, 8, io.StringIO())
+    assert found.audio == [None, None] and found.unavailable == {"source changed since extraction": 2}
+
+    def moved(features: str, source_ids: set[str]) -> dict:
+        return {k: {**v, "source_uri": v["source_uri"] + ".moved"} for k, v in real(features, source_ids).items()}
+
+    monkeypatch.setattr(evaluate, "_provenance", moved)
+    found = evaluate.part_audio(examples[:1], str(demo_features), record, models, 44100, 8, io.StringIO())
+    assert found.audio == [None] and list(found.unavailable) == ["read: FileNotFoundError"]

@@ -5,7 +5,15 @@ from dataclasses import replace
 import pytest
 
 from hummingml.pipeline import ExtractConfig
-from hummingml.ray_stages import COMMIT_CPUS, DECODE_CPUS, MIN_ACTOR_CPUS, MIN_CPUS, plan_pools, stage_weights
+from hummingml.ray_stages import (
+    COMMIT_CPUS,
+    DECODE_CPUS,
+    MIN_ACTOR_CPUS,
+    MIN_CPUS,
+    plan_pools,
+    stage_weights,
+    starting_size,
+)
 
 WEIGHTS = stage_weights(ExtractConfig())
 
@@ -53,3 +61,10 @@ def test_gpu_stages_take_half_a_gpu_per_actor() -> None:
 def test_too_small_a_cluster_is_refused() -> None:
     with pytest.raises(ValueError, match="needs at least"):
         plan_pools(1.0, 0, WEIGHTS)
+
+
+def test_pools_start_at_their_planned_size_when_the_cpus_are_there() -> None:
+    plan = plan_pools(16, 0, WEIGHTS)["codec"]
+    assert starting_size(plan, 16, 16) == plan.size
+    assert starting_size(plan, 16, 4) == plan.size // 4  # an autoscaling cluster: the rest join as nodes do
+    assert starting_size(plan, 16, 0.5) == 1
