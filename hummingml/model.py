@@ -153,6 +153,34 @@ class Attention(nn.Module):
         out = self.core(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_padding)  # (B, H, S, hd)
         return self.wo(out.transpose(1, 2).reshape(B, S, -1))
 
+    def extend(self, x: Tensor, rope: Tensor, cache: KVCache, attn_mask: Tensor) -> Tensor:
+        """Attention of new positions ``x`` (B, s, d_model) over ``cache`` plus themselves; appends their keys/values.
+
+        ``rope`` (2, s, head_dim // 2) holds the new positions' angles; ``attn_mask`` (B, 1, s, cached + s) is True
+        where a new position may attend.
+        """
+        B, s, _ = x.shape
+        q = apply_rope(self.wq(x).view(B, s, -1, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(self.wk(x).view(B, s, -1, self.head_dim), rope).transpose(1, 2)
+        v = self.wv(x).view(B, s, -1, self.head_dim).transpose(1, 2)
+        k, v = cache.append(k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.wo(out.transpose(1, 2).reshape(B, s, -1))
+
+
+class KVCache:
+    """Keys and values (B, H, S, head_dim) of the positions one attention layer has seen so far."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the new positions' keys and values; return all of them."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -179,6 +207,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor, key_padding: Tensor | None = None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), rope, key_padding)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+    def extend(self, x: Tensor, rope: Tensor, cache: KVCache, attn_mask: Tensor) -> Tensor:
+        """The block on new positions only, attending over ``cache`` (see :meth:`Attention.extend`)."""
+        h = x + self.attention.extend(self.attention_norm(x), rope, cache, attn_mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -407,12 +440,16 @@ class HummingLM(CodecLM):
         top_k: int = 1,
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
         """Exactly ``target_len[b]`` level-0 codes per row, (B, T) with T = ``cond.shape[-1]``, 0 past the end.
 
         ``top_k=1`` is greedy; otherwise samples from the ``top_k`` most likely codes at ``temperature``.
-        Recomputes the prefix at each step (no KV cache).
+        ``use_cache`` keeps every layer's keys and values (one new position per step, :meth:`_generate_cached`);
+        without it, each step recomputes the whole prefix.
         """
+        if use_cache:
+            return self._generate_cached(batch, top_k, temperature, generator)
         cond, target_len = batch["cond"], batch["target_len"]
         B, T = cond.shape[0], cond.shape[-1]
         out = torch.zeros(B, T, dtype=torch.long, device=cond.device)
@@ -427,6 +464,57 @@ class HummingLM(CodecLM):
             logits = self.logits(cut)[rows, (first + j).clamp(max=stop - 1)].float()  # (B, V)
             code = _sample(logits, top_k, temperature, generator)
             out[:, j] = torch.where(j < target_len, code, out[:, j])
+        return out
+
+    def _generate_cached(
+        self, batch: Mapping[str, Tensor], top_k: int, temperature: float, generator: torch.Generator | None
+    ) -> Tensor:
+        """:meth:`generate` with a KV cache.
+
+        Rows have prompts of different lengths, so each row is shifted right by ``max(first) - first[b]`` positions
+        (left padding that no real position attends to) until every row predicts target frame j at the same position
+        ``max(first) + j``. Rotary embeddings depend only on the distance between two positions, so the shift leaves
+        every attention score as it was. The prompt is run once; then one position per step.
+        """
+        cond, target_len = batch["cond"], batch["target_len"]
+        B, T = cond.shape[0], cond.shape[-1]
+        device = cond.device
+        out = torch.zeros(B, T, dtype=torch.long, device=device)
+        work = {k: batch[k] for k in ("timbre", "timbre_len", "cond", "target_len")}
+        work["target"] = out[:, None, :]
+        first = self.target_positions(batch)
+        last = int(first.max())
+        shift = last - first  # (B,)
+        steps = int(target_len.max())
+        length = last + steps
+        pos = torch.arange(length, device=device)
+        src = pos[None, :] - shift[:, None]  # (B, length): each aligned position's index in the packed row
+        real = src >= 0
+        rope = self.rope if self.rope.shape[1] >= length else rope_table(
+            self.cfg.head_dim, length, self.cfg.rope_theta, device=device)
+        caches = [KVCache() for _ in self.layers]
+        blocks = [getattr(b, "_checkpoint_wrapped_module", b) for b in self.layers]
+
+        def run(lo: int, hi: int) -> Tensor:
+            """Positions [lo, hi) through the trunk; their final-norm hidden states (B, hi - lo, d_model)."""
+            packed = self.pack(work)
+            at = src[:, lo:hi].clamp(0, packed.idx.shape[1] - 1)
+            idx = packed.idx.gather(1, at[..., None].expand(-1, -1, packed.idx.shape[-1]))
+            mask = packed.mask.gather(1, at[..., None].expand(-1, -1, packed.mask.shape[-1])) & real[:, lo:hi, None]
+            e = self.tok_embeddings(idx)
+            h = (e * mask.unsqueeze(-1).to(e.dtype)).sum(2)
+            query, key = pos[lo:hi, None], pos[None, :hi]
+            allowed = (key <= query)[None] & (real[:, None, :hi] | (key == query)[None])  # pads see only themselves
+            for block, cache in zip(blocks, caches, strict=True):
+                h = block.extend(h, rope[:, lo:hi], cache, allowed[:, None])
+            return self.norm(h)
+
+        h = run(0, last + 1)[:, -1]
+        for j in range(steps):
+            code = _sample(self.output(h).float(), top_k, temperature, generator)
+            out[:, j] = torch.where(j < target_len, code, out[:, j])
+            if j + 1 < steps:
+                h = run(last + 1 + j, last + 2 + j)[:, -1]
         return out
 
 

@@ -10,6 +10,7 @@ from hummingml.ray_stages import (
     DECODE_CPUS,
     MIN_ACTOR_CPUS,
     MIN_CPUS,
+    STAGE_RTF,
     plan_pools,
     stage_weights,
     starting_size,
@@ -47,7 +48,7 @@ def test_threads_follow_the_stage_weights_on_a_big_node() -> None:
 def test_more_streams_weigh_the_codec_more() -> None:
     mono = stage_weights(ExtractConfig())
     stereo = stage_weights(replace(ExtractConfig(), stem_channels="stereo", mono_variants=3))
-    assert stereo["codec"] - mono["codec"] == pytest.approx(0.68 * (6 + 2))
+    assert stereo["codec"] - mono["codec"] == pytest.approx(STAGE_RTF["codec"] * (6 + 2))
     assert stereo["separate"] == mono["separate"]
 
 
