@@ -3,9 +3,9 @@
     python -m benchmarks.long_file_memory --minutes 10,30,60 --out benchmarks/results/long_file_memory.json
 
 Each length runs in a fresh process: a stereo 44.1 kHz 16-bit WAV of that length is written, then
-``hummingml.pipeline.DecodeStep`` turns it into 30 s segments exactly as the extraction job's decode task does. The
-peak resident memory (``ru_maxrss`` of the child) is reported next to the file size, so the growth per minute of
-input is visible.
+``hummingml.pipeline.DecodeStep.batches`` turns it into 30 s segments exactly as the extraction job's decode task
+does (one batch per segment, handed on as it is made). The peak resident memory (``ru_maxrss`` of the child) is
+reported next to the file size, so any growth per minute of input is visible.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import resource, sys, time
 from hummingml.pipeline import DecodeStep, ExtractConfig, source_rows
 from hummingml.sources import Source
 t = time.perf_counter()
-out = DecodeStep(ExtractConfig(segment_s=30.0))(source_rows([Source(sys.argv[1], "x")]))
-print(len(out["payload"]), time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+n = sum(1 for _ in DecodeStep(ExtractConfig(segment_s=30.0)).batches(source_rows([Source(sys.argv[1], "x")])))
+print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -40,72 +41,171 @@ class DecodeError(ValueError):
         self.reason = message
 
 
-def read_local_bytes(source: bytes | str | os.PathLike[str]) -> bytes:
-    """The bytes of a local file (bytes pass through).
+def open_local(source: str | os.PathLike[str]) -> BinaryIO:
+    """A local file opened for reading (binary).
 
     Raises:
-        DecodeError: ``not_found`` for a missing path or broken link, ``unreadable`` for a directory or an OS error.
+        DecodeError: ``not_found`` for a missing path or broken link, ``unreadable`` for anything but a regular file
+            (a directory, a FIFO) or an OS error.
     """
-    if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source)
     path = Path(source)
     if not path.exists():
         raise DecodeError("not_found", f"{path} does not exist (or is a broken link)")
     if not path.is_file():
         raise DecodeError("unreadable", f"{path} is not a regular file")
     try:
-        return path.read_bytes()
+        return path.open("rb")
     except OSError as exc:
         raise DecodeError("unreadable", f"{path}: {exc.strerror or exc}") from exc
 
 
-def _check_wav_length(data: bytes) -> None:
+def read_local_bytes(source: bytes | str | os.PathLike[str]) -> bytes:
+    """The bytes of a local file (bytes pass through); raises as :func:`open_local`."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    with open_local(source) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise DecodeError("unreadable", f"{source}: {exc.strerror or exc}") from exc
+
+
+def _read_at(f: BinaryIO, pos: int, n: int) -> bytes:
+    f.seek(pos)
+    return f.read(n)
+
+
+def _check_wav_length(f: BinaryIO, size: int) -> None:
     """Raise ``truncated`` when a RIFF/WAVE header claims more sample data than the file holds.
 
     libsndfile silently shortens such files to what is present; a user wants to know the upload was cut.
     """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    head = _read_at(f, 0, 12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return
     pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+    while pos + 8 <= size:
+        chunk = _read_at(f, pos, 8)
+        chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:8])[0]
         if chunk_id == b"data":
-            present = len(data) - pos - 8
+            present = size - pos - 8
             # 0 and 0xFFFFFFFF mean "unknown size" (streamed writers); trust the file then.
-            if size not in (0, 0xFFFFFFFF) and present < size:
-                raise DecodeError("truncated", f"WAV header declares {size} data bytes but only {present} are present")
+            if chunk_size not in (0, 0xFFFFFFFF) and present < chunk_size:
+                raise DecodeError(
+                    "truncated", f"WAV header declares {chunk_size} data bytes but only {present} are present"
+                )
             return
-        pos += 8 + size + (size & 1)
+        pos += 8 + chunk_size + (chunk_size & 1)
 
 
-def _check_ogg_complete(data: bytes) -> None:
+def _check_ogg_complete(f: BinaryIO, size: int) -> None:
     """Raise ``truncated`` when an Ogg stream (Vorbis, Opus, FLAC-in-Ogg) breaks off.
 
     Walks the pages: a page that runs past the end of the data, or a last page without the end-of-stream flag, means
     the file was cut. libsndfile reports such files inconsistently (not audio, zero samples, or silently shorter).
     """
-    if data[:4] != b"OggS":
+    if _read_at(f, 0, 4) != b"OggS":
         return
     pos, last_flags = 0, 0
-    while pos < len(data):
-        if data[pos : pos + 4] != b"OggS":
+    while pos < size:
+        header = _read_at(f, pos, 27)
+        if header[:4] != b"OggS":
             return  # not a page boundary: trailing or damaged data, which the decoder judges
-        if pos + 27 > len(data):
-            raise DecodeError("truncated", f"the Ogg stream breaks off at byte {pos} of {len(data)}")
-        n_lacing = data[pos + 26]
-        if pos + 27 + n_lacing > len(data):
+        if len(header) < 27:
+            raise DecodeError("truncated", f"the Ogg stream breaks off at byte {pos} of {size}")
+        n_lacing = header[26]
+        lacing = f.read(n_lacing)
+        if len(lacing) < n_lacing:
             raise DecodeError("truncated", f"the Ogg page at byte {pos} is cut short")
-        body = sum(data[pos + 27 : pos + 27 + n_lacing])
-        last_flags = data[pos + 5]
-        pos += 27 + n_lacing + body
-        if pos > len(data):
-            raise DecodeError("truncated", f"the last Ogg page needs {pos - len(data)} more bytes than present")
+        last_flags = header[5]
+        pos += 27 + n_lacing + sum(lacing)
+        if pos > size:
+            raise DecodeError("truncated", f"the last Ogg page needs {pos - size} more bytes than present")
     if not last_flags & 0x04:
         raise DecodeError("truncated", "the Ogg stream ends without its end-of-stream page")
 
 
+class AudioReader:
+    """An encoded audio stream, checked once from end to end, then read from the start in blocks, in fixed memory.
+
+    Opening walks the whole stream (block by block, keeping no samples) so that a bad file fails here, before any
+    audio is used, with the same :class:`DecodeError` kinds as :func:`decode`; it also yields the exact frame count.
+    :meth:`blocks` then decodes again from the start. Formats libsndfile does not read (M4A/AAC; MP3 with an old
+    libsndfile) go through audioread, which decodes the whole file into memory.
+
+    Args:
+        f: the encoded file, seekable (a local file, an in-memory buffer, a spooled download); not closed here.
+        size: its length in bytes.
+        block_frames: frames per decoded block.
+
+    Attributes:
+        channels, sample_rate: as in the file. frames: the number of frames per channel (exact).
+
+    Raises:
+        DecodeError: for an empty, non-audio, corrupt, truncated, zero-length or non-finite input.
+    """
+
+    def __init__(self, f: BinaryIO, size: int, block_frames: int = 1 << 18) -> None:
+        import soundfile as sf
+
+        if size == 0:
+            raise DecodeError("empty", "the input has 0 bytes")
+        _check_wav_length(f, size)
+        _check_ogg_complete(f, size)
+        self._f, self._size, self.block_frames = f, size, block_frames
+        self._whole: F32 | None = None
+        f.seek(0)
+        try:
+            sf.SoundFile(f).close()
+        except sf.LibsndfileError as exc:
+            f.seek(0)
+            self._whole, self.sample_rate = _decode_with_audioread(f.read(), str(exc))
+            self.channels, self.frames = self._whole.shape
+        else:
+            self.frames = 0
+            for block in self.blocks():
+                if not np.isfinite(block).all():
+                    bad = int(np.size(block) - np.count_nonzero(np.isfinite(block)))
+                    raise DecodeError("non_finite", f"{bad} samples are NaN or infinite (in frames from {self.frames})")
+                self.frames += block.shape[1]
+            self.channels = self._channels
+        if self.frames == 0:
+            raise DecodeError("zero_length", "the stream decodes to 0 samples")
+        if self.sample_rate <= 0:
+            raise DecodeError("corrupt", f"invalid sample rate {self.sample_rate}")
+        if self._whole is not None and not np.isfinite(self._whole).all():
+            bad = int(np.size(self._whole) - np.count_nonzero(np.isfinite(self._whole)))
+            raise DecodeError("non_finite", f"{bad} samples are NaN or infinite")
+
+    def blocks(self) -> Iterator[F32]:
+        """float32 ``(channels, n)`` blocks from the start of the stream, ``block_frames`` frames each but the last."""
+        import soundfile as sf
+
+        if self._whole is not None:
+            for start in range(0, self._whole.shape[1], self.block_frames):
+                yield self._whole[:, start : start + self.block_frames]
+            return
+        self._f.seek(0)
+        with sf.SoundFile(self._f) as f:
+            declared, self.sample_rate, self._channels = f.frames, int(f.samplerate), int(f.channels)
+            read = 0
+            while True:
+                try:
+                    block = f.read(self.block_frames, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    # A decoder that fails once it has consumed every byte ran out of data: the file was cut short.
+                    kind: DecodeErrorKind = "truncated" if self._f.tell() >= self._size else "corrupt"
+                    raise DecodeError(kind, f"the stream broke off while decoding ({exc})") from exc
+                if not len(block):
+                    break
+                read += len(block)
+                yield np.ascontiguousarray(block.T)
+        if declared > 0 and read < declared:
+            raise DecodeError("truncated", f"the stream declares {declared} frames but only {read} could be read")
+
+
 def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
-    """Decode an encoded audio file into float32 samples.
+    """Decode an encoded audio file into float32 samples, all in memory (:class:`AudioReader` streams instead).
 
     Args:
         source: the encoded file's bytes, or a path to it. WAV, FLAC, OGG/Vorbis/Opus and (with a libsndfile
@@ -120,40 +220,59 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
         DecodeError: for a missing, unreadable, empty, non-audio, corrupt, truncated, zero-length or
             non-finite input; ``kind`` says which. (``channels`` is raised by callers that limit the channel count.)
     """
-    import soundfile as sf
-
     data = read_local_bytes(source)
-    if not data:
-        raise DecodeError("empty", "the input has 0 bytes")
-    _check_wav_length(data)
-    _check_ogg_complete(data)
-    buf = io.BytesIO(data)
-    try:
-        f = sf.SoundFile(buf)
-    except sf.LibsndfileError as exc:
-        audio, sample_rate = _decode_with_audioread(data, str(exc))
-    else:
-        with f:
-            declared, sample_rate = f.frames, int(f.samplerate)
-            try:
-                samples = f.read(dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                # A decoder that fails once it has consumed every byte ran out of data: the file was cut short.
-                kind: DecodeErrorKind = "truncated" if buf.tell() >= len(data) else "corrupt"
-                raise DecodeError(kind, f"the stream broke off while decoding ({exc})") from exc
-        if declared > 0 and samples.shape[0] < declared:
-            raise DecodeError(
-                "truncated", f"the stream declares {declared} frames but only {samples.shape[0]} could be read"
-            )
-        audio = np.ascontiguousarray(samples.T)
-    if audio.shape[-1] == 0:
-        raise DecodeError("zero_length", "the stream decodes to 0 samples")
-    if sample_rate <= 0:
-        raise DecodeError("corrupt", f"invalid sample rate {sample_rate}")
-    if not np.isfinite(audio).all():
-        bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))
-        raise DecodeError("non_finite", f"{bad} samples are NaN or infinite")
-    return audio, sample_rate
+    reader = AudioReader(io.BytesIO(data), len(data), block_frames=max(1, len(data)))
+    return np.concatenate(list(reader.blocks()), axis=1), reader.sample_rate
+
+
+def resampled_length(frames: int, sample_rate: int, target_rate: int) -> int:
+    """Samples that resampling ``frames`` samples from ``sample_rate`` to ``target_rate`` gives (rounded half up)."""
+    return frames if sample_rate == target_rate else (2 * frames * target_rate + sample_rate) // (2 * sample_rate)
+
+
+def resampled_pieces(
+    reader: AudioReader, target_rate: int, piece_samples: int, quality: str = "HQ"
+) -> Iterator[F32]:
+    """The stream resampled to ``target_rate`` (soxr, streaming) and cut into pieces of ``piece_samples``.
+
+    Equal to cutting :func:`resample` of the whole decoded stream (soxr's streaming and one-shot outputs are the
+    same samples); the last piece is shorter. Memory holds a few blocks and one piece, whatever the length.
+    """
+    import soxr
+
+    total = resampled_length(reader.frames, reader.sample_rate, target_rate)
+    stream = None
+    if reader.sample_rate != target_rate:
+        stream = soxr.ResampleStream(reader.sample_rate, target_rate, reader.channels, dtype="float32",
+                                     quality=quality)
+    pending: list[F32] = []
+    held = done = 0
+
+    def take(n: int) -> F32:
+        nonlocal pending, held
+        joined = np.concatenate(pending, axis=1) if len(pending) > 1 else pending[0]
+        pending = [joined[:, n:]] if joined.shape[1] > n else []
+        held -= min(n, joined.shape[1])
+        return np.ascontiguousarray(joined[:, :n])
+
+    def feed(block: F32, last: bool) -> Iterator[F32]:
+        nonlocal held, done
+        if stream is not None:
+            block = np.asarray(stream.resample_chunk(np.ascontiguousarray(block.T), last=last)).T
+        block = block[:, : max(0, total - done - held)]  # soxr's count can differ from the rounded one by a sample
+        if block.shape[1]:
+            pending.append(block)
+            held += block.shape[1]
+        while held >= piece_samples or (last and held):
+            piece = take(min(piece_samples, held))
+            done += piece.shape[1]
+            yield piece
+
+    for block in reader.blocks():
+        yield from feed(block, last=False)
+    yield from feed(np.zeros((reader.channels, 0), np.float32), last=True)
+    if done < total:  # and the other way round
+        yield np.zeros((reader.channels, total - done), np.float32)
 
 
 def _decode_with_audioread(data: bytes, sndfile_error: str) -> tuple[F32, int]:

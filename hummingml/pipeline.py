@@ -9,7 +9,6 @@ Ray Data; ``run_local`` runs them in one process (tests, baselines).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import time
@@ -21,9 +20,18 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, DecodeError, decode, n_frames, resample, to_mono
+from hummingml.audio import (
+    FEATURE_SAMPLE_RATE,
+    FRAME_HOP,
+    AudioReader,
+    DecodeError,
+    n_frames,
+    resampled_length,
+    resampled_pieces,
+    to_mono,
+)
 from hummingml.models import ModelsConfig
-from hummingml.sources import AUDIO_EXTENSIONS, Source, SourceUnavailable, printable, read_bytes
+from hummingml.sources import AUDIO_EXTENSIONS, Source, SourceUnavailable, open_source, printable
 from hummingml.stages import augment
 from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig
@@ -114,63 +122,86 @@ def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None)
 
 
 class DecodeStep:
-    """Read, hash, decode, resample to 22.05 kHz and cut into segments; one row per source in, one per segment out."""
+    """Read, hash, decode, resample to 22.05 kHz and cut into segments; one row per source in, one per segment out.
+
+    The source is streamed (:func:`hummingml.sources.open_source`, :class:`hummingml.audio.AudioReader`): memory
+    holds one segment and a few decoded blocks whatever the file's length. :meth:`batches` yields one batch per
+    segment (the Ray job's decode tasks do this); calling the step returns them all in one batch.
+    """
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        out: list[dict[str, Any]] = []
+        return _batch([out for row in _rows(batch) for out in self._segments(row)])
+
+    def batches(self, batch: Batch) -> Iterator[Batch]:
+        """One single-row batch per output row, as they are decoded."""
         for row in _rows(batch):
-            out.extend(self._segments(row))
-        return _batch(out)
+            for out in self._segments(row):
+                yield _batch([out])
 
     def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stage = "read"
+        source = None
         try:
-            data = read_bytes(row["source_uri"], self.cfg.read_retries, self.cfg.read_backoff_s)
-            row["content_sha256"] = hashlib.sha256(data).hexdigest()
+            source = open_source(row["source_uri"], self.cfg.read_retries, self.cfg.read_backoff_s)
+            row["content_sha256"] = source.sha256
             stage = "decode"
-            audio, rate = decode(data)
-            del data
-            if audio.shape[0] > 2:
+            reader = AudioReader(source.file, source.size)
+            if reader.channels > 2:
                 raise DecodeError(
                     "channels",
-                    f"{audio.shape[0]} channels: features are made from mono or stereo; mix the file down to stereo "
+                    f"{reader.channels} channels: features are made from mono or stereo; mix the file down to stereo "
                     "first (e.g. ffmpeg -i in.wav -ac 2 out.wav), since the layout of a multichannel file is not known",
                 )
-            feature = resample(audio, rate, FEATURE_SAMPLE_RATE)
         except SourceUnavailable as exc:
             row["deferred"] = printable(str(exc))  # not committed: the source stays pending for a rerun
             yield row
             return
         except Exception as exc:
+            if source is not None:
+                source.close()
             _fail(row, stage, exc)
             yield row
             return
+        with source:
+            yield from self._cut(row, reader)
+
+    def _cut(self, row: dict[str, Any], reader: AudioReader) -> Iterator[dict[str, Any]]:
         seg_len = max(FRAME_HOP, round(self.cfg.segment_s * FEATURE_SAMPLE_RATE))
-        n_segments = max(1, -(-feature.shape[1] // seg_len))
+        total = resampled_length(reader.frames, reader.sample_rate, FEATURE_SAMPLE_RATE)
+        n_segments = max(1, -(-total // seg_len))
         common = {
             **{k: row[k] for k in ("source_id", "source_uri", "metadata", "content_sha256")},
-            "source_sample_rate": rate,
-            "source_channels": audio.shape[0],
-            "source_duration_s": audio.shape[1] / rate,
+            "source_sample_rate": reader.sample_rate,
+            "source_channels": reader.channels,
+            "source_duration_s": reader.frames / reader.sample_rate,
             "n_segments": n_segments,
         }
         skip = set(row["skip_segments"])
-        for i in range(n_segments):
-            if i in skip:
-                continue
-            piece = np.ascontiguousarray(feature[:, i * seg_len : (i + 1) * seg_len])
-            yield {
-                **common,
-                "segment_index": i,
-                "segment_start_s": i * seg_len / FEATURE_SAMPLE_RATE,
-                "segment_duration_s": piece.shape[1] / FEATURE_SAMPLE_RATE,
-                "segment_samples": piece.shape[1],
-                "audio": piece,
-                "mono": to_mono(piece),
-            }
+        done = 0  # segments handled so far
+        try:
+            for i, piece in enumerate(resampled_pieces(reader, FEATURE_SAMPLE_RATE, seg_len)):
+                done = i
+                if i in skip:
+                    continue
+                yield {
+                    **common,
+                    "segment_index": i,
+                    "segment_start_s": i * seg_len / FEATURE_SAMPLE_RATE,
+                    "segment_duration_s": piece.shape[1] / FEATURE_SAMPLE_RATE,
+                    "segment_samples": piece.shape[1],
+                    "audio": piece,
+                    "mono": to_mono(piece),
+                }
+                done = i + 1
+        except Exception as exc:  # the stream failed on the second reading (changed, or an I/O error)
+            for j in range(done, n_segments):
+                if j not in skip:
+                    failed = {**common, "segment_index": j}
+                    _fail(failed, "decode", exc)
+                    yield failed
 
 
 class _ModelStep:

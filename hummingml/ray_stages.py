@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -133,8 +134,9 @@ def cluster_cpus(cfg: ExtractConfig, poll_s: float = 5.0) -> float:
     return cfg.plan_cpus or have
 
 
-def _decode(batch: Batch, cfg: ExtractConfig) -> Batch:
-    return DecodeStep(cfg)(batch)
+def _decode(batch: Batch, cfg: ExtractConfig) -> Iterator[Batch]:
+    """One output block per segment, as decoded: Ray Data backpressure then bounds a long file's memory."""
+    yield from DecodeStep(cfg).batches(batch)
 
 
 def build_dataset(

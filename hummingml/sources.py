@@ -9,14 +9,18 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
-from hummingml.audio import DecodeError, read_local_bytes
+from hummingml.audio import DecodeError, open_local, read_local_bytes
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,23 @@ def _read_once(uri: str) -> bytes:
         raise DecodeError("unreadable", f"{uri}: {exc}") from exc
 
 
+def _with_retries(uri: str, attempt_once: Callable[[], T], retries: int, backoff_s: float) -> T:
+    """``attempt_once()``, tried again after a transient failure (see :func:`read_bytes` for the errors)."""
+    for attempt in range(retries + 1):
+        try:
+            return attempt_once()
+        except DecodeError as exc:
+            cause = exc.__cause__
+            if exc.kind != "unreadable" or not isinstance(cause, OSError) or not is_transient(cause):
+                raise
+            if attempt == retries:
+                raise SourceUnavailable(f"{uri}: {cause} (after {retries} retries)") from cause
+            wait = backoff_s * 2**attempt
+            print(f"[read] {printable(uri)}: {cause}; retry {attempt + 1}/{retries} in {wait:g} s", file=sys.stderr)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def read_bytes(uri: str, retries: int = 0, backoff_s: float = 0.5) -> bytes:
     """The bytes of a local path or any pyarrow filesystem URI (S3, GCS, HDFS; FSx mounts are local paths).
 
@@ -193,16 +214,74 @@ def read_bytes(uri: str, retries: int = 0, backoff_s: float = 0.5) -> bytes:
         DecodeError: ``not_found`` or ``unreadable`` (with the reason): a fact about the input, for an error row.
         SourceUnavailable: the read still failed for a transient reason after ``retries`` retries.
     """
-    for attempt in range(retries + 1):
+    return _with_retries(uri, lambda: _read_once(uri), retries, backoff_s)
+
+
+SPOOL_BYTES = 64 << 20  # a remote input up to this size is held in memory while it is decoded, a larger one on disk
+CHUNK_BYTES = 8 << 20  # bytes per read when hashing or downloading
+
+
+@dataclass
+class OpenSource:
+    """An input opened for decoding: a seekable binary file, its size and the sha256 of its bytes."""
+
+    file: BinaryIO
+    size: int
+    sha256: str
+
+    def close(self) -> None:
+        """Close the file (a spooled download is deleted)."""
+        self.file.close()
+
+    def __enter__(self) -> OpenSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hash_copy(src: BinaryIO, dst: BinaryIO | None = None) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := src.read(CHUNK_BYTES):
+        digest.update(chunk)
+        size += len(chunk)
+        if dst is not None:
+            dst.write(chunk)
+    return size, digest.hexdigest()
+
+
+def _open_once(uri: str) -> OpenSource:
+    if not _is_remote(uri):
+        f = open_local(_local(uri))
         try:
-            return _read_once(uri)
-        except DecodeError as exc:
-            cause = exc.__cause__
-            if exc.kind != "unreadable" or not isinstance(cause, OSError) or not is_transient(cause):
-                raise
-            if attempt == retries:
-                raise SourceUnavailable(f"{uri}: {cause} (after {retries} retries)") from cause
-            wait = backoff_s * 2**attempt
-            print(f"[read] {printable(uri)}: {cause}; retry {attempt + 1}/{retries} in {wait:g} s", file=sys.stderr)
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+            size, sha256 = _hash_copy(f)
+            f.seek(0)
+        except OSError as exc:
+            f.close()
+            raise DecodeError("unreadable", f"{uri}: {exc.strerror or exc}") from exc
+        return OpenSource(f, size, sha256)
+    import pyarrow.fs as pafs
+
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned open, closed by OpenSource
+    try:
+        fs, path_in_fs = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path_in_fs) as f:
+            size, sha256 = _hash_copy(f, spool)  # type: ignore[arg-type]
+        spool.seek(0)
+    except FileNotFoundError as exc:
+        spool.close()
+        raise DecodeError("not_found", f"{uri} does not exist") from exc
+    except OSError as exc:
+        spool.close()
+        raise DecodeError("unreadable", f"{uri}: {exc}") from exc
+    return OpenSource(spool, size, sha256)  # type: ignore[arg-type]
+
+
+def open_source(uri: str, retries: int = 0, backoff_s: float = 0.5) -> OpenSource:
+    """Open a local path or pyarrow URI for decoding, in fixed memory, and hash its bytes on the way.
+
+    A local file (FSx mounts included) is read twice: once for the hash, then by the decoder. A remote object is
+    downloaded once, hashing as it arrives, into memory up to ``SPOOL_BYTES`` and into a temporary file beyond.
+    Retries and errors as :func:`read_bytes`.
+    """
+    return _with_retries(uri, lambda: _open_once(uri), retries, backoff_s)
