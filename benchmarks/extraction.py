@@ -11,8 +11,9 @@ synthesized corpus with the same models, each into a fresh output root:
 - ``pool``: a ``multiprocessing`` pool (spawn) for each ``processes x threads`` split in ``--splits``; each process
   loads the models once and takes one source at a time; the best split is reported.
 
-Reported per variant: wall seconds, audio seconds per wall second, and the peak resident memory of the process tree
-(sampled every 0.5 s). The JSON also holds the machine, the date and the exact command.
+Reported per variant: wall seconds, audio seconds per wall second, and the peak memory of the process tree (sampled
+every 0.5 s): summed RSS, summed PSS (shared pages counted once) and each process's PSS at the PSS peak. The JSON
+also holds the machine, the date and the exact command.
 
 The sequential loop and the pool also time every step (``stage_s``: seconds summed over all processes). In the pool
 with one thread per process, each stage runs at its best thread split for throughput (one per core), so the busy time
@@ -43,23 +44,52 @@ from hummingml.models import ModelsConfig
 from hummingml.pipeline import ExtractConfig
 
 
+def _label(p: psutil.Process) -> str:
+    """A short name for a process of the tree: a Ray worker's title (``ray::MapWorker(...)``) or its program."""
+    try:
+        cmd = p.cmdline()
+    except psutil.Error:
+        return "?"
+    if cmd and cmd[0].startswith("ray::"):
+        return cmd[0].split(" ")[0]
+    if "-c" in cmd:
+        cmd = cmd[: cmd.index("-c")]
+    names = [Path(c).name for c in cmd[:3] if c and not c.startswith("-")]
+    return " ".join(names[-2:]) or p.name()
+
+
 class PeakRSS:
-    """Peak summed RSS of a process and all its descendants, sampled in a thread."""
+    """Peak memory of a process and all its descendants, sampled in a thread.
+
+    ``peak`` is the largest sum of resident set sizes; ``peak_pss`` the largest sum of proportional set sizes, which
+    counts each shared page (Ray's object store, shared libraries) once across the processes rather than once per
+    process that maps it. ``at_peak`` is the per-process PSS (MiB, by label) of the sample with the largest PSS sum.
+    """
 
     def __init__(self, pid: int, every_s: float = 0.5) -> None:
-        self.root, self.every_s, self.peak = psutil.Process(pid), every_s, 0
+        self.root, self.every_s = psutil.Process(pid), every_s
+        self.peak = self.peak_pss = 0
+        self.at_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            total = 0
+            rss = pss = 0
+            by_label: dict[str, float] = {}
             for p in [self.root, *self.root.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
+                rss += info.rss
+                pss += info.pss
+                label = _label(p)
+                by_label[label] = by_label.get(label, 0.0) + info.pss / 2**20
+            self.peak = max(self.peak, rss)
+            if pss > self.peak_pss:
+                self.peak_pss = pss
+                self.at_peak = {k: round(v, 1) for k, v in sorted(by_label.items(), key=lambda kv: -kv[1])}
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> PeakRSS:
@@ -166,7 +196,8 @@ def measure(name: str, fn: Any, audio_s: float) -> dict[str, Any]:
         seconds = fn()
     wall = time.perf_counter() - start
     result = {"variant": name, "wall_s": round(wall, 2), "audio_s_per_wall_s": round(audio_s / wall, 4),
-              "peak_rss_gib": round(mem.peak / 2**30, 3)}
+              "peak_rss_gib": round(mem.peak / 2**30, 3), "peak_pss_gib": round(mem.peak_pss / 2**30, 3),
+              "pss_mib_at_peak": mem.at_peak}
     if seconds:
         result["stage_s"] = {k: round(v, 2) for k, v in seconds.items()}
     print(json.dumps(result), flush=True)
