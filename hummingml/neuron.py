@@ -221,9 +221,22 @@ def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any
 
     Activation checkpointing: "full" checkpoints each :class:`TransformerBlock`, "selective" the attention
     core :class:`SDPA` (NxD's own selective recipe checkpoints its CoreAttention the same way).
+
+    ``mixed_precision="bf16"``: the model's weights are bf16 (:func:`neuron_model`) and NxD's ZeRO-1 optimizer keeps
+    fp32 master weights and accumulates gradients in fp32 (its ``mixed_precision_config``), which is why bf16 on
+    Neuron needs ``zero1``. With fp32 there are no master weights to keep.
+
+    Raises:
+        ValueError: bf16 without zero1.
     """
     import neuronx_distributed as nxd
 
+    bf16 = parallel.mixed_precision == "bf16"
+    if bf16 and not parallel.zero1:
+        raise ValueError(
+            "bf16 on Neuron keeps fp32 master weights in NxD's ZeRO-1 optimizer: add --parallel-zero1 "
+            "(or train in fp32 with --parallel-mixed-precision fp32)"
+        )
     ac = {"none": None, "full": [TransformerBlock], "selective": [SDPA]}[parallel.activation_checkpoint]
     return nxd.neuronx_distributed_config(
         tensor_parallel_size=parallel.tp,
@@ -234,26 +247,50 @@ def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any
         },
         sequence_parallel=parallel.sequence_parallel and parallel.tp > 1,
         activation_checkpoint_config=ac,
+        mixed_precision_config={
+            "use_master_weights": bf16,
+            "use_fp32_grad_acc": bf16,
+            "use_master_weights_in_ckpt": False,
+        },
     )
 
 
-def neuron_model(
-    model_cfg: ModelConfig, nxd_config: dict[str, Any], model_cls: type[CodecLM] = HummingLM, seed: int = 0
-) -> nn.Module:
-    """``nxd.initialize_parallel_model`` of ``model_cls(model_cfg)`` parallelised by :func:`parallelize_neuron`.
+def build_neuron_model(
+    model_cls: type[CodecLM],
+    model_cfg: ModelConfig,
+    tp_size: int,
+    sequence_parallel: bool,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    layers: LayerFactory | None = None,
+) -> CodecLM:
+    """``model_cls(model_cfg)`` seeded, initialised in fp32, swapped by :func:`parallelize_neuron`, then cast to
+    ``dtype`` (every rank draws the same full weights and keeps its slices)."""
+    torch.manual_seed(seed)
+    model = parallelize_neuron(model_cls(model_cfg), tp_size, sequence_parallel, layers)
+    return model.to(dtype)
 
-    Every rank builds the full model on CPU from the same ``seed`` and keeps its own slices, then NxD moves it to
-    the XLA device and applies activation checkpointing. ``model_cfg.pad_to_max`` must be set: one static
-    sequence length, so XLA compiles one graph and no step waits on a host read of the batch's longest row.
+
+def neuron_model(
+    model_cfg: ModelConfig,
+    nxd_config: dict[str, Any],
+    model_cls: type[CodecLM] = HummingLM,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """``nxd.initialize_parallel_model`` of :func:`build_neuron_model`.
+
+    Every rank builds the full model on CPU from the same ``seed`` and keeps its own slices (in ``dtype``), then
+    NxD moves it to the XLA device and applies activation checkpointing. ``model_cfg.pad_to_max`` must be set: one
+    static sequence length, so XLA compiles one graph and no step waits on a host read of the batch's longest row.
     """
     if not model_cfg.pad_to_max:
         raise ValueError("set ModelConfig.pad_to_max=True for Neuron (static shapes)")
     import neuronx_distributed as nxd
 
     def build() -> nn.Module:
-        torch.manual_seed(seed)
-        model = model_cls(model_cfg)
-        return parallelize_neuron(model, nxd_config["tensor_parallel_size"], nxd_config["sequence_parallel"])
+        tp, sp = nxd_config["tensor_parallel_size"], nxd_config["sequence_parallel"]
+        return build_neuron_model(model_cls, model_cfg, tp, sp, seed, dtype)
 
     return nxd.initialize_parallel_model(nxd_config, build)
 

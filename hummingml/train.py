@@ -192,9 +192,10 @@ class _Neuron:
         self.device = xm.xla_device()
         nxd_config = neuron_config(cfg.parallel, cfg.optim)
         self.dp_rank = parallel_state.get_data_parallel_rank()
+        dtype = torch.bfloat16 if cfg.parallel.mixed_precision == "bf16" else torch.float32
         self.models = {
-            "ar": neuron_model(cfg.model, nxd_config, HummingLM, cfg.seed),
-            "nar": neuron_model(cfg.model, nxd_config, NARUpsampler, cfg.seed),
+            "ar": neuron_model(cfg.model, nxd_config, HummingLM, cfg.seed, dtype),
+            "nar": neuron_model(cfg.model, nxd_config, NARUpsampler, cfg.seed, dtype),
         }
         self.optimizers = {k: neuron_optimizer(m, cfg.optim, nxd_config) for k, m in self.models.items()}
         self.schedulers = {

@@ -179,3 +179,43 @@ def test_neuron_train_config_for_ray() -> None:
     assert isinstance(pieces["torch_config"], TorchXLAConfig)
     assert pieces["scaling_config"].num_workers == 8
     assert pieces["scaling_config"].resources_per_worker == {"neuron_cores": 1}
+
+
+def _fake_nxd(monkeypatch) -> dict:
+    """A stand-in ``neuronx_distributed`` module that records the config it is given."""
+    import sys
+    import types
+
+    seen: dict = {}
+    fake = types.ModuleType("neuronx_distributed")
+    fake.neuronx_distributed_config = lambda **kw: seen.update(kw) or kw
+    monkeypatch.setitem(sys.modules, "neuronx_distributed", fake)
+    return seen
+
+
+def test_bf16_on_neuron_keeps_fp32_master_weights_in_zero1(monkeypatch) -> None:
+    from hummingml.neuron import neuron_config
+    from hummingml.train_config import OptimConfig, ParallelConfig
+
+    seen = _fake_nxd(monkeypatch)
+    neuron_config(ParallelConfig(tp=2, zero1=True, mixed_precision="bf16", backend="neuron"), OptimConfig())
+    assert seen["optimizer_config"]["zero_one_enabled"] is True
+    assert seen["mixed_precision_config"] == {
+        "use_master_weights": True, "use_fp32_grad_acc": True, "use_master_weights_in_ckpt": False
+    }  # fmt: skip
+    neuron_config(ParallelConfig(tp=2, zero1=True, backend="neuron"), OptimConfig())
+    assert seen["mixed_precision_config"]["use_master_weights"] is False  # fp32: nothing to keep
+    with pytest.raises(ValueError, match="zero1"):
+        neuron_config(ParallelConfig(tp=2, mixed_precision="bf16", backend="neuron"), OptimConfig())
+
+
+def test_neuron_model_is_built_in_fp32_then_cast(monkeypatch) -> None:
+    from hummingml.neuron import build_neuron_model
+
+    cfg = debug().model
+    torch.manual_seed(0)  # the builder seeds the same way
+    reference = HummingLM(cfg)
+    model = build_neuron_model(HummingLM, cfg, 2, False, seed=0, dtype=torch.bfloat16, layers=FakeLayers(2, 1))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    half = reference.layers[0].attention.wq.weight.detach().chunk(2, dim=0)[1]
+    assert torch.equal(model.layers[0].attention.wq.weight.detach(), half.to(torch.bfloat16))
