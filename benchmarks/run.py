@@ -29,8 +29,8 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
     ],
     "full": [
         ("stage_costs", ["benchmarks/stage_costs.py"]),
-        ("extraction", ["benchmarks/extraction.py", "--songs", "2", "--seconds", "10", "--models-kind", "random-full",
-                        "--splits", "2x1,1x2"]),
+        ("extraction", ["benchmarks/extraction.py", "--songs", "12", "--seconds", "10", "--models-kind",
+                        "random-full", "--splits", "2x1"]),
         ("extraction_memory_1x", ["benchmarks/extraction.py", "--songs", "2", "--seconds", "5", "--models-kind",
                                   "tiny", "--variants", "ray"]),
         ("extraction_memory_10x", ["benchmarks/extraction.py", "--songs", "20", "--seconds", "5", "--models-kind",

@@ -28,6 +28,26 @@ def test_listing_and_reading_objects(s3) -> None:
     assert info.value.kind == "not_found"
 
 
+def test_open_source_downloads_once_and_spills_large_objects_to_disk(s3, monkeypatch) -> None:
+    import hashlib
+
+    from hummingml import sources
+    from hummingml.audio import DecodeError
+
+    uri = f"s3://audio/mix/song_00000.wav?{s3.query}"
+    data = read_bytes(uri)
+    for spool, on_disk in ((len(data) + 1, False), (1024, True)):
+        monkeypatch.setattr(sources, "SPOOL_BYTES", spool)
+        monkeypatch.setattr(sources, "CHUNK_BYTES", 4096)
+        with sources.open_source(uri) as opened:
+            assert (opened.size, opened.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+            assert opened.file._rolled is on_disk  # SpooledTemporaryFile: in memory up to SPOOL_BYTES
+            assert opened.file.read() == data
+    with pytest.raises(DecodeError) as info:
+        sources.open_source(f"s3://audio/mix/missing.wav?{s3.query}")
+    assert info.value.kind == "not_found"
+
+
 def test_extraction_from_s3_to_s3(s3, tmp_path) -> None:
     # its own driver and a new local Ray (not the session's), so that every worker gets the test's AWS variables
     query, client = s3.query, s3.client
