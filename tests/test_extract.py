@@ -153,7 +153,7 @@ def test_killed_driver_then_rerun_equals_a_clean_run(clean_run, corpus, tmp_path
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
            "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
            "--models-cache-dir", str(corpus.parent / "models")]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 240
@@ -197,7 +197,7 @@ def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, cor
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
            "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
            "--models-cache-dir", str(corpus.parent / "models")]
-    proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": ""}, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     killed = None
     deadline = time.monotonic() + 240
