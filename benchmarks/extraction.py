@@ -28,7 +28,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import sys
 import threading
@@ -40,6 +39,7 @@ from typing import Any
 
 import psutil
 
+from benchmarks.common import machine
 from hummingml.models import ModelsConfig
 from hummingml.pipeline import ExtractConfig
 
@@ -223,14 +223,6 @@ def machine_limit(results: list[dict[str, Any]], audio_s: float) -> dict[str, An
             for name, s in sorted(best["stage_s"].items(), key=lambda kv: -kv[1])
         },
     }
-
-
-def machine() -> dict[str, Any]:
-    """Cores, memory and CPU model of this machine."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "cpu_model": model, "python": platform.python_version()}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 
 Random initial weights (generation costs the same whatever the weights), greedy decoding, ``--batch`` rows of
 ``--timbre-frames`` prompt frames and ``--frames`` target frames, on the CPU with torch's default threads (or on
-``--device``). Each mode runs ``--repeats`` times after one warm-up; the median wall time is reported with
+``--device``, fp32). Each mode runs ``--repeats`` times after one warm-up; the median wall time is reported with
 frames/s (target frames generated per second over the batch), and the two modes' codes are compared.
 """
 
@@ -19,8 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extraction import machine
-from benchmarks.train_scaling import PRESET_MODELS
+from benchmarks.common import PRESET_MODELS, machine
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -28,10 +27,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from hummingml.model import HummingLM, build_example_batch
-    from hummingml.train_config import debug
+    from hummingml.train_config import PRESETS, debug
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", default="debug,mid", help=f"model sizes from {sorted(PRESET_MODELS)}")
+    p.add_argument("--presets", default="debug,mid",
+                   help=f"model sizes: {', '.join(PRESET_MODELS)} or a training preset ({', '.join(PRESETS)})")
     p.add_argument("--batch", type=int, default=4, help="rows generated together")
     p.add_argument("--timbre-frames", type=int, default=128, help="timbre prompt frames per row")
     p.add_argument("--frames", type=int, default=128, help="target frames generated per row")
@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--out", default="benchmarks/results/generate_speed.json", help="result JSON")
     args = p.parse_args(argv)
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     rows = []
     for preset in args.presets.split(","):
-        cfg = replace(debug().model, **PRESET_MODELS[preset])
+        cfg = PRESETS[preset]().model if preset in PRESETS else replace(debug().model, **PRESET_MODELS[preset])
         torch.manual_seed(0)
         model = HummingLM(cfg).to(args.device).eval()
         batch = build_example_batch(cfg, args.batch, args.timbre_frames, args.frames,
@@ -52,8 +56,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for cached in (True, False):
             codes[cached] = model.generate(batch, use_cache=cached)  # warm-up
             for _ in range(args.repeats):
+                sync()
                 start = time.perf_counter()
                 model.generate(batch, use_cache=cached)
+                sync()
                 times[cached].append(time.perf_counter() - start)
         frames = args.batch * args.frames
         row = {"preset": preset, "params": sum(p.numel() for p in model.parameters()), "batch": args.batch,
@@ -69,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "command": "python -m benchmarks.generate_speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": {**machine(), "torch_threads": torch.get_num_threads(), "device": args.device},
+        "machine": {**machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device},
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

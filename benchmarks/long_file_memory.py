@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extraction import machine
+from benchmarks.common import machine
 
 CHILD = """
 import resource, sys, time

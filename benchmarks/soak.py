@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.extraction import machine
+from benchmarks.common import machine
 from hummingml.hostile import Expected, encode, write_hostile_corpus
 from hummingml.sources import source_id
 from hummingml.testing import output_keys, sine

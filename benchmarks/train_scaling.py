@@ -24,12 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.extraction import machine
-
-PRESET_MODELS = {  # the debug preset, and a mid-size variant of it (18.1M AR parameters)
-    "debug": {"max_seq_len": 512},
-    "mid": {"n_layers": 6, "d_model": 384, "n_heads": 6, "d_ff": 1536, "max_seq_len": 512},
-}
+from benchmarks.common import PRESET_MODELS, machine
 
 
 def features(work: Path) -> Path:
