@@ -1,6 +1,6 @@
 """Extraction throughput: the Ray Data job against a sequential loop and a multiprocessing pool, same work.
 
-    python benchmarks/extraction.py --songs 4 --seconds 10 --models-kind random-full \
+    python -m benchmarks.extraction --songs 12 --seconds 10 --models-kind random-full --splits 2x1 \
         --out benchmarks/results/extraction.json
 
 All three run the same steps (``hummingml.pipeline``: decode, separate, pitch + sine, codec, commit) over the same
@@ -278,7 +278,7 @@ def main() -> None:
             r["efficiency"] = round(limit["limit_s"] / r["wall_s"], 3)
     report = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python " + " ".join(sys.argv),
+        "command": "python -m benchmarks.extraction " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "corpus": {"songs": args.songs, "seconds_per_song": args.seconds, "audio_s": audio_s},
         "models_kind": args.models_kind,

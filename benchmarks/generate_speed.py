@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     rows = []
     for preset in args.presets.split(","):
-        cfg = PRESETS[preset]().model if preset in PRESETS else replace(debug().model, **PRESET_MODELS[preset])
+        cfg = replace(debug().model, **PRESET_MODELS[preset]) if preset in PRESET_MODELS else PRESETS[preset]().model
         torch.manual_seed(0)
         model = HummingLM(cfg).to(args.device).eval()
         batch = build_example_batch(cfg, args.batch, args.timbre_frames, args.frames,
