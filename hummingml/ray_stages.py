@@ -27,12 +27,15 @@ from hummingml.pipeline import (
 from hummingml.sources import Source
 from hummingml.stages.separate import STEMS
 
-# CPUs reserved per task. Fractions let every operator hold a slot on a 2-CPU machine: an actor pool that takes
-# every CPU starves the read/decode tasks and the job hangs (see docs on Ray's actor-pool deadlock).
-DECODE_CPUS = 0.25
-COMMIT_CPUS = 0.1
+# The decode tasks and the writer reserve no CPU: they are light (under 0.1 % of the work, benchmarks/README.md), and
+# a reservation of theirs could be left without a slot once the model actors hold every node's CPUs (Ray's actor-pool
+# deadlock: the actors wait for input that the unscheduled decode tasks never produce). Decode tasks are capped by
+# count instead (DECODE_TASKS_PER_CPU per planned CPU).
+DECODE_CPUS = 0.0
+COMMIT_CPUS = 0.0
+DECODE_TASKS_PER_CPU = 1
 MIN_ACTOR_CPUS = 0.25  # the smallest CPU reservation of a model actor
-MIN_CPUS = DECODE_CPUS + COMMIT_CPUS + 3 * MIN_ACTOR_CPUS  # one actor per model stage, one decode task
+MIN_CPUS = 3 * MIN_ACTOR_CPUS  # one actor per model stage
 # Real-time factors measured on a 2-core machine with the real architectures (benchmarks/results/stage_costs.json and
 # stage_costs_dac.json, in benchmarks/README.md): seconds per second of audio of one Demucs pass (stereo), one Basic
 # Pitch stream, one DAC stream. Only their ratios matter here.
@@ -61,14 +64,30 @@ def stage_weights(cfg: ExtractConfig) -> dict[str, float]:
     }
 
 
-def plan_pools(cpus: float, gpus: float, weights: dict[str, float], actor_threads: int = 1) -> dict[str, PoolPlan]:
+def _packable(reservation: float, actors: int, node_cpus: list[float]) -> float:
+    """The largest CPU reservation <= ``reservation`` with which ``actors`` equal actors fit on the nodes."""
+    if not node_cpus:
+        return reservation
+    candidates = {reservation} | {c / k for c in node_cpus for k in range(1, actors + 1) if c / k <= reservation}
+    fitting = [r for r in candidates if sum(math.floor(c / r + 1e-9) for c in node_cpus) >= actors]
+    return max(fitting, default=0.0)
+
+
+def plan_pools(
+    cpus: float,
+    gpus: float,
+    weights: dict[str, float],
+    actor_threads: int = 1,
+    node_cpus: list[float] | None = None,
+) -> dict[str, PoolPlan]:
     """Size the model actor pools by the threads they run, in proportion to each stage's work.
 
     On CPUs the machine has ``floor(cpus)`` cores' worth of threads. Each stage gets its share of them by ``weights``
     (rounded, at least one actor), in actors of ``actor_threads`` torch threads; the light stages' single actors
     idle most of the time, so their threads oversubscribe the cores only briefly. Ray's logical CPUs are a
-    reservation, not a thread count: each actor reserves its threads scaled so that all pools, one decode task and
-    the writer fit in ``cpus``. With GPUs the separation and codec stages run one actor per GPU, half a GPU each.
+    reservation, not a thread count: each actor reserves its threads scaled so that all pools fit in ``cpus`` and,
+    when ``node_cpus`` (each node's CPUs) is given, so that they pack onto those nodes. With GPUs the separation and
+    codec stages run one actor per GPU, half a GPU each.
     """
     free = cpus - DECODE_CPUS - COMMIT_CPUS
     if free < 3 * MIN_ACTOR_CPUS - 1e-9:
@@ -81,17 +100,22 @@ def plan_pools(cpus: float, gpus: float, weights: dict[str, float], actor_thread
             sizes[stage] = max(1, int(gpus))
         else:
             sizes[stage] = max(1, round(threads * weight / total / actor_threads))
-    reserved = sum(n * actor_threads for n in sizes.values())
-    scale = min(1.0, free / reserved)
-    while scale * actor_threads < MIN_ACTOR_CPUS - 1e-9:  # many actors on few CPUs: shrink the largest pool
+
+    def reservation() -> float:
+        actors = sum(sizes.values())
+        return _packable(min(1.0, free / (actors * actor_threads)) * actor_threads, actors, node_cpus or [])
+
+    while reservation() < MIN_ACTOR_CPUS - 1e-9:  # many actors on few CPUs: shrink the largest pool
         biggest = max(sizes, key=lambda s: sizes[s])
+        if sizes[biggest] == 1:
+            raise ValueError(f"the nodes' CPUs {node_cpus} cannot hold one actor per model stage")
         sizes[biggest] -= 1
-        scale = min(1.0, free / sum(n * actor_threads for n in sizes.values()))
+    per_actor = math.floor(reservation() * 1000 - 1e-6) / 1000  # just under: no actor depends on an exact boundary
     return {
         stage: PoolPlan(
             size=n,
             threads=actor_threads,
-            num_cpus=math.floor(scale * actor_threads * 1000) / 1000,
+            num_cpus=per_actor,
             num_gpus=0.5 if gpus >= 1 and stage in ("separate", "codec") else 0.0,
         )
         for stage, n in sizes.items()
@@ -152,7 +176,10 @@ def build_dataset(
     The pool plan is printed to ``log``.
     """
     cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
-    plans = plan_pools(cpus, gpus, stage_weights(cfg), cfg.actor_threads)
+    present = ray.cluster_resources().get("CPU", 0.0)
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+    # pack onto the nodes that are up when they are all the plan is for; an autoscaling cluster's are not known yet
+    plans = plan_pools(cpus, gpus, stage_weights(cfg), cfg.actor_threads, nodes if present >= cpus - 1e-9 else None)
     if log is not None:
         pools = ", ".join(f"{s} {p.size} x {p.threads} thread(s) ({p.num_cpus} CPU, {p.num_gpus} GPU)"
                           for s, p in plans.items())
@@ -163,8 +190,8 @@ def build_dataset(
         for s, i, p in zip(first["source_id"], first["segment_index"], first["payload"], strict=True)
     ]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one source per block: spreads work
-    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=DECODE_CPUS)
-    present = ray.cluster_resources().get("CPU", 0.0)
+    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=DECODE_CPUS,
+                        concurrency=max(1, math.floor(cpus * DECODE_TASKS_PER_CPU)))
     for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
         plan = plans[stage]
         ds = ds.map_batches(

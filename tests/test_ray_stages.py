@@ -24,7 +24,7 @@ WEIGHTS = stage_weights(ExtractConfig())
 def test_pools_fit_the_cluster_with_room_for_decode(cpus: float, actor_threads: int) -> None:
     plans = plan_pools(cpus, 0, WEIGHTS, actor_threads)
     assert all(p.size >= 1 and p.num_gpus == 0 and p.threads == actor_threads for p in plans.values())
-    assert all(p.num_cpus >= MIN_ACTOR_CPUS for p in plans.values())
+    assert all(p.num_cpus >= MIN_ACTOR_CPUS - 0.001 for p in plans.values())
     used = sum(p.size * p.num_cpus for p in plans.values()) + DECODE_CPUS + COMMIT_CPUS
     assert used <= cpus + 1e-9
 
@@ -61,7 +61,7 @@ def test_gpu_stages_take_half_a_gpu_per_actor() -> None:
 
 def test_too_small_a_cluster_is_refused() -> None:
     with pytest.raises(ValueError, match="needs at least"):
-        plan_pools(1.0, 0, WEIGHTS)
+        plan_pools(0.5, 0, WEIGHTS)
 
 
 def test_pools_start_at_their_planned_size_when_the_cpus_are_there() -> None:
@@ -69,3 +69,18 @@ def test_pools_start_at_their_planned_size_when_the_cpus_are_there() -> None:
     assert starting_size(plan, 16, 16) == plan.size
     assert starting_size(plan, 16, 4) == plan.size // 4  # an autoscaling cluster: the rest join as nodes do
     assert starting_size(plan, 16, 0.5) == 1
+
+
+@pytest.mark.parametrize("nodes", [[2.0, 2.0], [1.0, 1.0, 1.0], [4.0, 4.0, 4.0, 4.0], [32.0, 8.0], [3.0, 1.0]])
+def test_actors_pack_onto_the_nodes(nodes: list[float]) -> None:
+    """Every actor finds a slot: equal reservations that a node holds a whole number of (the two-node hang)."""
+    plans = plan_pools(sum(nodes), 0, WEIGHTS, node_cpus=nodes)
+    actors = sum(p.size for p in plans.values())
+    reservation = plans["codec"].num_cpus
+    assert {p.num_cpus for p in plans.values()} == {reservation} and reservation >= MIN_ACTOR_CPUS - 0.001
+    assert sum(int(c // reservation) for c in nodes) >= actors
+
+
+def test_nodes_too_small_for_one_actor_each_are_refused() -> None:
+    with pytest.raises(ValueError, match="cannot hold"):
+        plan_pools(1.2, 0, WEIGHTS, node_cpus=[0.2, 0.2, 0.2, 0.6])
