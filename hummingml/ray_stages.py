@@ -34,8 +34,11 @@ from hummingml.stages.separate import STEMS
 DECODE_CPUS = 0.0
 COMMIT_CPUS = 0.0
 DECODE_TASKS_PER_CPU = 1
-MIN_ACTOR_CPUS = 0.25  # the smallest CPU reservation of a model actor
-MIN_CPUS = 3 * MIN_ACTOR_CPUS  # one actor per model stage
+MIN_ACTOR_CPUS = 0.1  # the smallest CPU reservation of a model actor
+# The actors reserve this share of the CPUs: when a node is lost, Ray restarts its actors on the others, which then
+# still have room for them (up to half of the cluster lost). Reservations are not thread counts: threads are set apart.
+RESERVED_SHARE = 0.5
+MIN_CPUS = 3 * MIN_ACTOR_CPUS / RESERVED_SHARE  # one actor per model stage
 # Real-time factors measured on a 2-core machine with the real architectures (benchmarks/results/stage_costs.json and
 # stage_costs_dac.json, in benchmarks/README.md): seconds per second of audio of one Demucs pass (stereo), one Basic
 # Pitch stream, one DAC stream. Only their ratios matter here.
@@ -85,12 +88,13 @@ def plan_pools(
     On CPUs the machine has ``floor(cpus)`` cores' worth of threads. Each stage gets its share of them by ``weights``
     (rounded, at least one actor), in actors of ``actor_threads`` torch threads; the light stages' single actors
     idle most of the time, so their threads oversubscribe the cores only briefly. Ray's logical CPUs are a
-    reservation, not a thread count: each actor reserves its threads scaled so that all pools fit in ``cpus`` and,
-    when ``node_cpus`` (each node's CPUs) is given, so that they pack onto those nodes. With GPUs the separation and
+    reservation, not a thread count: each actor reserves its threads scaled so that all pools fit in
+    ``RESERVED_SHARE`` of ``cpus`` (room for the actors of a lost node to restart elsewhere) and, when ``node_cpus``
+    (each node's CPUs) is given, so that they pack onto those nodes. With GPUs the separation and
     codec stages run one actor per GPU, half a GPU each.
     """
     free = cpus - DECODE_CPUS - COMMIT_CPUS
-    if free < 3 * MIN_ACTOR_CPUS - 1e-9:
+    if free < MIN_CPUS - 1e-9:
         raise ValueError(f"the cluster has {cpus} CPUs; extraction needs at least {MIN_CPUS}")
     threads = max(1, math.floor(cpus + 1e-9))
     total = sum(weights.values())
@@ -103,7 +107,8 @@ def plan_pools(
 
     def reservation() -> float:
         actors = sum(sizes.values())
-        return _packable(min(1.0, free / (actors * actor_threads)) * actor_threads, actors, node_cpus or [])
+        share = min(1.0, free * RESERVED_SHARE / (actors * actor_threads))
+        return _packable(share * actor_threads, actors, node_cpus or [])
 
     while reservation() < MIN_ACTOR_CPUS - 1e-9:  # many actors on few CPUs: shrink the largest pool
         biggest = max(sizes, key=lambda s: sizes[s])
