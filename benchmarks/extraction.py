@@ -3,11 +3,11 @@
     python -m benchmarks.extraction --songs 12 --seconds 10 --models-kind random-full --splits 2x1 \
         --out benchmarks/results/extraction.json
 
-All three run the same steps (``hummingml.pipeline``: decode, separate, pitch + sine, codec, commit) over the same
+All three run the same steps (``hummingml.extract.steps``: decode, separate, pitch + sine, codec, commit) over the same
 synthesized corpus with the same models, each into a fresh output root:
 
-- ``ray``: ``hummingml.extract.run`` on a local Ray with ``--cpus`` CPUs;
-- ``sequential``: ``hummingml.pipeline.run_local`` in this process, torch using all cores inside each op;
+- ``ray``: ``hummingml.extract.job.run`` on a local Ray with ``--cpus`` CPUs;
+- ``sequential``: ``hummingml.extract.local.run_local`` in this process, torch using all cores inside each op;
 - ``pool``: a ``multiprocessing`` pool (spawn) for each ``processes x threads`` split in ``--splits``; each process
   loads the models once and takes one source at a time; the best split is reported.
 
@@ -40,8 +40,8 @@ from typing import Any
 import psutil
 
 from benchmarks.common import machine
-from hummingml.models import ModelsConfig
-from hummingml.pipeline import ExtractConfig
+from hummingml.extract.config import ExtractConfig
+from hummingml.weights.config import ModelsConfig
 
 
 def _label(p: psutil.Process) -> str:
@@ -116,23 +116,23 @@ class Timed:
 
 
 def _steps(cfg: ExtractConfig, seconds: dict[str, float]) -> list[Any]:
-    from hummingml.pipeline import CodecStep, DecodeStep, PitchStep, SeparateStep
+    from hummingml.extract.steps import CodecStep, DecodeStep, PitchStep, SeparateStep
 
     steps = {"decode": DecodeStep(cfg), "separate": SeparateStep(cfg), "pitch": PitchStep(cfg), "codec": CodecStep(cfg)}
     return [Timed(name, step, seconds) for name, step in steps.items()]
 
 
 def _commit(cfg: ExtractConfig, seconds: dict[str, float]) -> Any:
-    from hummingml.extract import models_for_run
-    from hummingml.pipeline import CommitStep
+    from hummingml.extract.job import models_for_run
+    from hummingml.extract.steps import CommitStep
 
     return Timed("commit", CommitStep(cfg, *models_for_run(cfg)), seconds)
 
 
 def run_sequential(cfg: ExtractConfig) -> dict[str, float]:
     """Every step in this process, one source after another; returns the seconds spent in each step."""
-    from hummingml.pipeline import run_local
-    from hummingml.sources import list_sources
+    from hummingml.extract.local import run_local
+    from hummingml.extract.sources import list_sources
 
     seconds: dict[str, float] = {}
     run_local(cfg, list_sources(cfg.input), _steps(cfg, seconds), _commit(cfg, seconds))
@@ -151,8 +151,8 @@ def _pool_init(cfg: ExtractConfig, threads: int) -> None:
 
 
 def _pool_task(uri: str) -> dict[str, float]:
-    from hummingml.pipeline import run_local
-    from hummingml.sources import Source, source_id
+    from hummingml.extract.local import run_local
+    from hummingml.extract.sources import Source, source_id
 
     _WORKER["seconds"].clear()
     run_local(_WORKER["cfg"], [Source(uri, source_id(uri))], _WORKER["steps"], _WORKER["commit"])
@@ -164,7 +164,7 @@ def run_pool(cfg: ExtractConfig, processes: int, threads: int) -> dict[str, floa
 
     Returns the seconds spent in each step, summed over the processes.
     """
-    from hummingml.sources import list_sources
+    from hummingml.extract.sources import list_sources
 
     uris = [s.uri for s in list_sources(cfg.input)]
     seconds: dict[str, float] = {}
@@ -179,7 +179,7 @@ def run_ray(cfg: ExtractConfig, cpus: int) -> None:
     """The product: the Ray Data job on a local Ray."""
     import ray
 
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/extraction.json", help="result JSON")
     args = parser.parse_args()
 
-    from hummingml.corpus import write_corpus
+    from hummingml.testing.corpus import write_corpus
 
     work = Path(args.work_dir)
     shutil.rmtree(work, ignore_errors=True)
@@ -247,7 +247,7 @@ def main() -> None:
     audio_s = args.songs * args.seconds
     base = ExtractConfig(input=str(work / "corpus" / "mix"), segment_s=10.0,
                          models=ModelsConfig(kind=args.models_kind, cache_dir=args.cache_dir))
-    from hummingml.models import prepare
+    from hummingml.weights.load import prepare
 
     prepare(base.models)  # model files are made (or checked) once, outside every timed run
     results = []

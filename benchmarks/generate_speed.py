@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Time both modes for each preset and write the JSON."""
     import torch
 
-    from hummingml.model import HummingLM, build_example_batch
-    from hummingml.train_config import PRESETS, debug
+    from hummingml.model.batch import build_example_batch
+    from hummingml.model.lm import HummingLM
+    from hummingml.train.config import PRESETS, debug
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="debug,mid",

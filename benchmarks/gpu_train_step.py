@@ -7,7 +7,7 @@
 
 Rows are packed to exactly ``max_seq_len`` tokens (P = max_seq_len // 5 timbre frames, T the rest), so
 tokens/s counts every position. MFU = tokens/s * flops_per_token / peak, with flops_per_token from
-``hummingml.model.flops_per_token`` (6N + attention term) and the card's dense bf16 peak.
+``hummingml.model.flops.flops_per_token`` (6N + attention term) and the card's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from hummingml.model import HummingLM, NARUpsampler, build_example_batch, count_parameters, flops_per_token, mfu
-from hummingml.parallelize import apply_activation_checkpointing
-from hummingml.train_config import PRESETS
+from hummingml.model.batch import build_example_batch
+from hummingml.model.flops import count_parameters, flops_per_token, mfu
+from hummingml.model.lm import HummingLM, NARUpsampler
+from hummingml.train.config import PRESETS
+from hummingml.train.parallel.torch import apply_activation_checkpointing
 
 # Dense bf16 tensor-core peak FLOP/s (NVIDIA datasheets; the sparse figures are twice these).
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12)]

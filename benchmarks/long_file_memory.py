@@ -3,7 +3,7 @@
     python -m benchmarks.long_file_memory --minutes 10,30,60 --out benchmarks/results/long_file_memory.json
 
 Each length runs in a fresh process: a stereo 44.1 kHz 16-bit WAV of that length is written, then
-``hummingml.pipeline.DecodeStep.batches`` turns it into 30 s segments exactly as the extraction job's decode task
+``hummingml.extract.steps.DecodeStep.batches`` turns it into 30 s segments exactly as the extraction job's decode task
 does (one batch per segment, handed on as it is made). The peak resident memory (``ru_maxrss`` of the child) is
 reported next to the file size, so any growth per minute of input is visible.
 """
@@ -24,8 +24,8 @@ from benchmarks.common import machine
 
 CHILD = """
 import resource, sys, time
-from hummingml.pipeline import DecodeStep, ExtractConfig, source_rows
-from hummingml.sources import Source
+from hummingml.extract.steps import DecodeStep, ExtractConfig, source_rows
+from hummingml.extract.sources import Source
 t = time.perf_counter()
 n = sum(1 for _ in DecodeStep(ExtractConfig(segment_s=30.0)).batches(source_rows([Source(sys.argv[1], "x")])))
 print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -3,7 +3,7 @@
     python -m benchmarks.soak --files 2000 --time-limit-s 3600 --out benchmarks/results/soak.json
 
 Each file is a short synthetic tone, or (with probability ``--fault-rate``) a copy of one regular-file kind of the
-hostile corpus (``hummingml.hostile``), whose outcome is known. The extraction job runs as its own driver with a
+hostile corpus (``hummingml.testing.hostile``), whose outcome is known. The extraction job runs as its own driver with a
 local Ray; every ``--kill-every-s`` seconds one model actor (separation, pitch or codec) is killed. A job that exits
 non-zero is rerun (it resumes) until every input is accounted for or the time limit passes.
 
@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine
-from hummingml.hostile import Expected, encode, write_hostile_corpus
-from hummingml.sources import source_id
-from hummingml.testing import output_keys, sine
+from hummingml.extract.sources import source_id
+from hummingml.testing.hostile import Expected, encode, write_hostile_corpus
+from hummingml.testing.signals import output_keys, sine
 
 SEGMENT_S = 2.0
 ACTORS = ("MapBatches(SeparateStep)", "MapBatches(PitchStep)", "MapBatches(CodecStep)")

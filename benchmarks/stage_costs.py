@@ -2,7 +2,8 @@
 
 DAC and Demucs load the ``random-full`` kind: the real architectures with seeded random weights, so the compute equals
 that of the pretrained models without needing them. Basic Pitch uses its bundled ONNX model. Inputs are synthesized
-songs (hummingml.corpus). Each stage gets one untimed warm-up call, then ``--repeats`` timed calls; the median counts.
+songs (hummingml.testing.corpus). Each stage gets one untimed warm-up call, then ``--repeats`` timed calls; the median
+counts.
 
     .venv/bin/python benchmarks/stage_costs.py                       # 2 threads, 10 s, writes results/stage_costs.json
     .venv/bin/python benchmarks/stage_costs.py --device cuda --out benchmarks/results/stage_costs_gpu.json
@@ -25,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, SOURCE_SAMPLE_RATE, resample, to_mono
-from hummingml.corpus import make_song
-from hummingml.models import ModelsConfig, resolve_device
+from hummingml.testing.corpus import make_song
+from hummingml.weights.config import ModelsConfig, resolve_device
 
 _stage_load = 0.0  # 1-minute load average when the current stage's timing began
 

@@ -3,7 +3,7 @@
     python -m benchmarks.train_scaling --out benchmarks/results/train_scaling_cpu.json
 
 The features come from a small extraction with the tiny models (eight 4 s segments, made once under ``--work``).
-Each case runs ``hummingml.train.fit`` for ``--steps`` steps of the AR and NAR models and reads ``tokens_per_s``
+Each case runs ``hummingml.train.ray.fit`` for ``--steps`` steps of the AR and NAR models and reads ``tokens_per_s``
 (AR target tokens per second over all dp ranks) from the last report, which covers the second half of the run,
 after warm-up.
 Every case gets the same CPUs in total; ``1x1`` runs twice, with one CPU and with all of them, so that the speedup
@@ -29,10 +29,10 @@ from benchmarks.common import PRESET_MODELS, machine
 
 def features(work: Path) -> Path:
     """Eight 4 s segments (four songs) extracted with the tiny models (reused when present): every dp rank gets rows."""
-    from hummingml.corpus import write_corpus
-    from hummingml.extract import run
-    from hummingml.models import ModelsConfig
-    from hummingml.pipeline import ExtractConfig
+    from hummingml.extract.config import ExtractConfig
+    from hummingml.extract.job import run
+    from hummingml.testing.corpus import write_corpus
+    from hummingml.weights.config import ModelsConfig
 
     out = work / "features-4x8s"
     if not (out / "summary.json").exists():
@@ -46,8 +46,9 @@ def features(work: Path) -> Path:
 def case(features_dir: Path, work: Path, preset: str, dp: int, tp: int, cpus: float, steps: int,
          batch_size: int) -> dict[str, Any]:
     """One fit; returns its throughput."""
-    from hummingml.data import DataConfig
-    from hummingml.train import fit, from_preset
+    from hummingml.train.config import from_preset
+    from hummingml.train.data import DataConfig
+    from hummingml.train.ray import fit
 
     data = DataConfig(features=str(features_dir), frames=128, timbre_min_frames=32, timbre_max_frames=64)
     name = f"{preset}-{dp}x{tp}-{cpus:g}cpu-{time.time_ns()}"

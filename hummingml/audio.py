@@ -20,6 +20,8 @@ SOURCE_SAMPLE_RATE = 44_100  # Hz, the usual rate of the input corpus
 FEATURE_SAMPLE_RATE = 22_050  # Hz, the rate of every feature stream (Basic Pitch's own rate)
 FRAME_HOP = 256  # samples at FEATURE_SAMPLE_RATE per feature frame: DAC 44 kHz hop 512 / 2 = Basic Pitch FFT_HOP
 FRAME_RATE = FEATURE_SAMPLE_RATE / FRAME_HOP  # frames/s, 86.13
+STEMS = ("drums", "bass", "vocals", "lead", "chordal", "other")  # our six stems, in the order used everywhere
+MELODIC_STEMS = ("vocals", "lead")  # monophonic melodic parts: Basic Pitch runs on these by default
 
 DecodeErrorKind = Literal[
     "empty", "not_found", "unreadable", "not_audio", "corrupt", "truncated", "zero_length", "non_finite", "channels"

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hummingml.config import add_flags, from_flags
+from hummingml.eval.evaluate import add_eval_flags
+from hummingml.eval.generate import add_generate_flags
+from hummingml.extract.config import ExtractConfig
+from hummingml.weights.cli import add_models_parser
+
 
 def _synth_corpus(args: argparse.Namespace) -> int:
-    from hummingml.corpus import write_corpus
+    from hummingml.testing.corpus import write_corpus
 
     infos = write_corpus(args.out, n_songs=args.songs, seed=args.seed, seconds=args.seconds)
     print(f"wrote {len(infos)} songs ({args.seconds:g} s each) to {args.out}")
@@ -21,9 +27,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from hummingml.config import from_flags
-    from hummingml.extract import run
-    from hummingml.pipeline import ExtractConfig
+    from hummingml.extract.job import run  # imports Ray
 
     cfg = from_flags(ExtractConfig, args)
     if not cfg.input:
@@ -32,27 +36,27 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hummingml.demo import run_demo
+    from hummingml.extract.demo import run_demo
 
     summary = run_demo(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed)
     return 0 if summary["accounted"] else 1
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from hummingml.inspect_output import main as inspect_main
+    from hummingml.extract.inspect import main as inspect_main
 
     return inspect_main(args.out, args.png)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from hummingml.generate import config_from_args, run
+    from hummingml.eval.generate import config_from_args, run
 
     run(config_from_args(args))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from hummingml.evaluate import config_from_args, run
+    from hummingml.eval.evaluate import config_from_args, run
 
     cfg, models_given = config_from_args(args)
     run(cfg, models_given)
@@ -79,9 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("extract", help="run the extraction job (same flags as python -m ray_jobs.extract)")
-    from hummingml.config import add_flags
-    from hummingml.pipeline import ExtractConfig
-
     add_flags(p, ExtractConfig)
     p.set_defaults(func=_extract)
 
@@ -91,16 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("generate", help="hum + timbre clip + checkpoint -> instrument audio (WAV, 44.1 kHz)")
-    __import__("hummingml.generate", fromlist=["add_generate_flags"]).add_generate_flags(p)
+    add_generate_flags(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("evaluate", help="token accuracies and SI-SDR of checkpoints (same flags as ray_jobs.evaluate)")
-    __import__("hummingml.evaluate", fromlist=["add_eval_flags"]).add_eval_flags(p)
+    add_eval_flags(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("doctor", help="check that every dependency imports and print versions")
     p.set_defaults(func=_doctor)
-    __import__("hummingml.models", fromlist=["add_models_parser"]).add_models_parser(sub)
+    add_models_parser(sub)
     return parser
 
 

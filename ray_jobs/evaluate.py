@@ -21,11 +21,11 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml.evaluate import EvalConfig, add_eval_flags, config_from_args
+from hummingml.eval.evaluate import EvalConfig, add_eval_flags, config_from_args
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
-    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.evaluate.config_from_args`."""
+    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.evaluate.config_from_args`."""
     parser = argparse.ArgumentParser(
         prog="ray_jobs.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -35,7 +35,7 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; write the JSON (and PNG) the flags name."""
-    from hummingml.evaluate import run
+    from hummingml.eval.evaluate import run
 
     cfg, models_given = parse(argv)
     print(f"[evaluate] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)

@@ -9,7 +9,7 @@ On a cluster (from the repository root; the cluster's workers need the project i
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m ray_jobs.extract --input s3://bucket/audio/ --output s3://bucket/features/ --models-kind pretrained
 
-Every flag is generated from ``hummingml.pipeline.ExtractConfig``; ``--help`` lists them.
+Every flag is generated from ``hummingml.extract.config.ExtractConfig``; ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from hummingml.config import add_flags, from_flags
-from hummingml.pipeline import ExtractConfig
+from hummingml.extract.config import ExtractConfig
 
 
 def parse(argv: list[str] | None = None) -> ExtractConfig:
@@ -35,7 +35,7 @@ def parse(argv: list[str] | None = None) -> ExtractConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; exit 0 when every input is accounted for, 1 otherwise."""
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     summary = run(parse(argv))
     return 0 if summary["accounted"] else 1

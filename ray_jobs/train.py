@@ -21,8 +21,7 @@ import sys
 from dataclasses import asdict
 
 from hummingml.config import add_flags, from_flags
-from hummingml.train import TrainConfig, from_preset
-from hummingml.train_config import PRESETS
+from hummingml.train.config import PRESETS, TrainConfig, from_preset
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:
@@ -39,7 +38,7 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Train; print the final metrics and the checkpoint path."""
-    from hummingml.train import fit
+    from hummingml.train.ray import fit
 
     cfg = parse(argv)
     print(f"[train] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)

@@ -55,10 +55,10 @@ def demo_features(ray_local, tmp_path_factory):
     """A small extraction output (two 4 s songs, tiny models) shared by the training tests."""
     import io
 
-    from hummingml.corpus import write_corpus
-    from hummingml.extract import run
-    from hummingml.models import ModelsConfig
-    from hummingml.pipeline import ExtractConfig
+    from hummingml.extract.config import ExtractConfig
+    from hummingml.extract.job import run
+    from hummingml.testing.corpus import write_corpus
+    from hummingml.weights.config import ModelsConfig
 
     root = tmp_path_factory.mktemp("features")
     write_corpus(root / "corpus", n_songs=2, seed=5, seconds=4.0)
@@ -96,7 +96,7 @@ def s3(tmp_path_factory):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from hummingml.corpus import write_corpus
+    from hummingml.testing.corpus import write_corpus
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

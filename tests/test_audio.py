@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hummingml.audio import DecodeError, decode, n_frames, resample, to_mono
-from hummingml.hostile import encode, float_wav
-from hummingml.testing import sine, stereo_distinct
+from hummingml.testing.hostile import encode, float_wav
+from hummingml.testing.signals import sine, stereo_distinct
 
 RATES = [8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 88_200, 96_000, 192_000]
 

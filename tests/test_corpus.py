@@ -10,7 +10,7 @@ import pytest
 
 from hummingml.audio import decode
 from hummingml.cli import main
-from hummingml.corpus import MELODIC_STEMS, STEMS, make_song, write_corpus
+from hummingml.testing.corpus import MELODIC_STEMS, STEMS, make_song, write_corpus
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from hummingml.data import DataConfig, examples_from_row, split_of
+from hummingml.train.data import DataConfig, examples_from_row, split_of
 
 K, F = 4, 200
 

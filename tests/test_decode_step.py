@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, AudioReader, decode, resample, resampled_pieces
-from hummingml.hostile import encode
-from hummingml.pipeline import DecodeStep, ExtractConfig, source_rows, unpack
-from hummingml.sources import Source
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.record import source_rows, unpack
+from hummingml.extract.sources import Source
+from hummingml.extract.steps import DecodeStep
+from hummingml.testing.hostile import encode
 
 
 def _noise(channels: int, seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-0.5, 0.5, (channels, round(seconds * rate))).astype(np.float32)
 
 
-def _rows(path: Path, segment_s: float, skip: list[int] | None = None) -> list[dict]:
+def unpack_batch(path: Path, segment_s: float, skip: list[int] | None = None) -> list[dict]:
     batch = source_rows([Source(str(path), "x")], {"x": skip or []})
     return [unpack(p) for p in DecodeStep(ExtractConfig(segment_s=segment_s))(batch)["payload"]]
 
@@ -33,7 +35,7 @@ def test_streamed_segments_equal_whole_file_decoding(tmp_path, fmt, subtype, cha
     whole, source_rate = decode(path)
     expected = resample(whole, source_rate, FEATURE_SAMPLE_RATE)
     seg = round(1.0 * FEATURE_SAMPLE_RATE)
-    rows = _rows(path, 1.0)
+    rows = unpack_batch(path, 1.0)
     assert [r["segment_index"] for r in rows] == list(range(-(-expected.shape[1] // seg)))
     for r in rows:
         i = r["segment_index"]
@@ -60,16 +62,16 @@ def test_blocks_and_pieces_of_any_size_give_the_same_samples(tmp_path) -> None:
 def test_skipped_segments_are_not_emitted(tmp_path) -> None:
     path = tmp_path / "x.wav"
     path.write_bytes(encode(_noise(2, 4.5, 44_100), 44_100))
-    assert [r["segment_index"] for r in _rows(path, 1.0, skip=[0, 2])] == [1, 3, 4]
+    assert [r["segment_index"] for r in unpack_batch(path, 1.0, skip=[0, 2])] == [1, 3, 4]
 
 
 def test_a_failure_on_the_second_reading_accounts_for_every_remaining_segment(tmp_path, monkeypatch) -> None:
     """The file is checked end to end first; if it still fails later (changed, I/O error), nothing goes missing."""
-    from hummingml import pipeline
+    from hummingml.extract import steps
 
     path = tmp_path / "x.wav"
     path.write_bytes(encode(_noise(2, 4.5, 44_100), 44_100))
-    real = pipeline.resampled_pieces
+    real = steps.resampled_pieces
 
     def breaks_after_two(*args, **kwargs):
         for n, piece in enumerate(real(*args, **kwargs)):
@@ -77,8 +79,8 @@ def test_a_failure_on_the_second_reading_accounts_for_every_remaining_segment(tm
                 raise OSError(5, "Input/output error")
             yield piece
 
-    monkeypatch.setattr(pipeline, "resampled_pieces", breaks_after_two)
-    rows = _rows(path, 1.0, skip=[3])
+    monkeypatch.setattr(steps, "resampled_pieces", breaks_after_two)
+    rows = unpack_batch(path, 1.0, skip=[3])
     assert [(r["segment_index"], bool(r.get("error"))) for r in rows] == [(0, False), (1, False), (2, True), (4, True)]
     assert rows[2]["error"]["stage"] == "decode" and "Input/output error" in rows[2]["error"]["message"]
     assert "audio" not in rows[2]
@@ -87,7 +89,7 @@ def test_a_failure_on_the_second_reading_accounts_for_every_remaining_segment(tm
 def test_the_reader_names_the_hash_of_what_it_read(tmp_path) -> None:
     import hashlib
 
-    from hummingml.sources import open_source
+    from hummingml.extract.sources import open_source
 
     data = encode(_noise(1, 0.5, 16_000), 16_000)
     path = tmp_path / "x.wav"

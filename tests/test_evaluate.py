@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hummingml.evaluate import SI_SDR_MAX_DB, SI_SDR_MIN_DB, EvalConfig, si_sdr, summarize_db
-from hummingml.testing import chord, silence, sine
+from hummingml.eval.evaluate import EvalConfig
+from hummingml.eval.metrics import SI_SDR_MAX_DB, SI_SDR_MIN_DB, si_sdr, summarize_db
+from hummingml.testing.signals import chord, silence, sine
 from tests.test_generate import trained_run
 
 
@@ -137,10 +138,10 @@ def _whole_segment_examples(features: Path) -> tuple[list[dict], list[np.ndarray
 
 def test_part_audio_is_what_the_codec_encoded(demo_features) -> None:
     """Re-read + re-separated audio re-encodes to the stored codes: it is the audio the extraction encoded."""
-    from hummingml.evaluate import part_audio
-    from hummingml.generate import extraction_record, recorded_models_config
-    from hummingml.models import load_dac
+    from hummingml.eval.generate import extraction_record, recorded_models_config
+    from hummingml.eval.part_audio import part_audio
     from hummingml.stages.codec import encode
+    from hummingml.weights.load import load_dac
 
     record = extraction_record(str(demo_features))
     models = recorded_models_config(record)
@@ -158,30 +159,30 @@ def test_part_audio_is_what_the_codec_encoded(demo_features) -> None:
 
 
 def test_part_audio_counts_what_it_cannot_find(demo_features, monkeypatch) -> None:
-    from hummingml import evaluate
-    from hummingml.generate import extraction_record, recorded_models_config
+    from hummingml.eval import part_audio as part_audio_module
+    from hummingml.eval.generate import extraction_record, recorded_models_config
 
     record = extraction_record(str(demo_features))
     models = recorded_models_config(record)
     examples, _ = _whole_segment_examples(demo_features)
     stranger = {**examples[0], "source_id": "not-extracted"}
-    found = evaluate.part_audio([stranger], str(demo_features), record, models, 44100, 8, io.StringIO())
+    found = part_audio_module.part_audio([stranger], str(demo_features), record, models, 44100, 8, io.StringIO())
     assert found.audio == [None] and found.unavailable == {"no audio-feature row": 1}
-    found = evaluate.part_audio(examples[:1], str(demo_features), None, models, 44100, 8, io.StringIO())
+    found = part_audio_module.part_audio(examples[:1], str(demo_features), None, models, 44100, 8, io.StringIO())
     assert found.audio == [None] and found.unavailable == {"the features record no extraction config": 1}
 
-    real = evaluate._provenance
+    real = part_audio_module._provenance
 
     def changed(features: str, source_ids: set[str]) -> dict:
         return {k: {**v, "content_sha256": "0" * 64} for k, v in real(features, source_ids).items()}
 
-    monkeypatch.setattr(evaluate, "_provenance", changed)
-    found = evaluate.part_audio(examples[:2], str(demo_features), record, models, 44100, 8, io.StringIO())
+    monkeypatch.setattr(part_audio_module, "_provenance", changed)
+    found = part_audio_module.part_audio(examples[:2], str(demo_features), record, models, 44100, 8, io.StringIO())
     assert found.audio == [None, None] and found.unavailable == {"source changed since extraction": 2}
 
     def moved(features: str, source_ids: set[str]) -> dict:
         return {k: {**v, "source_uri": v["source_uri"] + ".moved"} for k, v in real(features, source_ids).items()}
 
-    monkeypatch.setattr(evaluate, "_provenance", moved)
-    found = evaluate.part_audio(examples[:1], str(demo_features), record, models, 44100, 8, io.StringIO())
+    monkeypatch.setattr(part_audio_module, "_provenance", moved)
+    found = part_audio_module.part_audio(examples[:1], str(demo_features), record, models, 44100, 8, io.StringIO())
     assert found.audio == [None] and list(found.unavailable) == ["read: DecodeError:not_found"]

@@ -16,11 +16,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from hummingml.corpus import write_corpus
-from hummingml.models import ModelsConfig
-from hummingml.pipeline import ExtractConfig
-from hummingml.sources import list_sources
-from hummingml.testing import output_keys as keys
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.sources import list_sources
+from hummingml.testing.corpus import write_corpus
+from hummingml.testing.signals import output_keys as keys
+from hummingml.weights.config import ModelsConfig
 from schemas.features import SCHEMA_VERSION, SCHEMAS
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def config(corpus: Path, out: Path, **kw) -> ExtractConfig:
 
 @pytest.fixture(scope="module")
 def clean_run(ray_local, corpus, tmp_path_factory):
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     out = tmp_path_factory.mktemp("clean")
     log = io.StringIO()
@@ -120,10 +120,10 @@ def test_feature_rows_have_consistent_shapes(clean_run) -> None:
 
 
 def test_stored_sine_codes_are_the_encoding_of_the_stored_notes(clean_run, corpus) -> None:
-    from hummingml.models import load_dac
     from hummingml.stages.codec import CodecConfig, encode
     from hummingml.stages.pitch import NoteEvent
     from hummingml.stages.synth import render_sine
+    from hummingml.weights.load import load_dac
 
     out, _, _ = clean_run
     row = pads.dataset(out / "sine-audio-feature", format="parquet").to_table().to_pylist()[0]
@@ -137,7 +137,7 @@ def test_stored_sine_codes_are_the_encoding_of_the_stored_notes(clean_run, corpu
 
 
 def test_rerun_skips_everything_and_duplicates_nothing(clean_run, corpus) -> None:
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     out, first, _ = clean_run
     before = sorted(keys(out, "audio-feature")), sorted(keys(out, "errors"))
@@ -182,7 +182,7 @@ def test_manifest_and_sqlite_inputs(ray_local, corpus, tmp_path) -> None:
     assert json.loads(sources[1].metadata) == {"artist": "a1"}
     cfg = dataclasses.replace(config(corpus, tmp_path / "from-db"), input=f"sqlite:///{db}",
                               query="SELECT path AS uri, artist FROM tracks", limit=1)
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     summary = run(cfg, log=io.StringIO())
     assert (summary["inputs"], summary["ok"]) == (1, 1)

@@ -15,20 +15,22 @@ import soundfile as sf
 import torch
 
 from hummingml.audio import FEATURE_SAMPLE_RATE
-from hummingml.checkpoint import load_checkpoint, load_train_config, resolve_checkpoint
-from hummingml.data import DataConfig, examples_from_row
-from hummingml.generate import CodecMismatchError, check_codec, generate, timbre_frames
-from hummingml.model import HummingLM, NARUpsampler, make_batch
-from hummingml.models import ModelsConfig, load_dac
-from hummingml.testing import sine
-from hummingml.train import from_preset
+from hummingml.eval.generate import CodecMismatchError, check_codec, generate, timbre_frames
+from hummingml.model.batch import make_batch
+from hummingml.model.lm import HummingLM, NARUpsampler
+from hummingml.testing.signals import sine
+from hummingml.train.checkpoint import load_checkpoint, load_train_config, resolve_checkpoint
+from hummingml.train.config import from_preset
+from hummingml.train.data import DataConfig, examples_from_row
+from hummingml.weights.config import ModelsConfig
+from hummingml.weights.load import load_dac
 
 _RUNS: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
 
 
 def trained_run(preset: str, features: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """One short training run per preset for the whole session (the evaluate tests reuse it): (run dir, metrics)."""
-    from hummingml.train import fit
+    from hummingml.train.ray import fit
 
     key = (preset, str(features))
     if key not in _RUNS:

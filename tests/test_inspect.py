@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from hummingml.demo import run_demo
-from hummingml.inspect_output import describe, main
+from hummingml.extract.demo import run_demo
+from hummingml.extract.inspect import describe, main
 
 pytestmark = pytest.mark.slow
 

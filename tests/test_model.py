@@ -16,20 +16,11 @@ import torch
 from torch import nn
 
 from hummingml.config import add_flags, from_dict, from_flags
-from hummingml.model import (
-    IGNORE_INDEX,
-    CodecLM,
-    HummingLM,
-    NARUpsampler,
-    build_example_batch,
-    count_parameters,
-    flops_per_token,
-    make_batch,
-    mfu,
-    packed_length,
-    parameter_breakdown,
-)
-from hummingml.train_config import ModelConfig, OptimConfig, Preset, b2, b10, debug, m385, valle_debug
+from hummingml.model.batch import build_example_batch, make_batch
+from hummingml.model.config import ModelConfig
+from hummingml.model.flops import count_parameters, flops_per_token, mfu, parameter_breakdown
+from hummingml.model.lm import IGNORE_INDEX, CodecLM, HummingLM, NARUpsampler, packed_length
+from hummingml.train.config import OptimConfig, Preset, b2, b10, debug, m385, valle_debug
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHABET = 32  # toy codes are drawn from [0, 32) so a 2-layer model can learn a mapping in ~100 steps
@@ -90,7 +81,7 @@ def test_nar_learns_every_level() -> None:
         assert m["top10_acc"] >= m["acc"]
 
 
-def _batch(cfg: ModelConfig, seed: int = 0, batch_size: int = 3) -> dict:
+def pack_batch(cfg: ModelConfig, seed: int = 0, batch_size: int = 3) -> dict:
     return build_example_batch(
         cfg, batch_size, 7, 12, generator=torch.Generator().manual_seed(seed), variable_lengths=True
     )
@@ -99,7 +90,7 @@ def _batch(cfg: ModelConfig, seed: int = 0, batch_size: int = 3) -> dict:
 @pytest.mark.parametrize("layout", ["humming", "valle"])
 def test_labels_are_exactly_the_target_frames(layout: str) -> None:
     model = HummingLM(replace(debug().model, layout=layout))
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     labels = model.pack(batch).labels
     first = model.target_positions(batch)
     for b in range(labels.shape[0]):
@@ -114,7 +105,7 @@ def test_labels_are_exactly_the_target_frames(layout: str) -> None:
 def test_loss_ignores_padding_and_unused_codes(cls: type[CodecLM]) -> None:
     torch.manual_seed(0)
     model = cls(debug().model).eval()
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     # The contract allows more conditioning levels than cond_codebooks; only the first Kc are read.
     batch["cond"] = torch.randint(0, model.cfg.codebook_size, (3, 2, model.cfg.n_codebooks, 12))
     level = torch.tensor([1, 2, 1])
@@ -142,7 +133,7 @@ def test_loss_ignores_padding_and_unused_codes(cls: type[CodecLM]) -> None:
 def test_causal_future_targets_do_not_change_earlier_logits(layout: str) -> None:
     torch.manual_seed(0)
     model = HummingLM(replace(debug().model, layout=layout)).eval()
-    batch = _batch(model.cfg, batch_size=1)
+    batch = pack_batch(model.cfg, batch_size=1)
     batch["target_len"][:] = 12
     j = 5
     with torch.no_grad():
@@ -158,7 +149,7 @@ def test_causal_future_targets_do_not_change_earlier_logits(layout: str) -> None
 def test_row_is_independent_of_batch_padding(cls: type[CodecLM]) -> None:
     torch.manual_seed(0)
     model = cls(debug().model).eval()
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     batch["target_len"][0], batch["timbre_len"][0] = 3, 2  # row 0 is short, others pad it
     kwargs = {"level": torch.tensor([2, 1, 3])} if cls is NARUpsampler else {}
     alone = {k: v[:1] for k, v in batch.items()}
@@ -174,7 +165,7 @@ def test_row_is_independent_of_batch_padding(cls: type[CodecLM]) -> None:
 def test_metrics_are_consistent() -> None:
     torch.manual_seed(0)
     model = HummingLM(debug().model)
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     loss, metrics = model(batch)
     assert int(metrics["tokens"]) == int(batch["target_len"].sum())
     assert 0.0 <= float(metrics["acc"]) <= float(metrics["top10_acc"]) <= 1.0
@@ -188,7 +179,7 @@ def test_metrics_are_consistent() -> None:
 def test_generate_returns_target_len_codes_consistent_with_teacher_forcing(layout: str) -> None:
     torch.manual_seed(0)
     model = HummingLM(replace(debug().model, layout=layout)).eval()
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     cond_only = {k: v for k, v in batch.items() if k != "target"}
     out = model.generate(cond_only)
     T = batch["cond"].shape[-1]
@@ -213,7 +204,7 @@ def test_kv_cache_generates_what_full_recomputation_generates(layout: str) -> No
     """Rows with different prompt and target lengths: the cached path (rows shifted to align) gives the same codes."""
     torch.manual_seed(1)
     model = HummingLM(replace(debug().model, layout=layout)).eval()
-    batch = {k: v for k, v in _batch(model.cfg, seed=4, batch_size=6).items() if k != "target"}
+    batch = {k: v for k, v in pack_batch(model.cfg, seed=4, batch_size=6).items() if k != "target"}
     assert len(set(batch["timbre_len"].tolist())) > 1 and len(set(batch["target_len"].tolist())) > 1
     assert torch.equal(model.generate(batch, use_cache=True), model.generate(batch, use_cache=False))
     sampled = [
@@ -226,7 +217,7 @@ def test_kv_cache_generates_what_full_recomputation_generates(layout: str) -> No
 def test_nar_generate_fills_levels_consistently() -> None:
     torch.manual_seed(0)
     model = NARUpsampler(debug().model).eval()
-    batch = _batch(model.cfg)
+    batch = pack_batch(model.cfg)
     level0 = batch["target"][:, 0]
     codes = model.generate(batch, level0)
     N = model.cfg.n_codebooks
@@ -250,7 +241,7 @@ def test_meta_build_then_init_weights() -> None:
     model.to_empty(device="cpu")
     model.init_weights()
     torch.testing.assert_close(model.rope, HummingLM(cfg).rope)
-    loss, _ = model(_batch(cfg))
+    loss, _ = model(pack_batch(cfg))
     assert torch.isfinite(loss)
     assert abs(loss.item() - np.log(cfg.codebook_size)) < 1.5  # near-uniform predictions at init
 

@@ -7,19 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hummingml import models
+from hummingml.audio import STEMS
 from hummingml.cli import build_parser, main
-from hummingml.models import (
-    ChecksumMismatchError,
-    ModelLoadError,
-    ModelsConfig,
-    ModelUnavailableError,
-    load_dac,
-    load_demucs,
-    prepare,
-    sha256_file,
-)
-from hummingml.stages.separate import HTDEMUCS_6S_SOURCES, STEMS
+from hummingml.stages.separate import HTDEMUCS_6S_SOURCES
+from hummingml.weights import config as weights_config
+from hummingml.weights import load
+from hummingml.weights.config import ChecksumMismatchError, ModelLoadError, ModelsConfig, ModelUnavailableError
+from hummingml.weights.load import load_dac, load_demucs, prepare, sha256_file
 
 
 @pytest.fixture
@@ -72,10 +66,10 @@ def test_tiny_models_load_through_the_library_loaders(tmp_path) -> None:
 
 def test_cache_dir_comes_from_the_environment_unless_given(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HUMMINGML_CACHE", str(tmp_path / "env"))
-    assert models.cache_dir(ModelsConfig()) == tmp_path / "env"
-    assert models.cache_dir(ModelsConfig(cache_dir=str(tmp_path / "flag"))) == tmp_path / "flag"
+    assert weights_config.cache_dir(ModelsConfig()) == tmp_path / "env"
+    assert weights_config.cache_dir(ModelsConfig(cache_dir=str(tmp_path / "flag"))) == tmp_path / "flag"
     monkeypatch.delenv("HUMMINGML_CACHE")
-    assert models.cache_dir(ModelsConfig()) == Path("~/.cache/hummingml/models").expanduser()
+    assert weights_config.cache_dir(ModelsConfig()) == Path("~/.cache/hummingml/models").expanduser()
 
 
 @pytest.mark.parametrize(
@@ -163,9 +157,9 @@ def test_reachable_probes_loopback_only() -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
-    assert models.reachable("127.0.0.1", port, 2.0)
+    assert load.reachable("127.0.0.1", port, 2.0)
     server.close()
-    assert not models.reachable("127.0.0.1", port, 2.0)  # closed port: refused at once
+    assert not load.reachable("127.0.0.1", port, 2.0)  # closed port: refused at once
 
 
 def _fake_hub(tmp_path: Path):
@@ -176,7 +170,7 @@ def _fake_hub(tmp_path: Path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    kwargs = {"sources": list(HTDEMUCS_6S_SOURCES), **models.TINY_DEMUCS_KWARGS}
+    kwargs = {"sources": list(HTDEMUCS_6S_SOURCES), **load.TINY_DEMUCS_KWARGS}
     model = HTDemucs(**kwargs)
     files = tmp_path / "hub"
     files.mkdir()
@@ -211,16 +205,16 @@ def test_pretrained_prepare_fills_a_copyable_cache(monkeypatch, tmp_path) -> Non
     hf_hub_download, calls = _fake_hub(tmp_path)
     monkeypatch.setattr(dac.utils, "download", download)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(models, "reachable", lambda *a: True)
+    monkeypatch.setattr(load, "reachable", lambda *a: True)
     cfg = ModelsConfig(kind="pretrained", cache_dir=str(tmp_path / "cache"))
     dac_id, demucs_id = prepare(cfg)
     assert ("adefossez/HTDemucs-6s", "abcd1234.safetensors", False) in calls
     assert dac_id.random_weights is False and dac_id.sha256 == tiny_ids[0].sha256
-    assert Path(dac_id.path) == tmp_path / "cache" / "pretrained" / "dac" / models.DAC_PRETRAINED_FILE
+    assert Path(dac_id.path) == tmp_path / "cache" / "pretrained" / "dac" / weights_config.DAC_PRETRAINED_FILE
     assert Path(demucs_id.path) == tmp_path / "cache" / "pretrained" / "demucs" / "abcd1234.th"
 
     # offline afterwards, with only the copied cache: no probe, no download
-    monkeypatch.setattr(models, "reachable", lambda *a: pytest.fail("probed the network"))
+    monkeypatch.setattr(load, "reachable", lambda *a: pytest.fail("probed the network"))
     (tmp_path / "home").rename(tmp_path / "gone")
     copied = tmp_path / "elsewhere"
     (tmp_path / "cache").rename(copied)
@@ -228,7 +222,7 @@ def test_pretrained_prepare_fills_a_copyable_cache(monkeypatch, tmp_path) -> Non
     model, identity = load_demucs(moved)
     assert list(model.sources) == list(HTDEMUCS_6S_SOURCES) and identity.sha256 == demucs_id.sha256
     assert load_dac(moved)[1].sha256 == dac_id.sha256
-    listed = {(i.kind, i.library): i.sha256 for i in models.list_cached(copied)}
+    listed = {(i.kind, i.library): i.sha256 for i in load.list_cached(copied)}
     assert listed[("pretrained", "demucs")] == demucs_id.sha256
     assert listed[("pretrained", "descript-audio-codec")] == dac_id.sha256
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hummingml.model import CodecLM, HummingLM, NARUpsampler, TokenLoss, build_example_batch
-from hummingml.neuron import NxDLayers, neuron_train_config, parallelize_neuron
-from hummingml.train_config import debug
+from hummingml.model.batch import build_example_batch
+from hummingml.model.lm import CodecLM, HummingLM, NARUpsampler, TokenLoss
+from hummingml.train.config import debug
+from hummingml.train.parallel.neuron import NxDLayers, neuron_train_config, parallelize_neuron
 
 
 @pytest.fixture(autouse=True)
@@ -194,8 +195,8 @@ def _fake_nxd(monkeypatch) -> dict:
 
 
 def test_bf16_on_neuron_keeps_fp32_master_weights_in_zero1(monkeypatch) -> None:
-    from hummingml.neuron import neuron_config
-    from hummingml.train_config import OptimConfig, ParallelConfig
+    from hummingml.train.config import OptimConfig, ParallelConfig
+    from hummingml.train.parallel.neuron import neuron_config
 
     seen = _fake_nxd(monkeypatch)
     neuron_config(ParallelConfig(tp=2, zero1=True, mixed_precision="bf16", backend="neuron"), OptimConfig())
@@ -210,7 +211,7 @@ def test_bf16_on_neuron_keeps_fp32_master_weights_in_zero1(monkeypatch) -> None:
 
 
 def test_neuron_model_is_built_in_fp32_then_cast(monkeypatch) -> None:
-    from hummingml.neuron import build_neuron_model
+    from hummingml.train.parallel.neuron import build_neuron_model
 
     cfg = debug().model
     torch.manual_seed(0)  # the builder seeds the same way

@@ -16,17 +16,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import Shard
 
-from hummingml.model import HummingLM, NARUpsampler, build_example_batch
-from hummingml.parallelize import (
+from hummingml.model.batch import build_example_batch
+from hummingml.model.lm import HummingLM, NARUpsampler
+from hummingml.train.config import OptimConfig, ParallelConfig, debug
+from hummingml.train.optim import build_optimizer
+from hummingml.train.parallel.torch import (
     ParallelDims,
     apply_activation_checkpointing,
-    build_optimizer,
     clip_grad_norm_,
     parallelize_torch,
     sync_gradients,
     tp_plan,
 )
-from hummingml.train_config import OptimConfig, ParallelConfig, debug
 
 
 @pytest.fixture(autouse=True)

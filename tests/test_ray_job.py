@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hummingml.corpus import write_corpus
+from hummingml.testing.corpus import write_corpus
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

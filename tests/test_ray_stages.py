@@ -4,8 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from hummingml.pipeline import ExtractConfig
-from hummingml.ray_stages import (
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.ray import (
     COMMIT_CPUS,
     DECODE_CPUS,
     MIN_ACTOR_CPUS,

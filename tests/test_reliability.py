@@ -20,12 +20,12 @@ import pyarrow.dataset as pads
 import pytest
 
 from hummingml.audio import DecodeError
-from hummingml.corpus import write_corpus
-from hummingml.hostile import write_hostile_corpus
-from hummingml.models import ModelsConfig
-from hummingml.pipeline import ExtractConfig
-from hummingml.sources import SourceUnavailable, printable, read_bytes, source_id
-from hummingml.testing import output_keys
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.sources import SourceUnavailable, printable, read_bytes, source_id
+from hummingml.testing.corpus import write_corpus
+from hummingml.testing.hostile import write_hostile_corpus
+from hummingml.testing.signals import output_keys
+from hummingml.weights.config import ModelsConfig
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def all_keys(out: Path) -> dict[str, list[tuple[str, int]]]:
 
 @pytest.fixture(scope="module")
 def hostile(ray_local, tmp_path_factory):
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     root = tmp_path_factory.mktemp("hostile")
     inputs = write_hostile_corpus(root / "corpus", SEGMENT_S)
@@ -94,7 +94,7 @@ def test_odd_names_are_stored_readably(hostile) -> None:
 
 
 def test_rerun_over_the_hostile_corpus_adds_nothing(hostile) -> None:
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     root, _, out, _ = hostile
     before = all_keys(out)
@@ -107,7 +107,7 @@ def test_rerun_over_the_hostile_corpus_adds_nothing(hostile) -> None:
 
 
 def test_manifest_row_pointing_to_a_missing_object(ray_local, hostile, tmp_path) -> None:
-    from hummingml.extract import run
+    from hummingml.extract.job import run
 
     root, _, _, _ = hostile
     manifest = tmp_path / "manifest.jsonl"
@@ -120,8 +120,9 @@ def test_manifest_row_pointing_to_a_missing_object(ray_local, hostile, tmp_path)
 
 
 def test_one_hour_file_becomes_its_segments(tmp_path) -> None:
-    from hummingml.pipeline import DecodeStep, source_rows, unpack
-    from hummingml.sources import Source
+    from hummingml.extract.record import source_rows, unpack
+    from hummingml.extract.sources import Source
+    from hummingml.extract.steps import DecodeStep
 
     inputs = write_hostile_corpus(tmp_path, segment_s=30.0, long_s=3600.0)
     long = next(i for i in inputs if i.kind.startswith("long"))
@@ -237,8 +238,9 @@ def test_a_read_that_keeps_failing_is_unavailable_not_an_input_error(s3) -> None
 def test_killed_training_worker_resumes_from_its_last_checkpoint(demo_features, tmp_path) -> None:
     import psutil
 
-    from hummingml.data import DataConfig
-    from hummingml.train import fit, from_preset
+    from hummingml.train.config import from_preset
+    from hummingml.train.data import DataConfig
+    from hummingml.train.ray import fit
 
     data = DataConfig(features=str(demo_features), frames=64, timbre_min_frames=16, timbre_max_frames=32)
     cfg = from_preset("debug", name="killed", storage=str(tmp_path / "runs"), data=data, batch_size=4,
@@ -289,7 +291,8 @@ def test_error_rows_name_the_file_readably(hostile) -> None:
 
 
 def test_docs_list_every_hostile_kind_as_the_generator_states_it() -> None:
-    from hummingml.hostile import markdown_table
+    from hummingml.testing.hostile import markdown_table
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
-    assert markdown_table() in doc, "docs/reliability.md is stale: paste the output of python -m hummingml.hostile"
+    stale = "docs/reliability.md is stale: paste the output of python -m hummingml.testing.hostile"
+    assert markdown_table() in doc, stale

@@ -11,7 +11,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from hummingml.sources import list_sources, read_bytes
+from hummingml.extract.sources import list_sources, read_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -31,8 +31,8 @@ def test_listing_and_reading_objects(s3) -> None:
 def test_open_source_downloads_once_and_spills_large_objects_to_disk(s3, monkeypatch) -> None:
     import hashlib
 
-    from hummingml import sources
     from hummingml.audio import DecodeError
+    from hummingml.extract import sources
 
     uri = f"s3://audio/mix/song_00000.wav?{s3.query}"
     data = read_bytes(uri)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hummingml.audio import DecodeError
-from hummingml.sources import is_transient, list_sources, read_bytes, source_id
+from hummingml.extract.sources import is_transient, list_sources, read_bytes, source_id
 
 
 @pytest.fixture()

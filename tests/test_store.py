@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from hummingml.store import COMMITS, STAGING, OutputStore
+from hummingml.extract.store import COMMITS, STAGING, OutputStore
 from schemas.features import ERROR_SCHEMA, SCHEMA_VERSION
 
 

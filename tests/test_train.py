@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from hummingml.data import DataConfig
-from hummingml.train import fit, from_preset
+from hummingml.train.config import from_preset
+from hummingml.train.data import DataConfig
+from hummingml.train.ray import fit
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +58,8 @@ def test_rerun_with_the_same_name_resumes(demo_features, tmp_path) -> None:
 def test_neuron_backend_asks_ray_train_for_neuron_cores_over_xla(monkeypatch, tmp_path) -> None:
     import ray.train.torch
 
-    import hummingml.data
-    import hummingml.train
+    import hummingml.train.data
+    import hummingml.train.loop
 
     captured = {}
 
@@ -70,13 +71,13 @@ def test_neuron_backend_asks_ray_train_for_neuron_cores_over_xla(monkeypatch, tm
             return "result"
 
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
-    monkeypatch.setattr(hummingml.data, "read_joined", lambda features: "joined")
+    monkeypatch.setattr(hummingml.train.data, "read_joined", lambda features: "joined")
     cfg = from_preset("debug", storage=str(tmp_path), cache_dataset=False)
     cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, backend="neuron", tp=2, dp=2))
-    assert hummingml.train.fit(cfg) == "result"
+    assert hummingml.train.ray.fit(cfg) == "result"
     assert type(captured["torch_config"]).__name__ == "TorchXLAConfig"
     scaling = captured["scaling_config"]
     assert scaling.num_workers == 4 and scaling.resources_per_worker == {"neuron_cores": 1}
-    assert captured["loop"] is hummingml.train.train_loop_per_worker
-    with hummingml.train._checkpoint_dir(cfg, 7) as directory:
+    assert captured["loop"] is hummingml.train.loop.train_loop_per_worker
+    with hummingml.train.loop._checkpoint_dir(cfg, 7) as directory:
         assert directory.startswith(str(tmp_path))  # NxD writes from every rank: a shared path, not a private tmp

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from hummingml.corpus import write_corpus
+from hummingml.testing.corpus import write_corpus
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from hummingml.audio import F32, resample
-from hummingml.models import ModelIdentity, ModelsConfig, load_dac, resolve_device
+from hummingml.weights.config import ModelIdentity, ModelsConfig, resolve_device
+from hummingml.weights.load import load_dac
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def encode_batch(
     Args:
         audios: float32 ``(channels, samples)`` each, any lengths and channel counts.
         sample_rates: the rate of each signal in Hz, or one rate for all.
-        model: a ``dac.DAC`` in eval mode (see :func:`hummingml.models.load_dac`); runs on its parameters' device.
+        model: a ``dac.DAC`` in eval mode (see :func:`hummingml.weights.load.load_dac`); runs on its parameters' device.
         cfg: windowing and batching.
 
     Returns:

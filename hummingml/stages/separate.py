@@ -24,11 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from hummingml.audio import F32, resample
-from hummingml.models import ModelIdentity, ModelsConfig, load_demucs, resolve_device
-
-STEMS = ("drums", "bass", "vocals", "lead", "chordal", "other")  # our six stems, in the order used everywhere
-MELODIC_STEMS = ("vocals", "lead")  # monophonic melodic parts: Basic Pitch runs on these by default
+from hummingml.audio import F32, STEMS, resample
+from hummingml.weights.config import ModelIdentity, ModelsConfig, resolve_device
+from hummingml.weights.load import load_demucs
 
 HTDEMUCS_6S_SOURCES = ("drums", "bass", "other", "vocals", "guitar", "piano")  # demucs htdemucs_6s, in model order
 DEFAULT_SOURCE_TO_STEM: Mapping[str, str] = {
@@ -160,7 +158,7 @@ def separate_batch(
     Args:
         audios: float32 ``(channels, samples)`` each, mono (duplicated to stereo) or stereo, any rate.
         sample_rates: the rate of each clip in Hz, or one rate for all.
-        model: a Demucs model or bag (see :func:`hummingml.models.load_demucs`) in eval mode; runs on its
+        model: a Demucs model or bag (see :func:`hummingml.weights.load.load_demucs`) in eval mode; runs on its
             parameters' device.
         cfg: mapping, chunking and batching.
 
@@ -235,7 +233,7 @@ def separate(audio: F32, sample_rate: int, model: Any, cfg: SeparateConfig = Sep
         audio: float32 ``(channels, samples)``, mono (duplicated to stereo) or stereo, any rate (resampled to the
             model's 44.1 kHz here).
         sample_rate: rate of ``audio`` in Hz.
-        model: a Demucs model or bag in eval mode (see :func:`hummingml.models.load_demucs`).
+        model: a Demucs model or bag in eval mode (see :func:`hummingml.weights.load.load_demucs`).
         cfg: mapping, chunking and output rate.
 
     Returns:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hummingml.stages.augment import AugmentConfig, MonoVariant, apply, draw
-from hummingml.testing import sine
+from hummingml.testing.signals import sine
 
 SR = 22_050
 CLEAN = MonoVariant(gain_db=0.0, snr_db=200.0, eq_hz=1000.0, eq_db=0.0, eq_q=1.0, noise_seed=0)

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, n_frames, resample
-from hummingml.corpus import make_song
-from hummingml.models import ModelsConfig
 from hummingml.stages.codec import (
     Codec,
     CodecConfig,
@@ -16,7 +14,9 @@ from hummingml.stages.codec import (
     encode_batch,
     receptive_field_frames,
 )
-from hummingml.testing import sine, stereo_distinct
+from hummingml.testing.corpus import make_song
+from hummingml.testing.signals import sine, stereo_distinct
+from hummingml.weights.config import ModelsConfig
 
 
 @pytest.fixture(scope="module")

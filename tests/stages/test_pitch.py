@@ -9,7 +9,7 @@ import pretty_midi
 from hummingml.audio import FEATURE_SAMPLE_RATE
 from hummingml.stages.pitch import NoteEvent, notes_to_midi
 from hummingml.stages.synth import render_sine
-from hummingml.testing import silence, sine
+from hummingml.testing.signals import silence, sine
 
 MELODY = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60, 67]  # C major up and down, then G
 

@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from hummingml.corpus import make_song
-from hummingml.models import ModelsConfig
+from hummingml.audio import STEMS
 from hummingml.stages.separate import (
     DEFAULT_SOURCE_TO_STEM,
     HTDEMUCS_6S_SOURCES,
-    STEMS,
     SeparateConfig,
     Separator,
     Stems,
     separate,
     stem_mapping,
 )
-from hummingml.testing import sine, stereo_distinct
+from hummingml.testing.corpus import make_song
+from hummingml.testing.signals import sine, stereo_distinct
+from hummingml.weights.config import ModelsConfig
 
 
 class ScalingDemucs(torch.nn.Module):

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow.dataset as pads
 
-from hummingml.store import OutputStore
+from hummingml.extract.store import OutputStore
 
 SETS = ("audio-feature", "sine-audio-feature", "errors")
 

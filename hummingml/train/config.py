@@ -1,52 +1,22 @@
-"""Configs of the HummingLM model, its parallelism and its optimizer, and the named presets.
+"""The training job's config (:class:`TrainConfig`), its parallel and optimizer sub-configs, and the named presets.
 
-Each preset is a function returning a :class:`Preset` (model + parallel + optim); the training job's own config
-holds the three as sub-configs. Field comments double as CLI help (``hummingml.config.add_flags``), so each stays
-on its field's line.
+Each preset is a function returning a :class:`Preset` (model + parallel + optim); :class:`TrainConfig` holds the
+three as sub-configs, next to ``data``. Field comments double as CLI help (``hummingml.config.add_flags``), so each
+stays on its field's line.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The shape of one HummingLM (AR) or NAR upsampler; parameter counts per preset are in docs/model.md."""
-
-    layout: Literal["humming", "valle"] = "humming"  # AR token layout: timbre prompt + aligned cond, or VALL-E prompt
-    n_layers: int = 24
-    d_model: int = 1024
-    n_heads: int = 16
-    d_ff: int = 3584  # MLP hidden width (SwiGLU: per matrix)
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    codebook_size: int = 1024  # DAC codebook entries per level
-    n_codebooks: int = 9  # DAC levels per frame (44.1 kHz DAC: 9)
-    cond_codebooks: int = 4  # first levels of the sine and the mono codes summed into each conditioning frame
-    max_seq_len: int = 2048  # longest packed sequence; humming layout needs 3 + P + 2T tokens
-    pad_multiple: int = 64  # packed length is rounded up to this multiple (TP sequence parallel needs tp | length)
-    pad_to_max: bool = False  # pad every batch to max_seq_len: one static shape for XLA / Neuron
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02  # std of embedding and input-projection init; output projections get std/sqrt(2*n_layers)
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model {self.d_model} must split into n_heads {self.n_heads} heads of even width")
-        if not 1 <= self.cond_codebooks <= self.n_codebooks:
-            raise ValueError(f"cond_codebooks {self.cond_codebooks} must be in [1, n_codebooks={self.n_codebooks}]")
-        if self.n_codebooks < 2:
-            raise ValueError("n_codebooks must be >= 2 (level 0 for the AR model, the rest for the NAR)")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+from hummingml.model.config import ModelConfig
+from hummingml.train.data import DataConfig
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """How a model is distributed; applied by ``hummingml.parallelize`` or ``hummingml.neuron``, never in the model."""
+    """How a model is distributed; applied by ``hummingml.train.parallel``, never in the model."""
 
     dp: int = 1  # data-parallel degree; dp * tp must equal the world size
     tp: int = 1  # tensor-parallel degree (heads, MLP width and the output head are split tp ways)
@@ -142,3 +112,38 @@ def b10() -> Preset:
 
 
 PRESETS = {"debug": debug, "valle_debug": valle_debug, "m385": m385, "b2": b2, "b10": b10}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Sub-configs ``model``, ``parallel`` and ``optim`` start from ``--preset``."""
+
+    preset: str = "debug"  # debug | valle_debug | m385 | b2 | b10: the starting point of model/parallel/optim
+    name: str = "hummingml-debug"  # run name: rerunning with the same name and storage resumes
+    storage: str = "train-runs"  # Ray Train storage path (local dir or s3://...); checkpoints go here
+    steps: int = 60  # optimizer steps in total
+    batch_size: int = 4  # examples per step per dp rank
+    checkpoint_every: int = 20  # steps between checkpoints (and metric reports)
+    keep_checkpoints: int = 2  # newest checkpoints kept (Ray Train keeps the metrics of these reports only)
+    max_failures: int = 1  # worker failures Ray Train recovers from (restart from the last checkpoint)
+    cpus_per_worker: float = 1.0  # CPUs reserved per training worker
+    use_gpu: bool = False  # one GPU per worker (NCCL), else CPU (gloo)
+    peak_flops: float = 0.0  # peak FLOP/s of one worker's device for the MFU estimate; 0: known GPUs only
+    seed: int = 0  # model initialisation and NAR level sampling
+    cache_dataset: bool = True  # keep the joined rows in Ray's object store (off when they do not fit)
+    fail_at_step: int = 0  # fault injection: rank 0 raises once per run at this step (0 = never); tests use it
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    @property
+    def world_size(self) -> int:
+        """Training workers: dp * tp."""
+        return self.parallel.dp * self.parallel.tp
+
+
+def from_preset(preset: str, **overrides: Any) -> TrainConfig:
+    """A TrainConfig whose model/parallel/optim come from the preset named ``preset``."""
+    p = PRESETS[preset]()
+    return TrainConfig(preset=preset, model=p.model, parallel=p.parallel, optim=p.optim, **overrides)

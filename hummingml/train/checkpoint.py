@@ -2,7 +2,7 @@
 
 A checkpoint is the directory Ray Train keeps under ``<storage>/<name>/checkpoint_*``: a torch.distributed.checkpoint
 (DCP) save of ``{"ar": {"model", "optim", "sched"}, "nar": {...}}`` plus ``position.npy`` and ``train_config.json``
-(``hummingml.train`` writes both on rank 0). DCP reshards on load, so a checkpoint written by any (dp, tp) layout,
+(``hummingml.train.loop`` writes both on rank 0). DCP reshards on load, so a checkpoint written by any (dp, tp) layout,
 with or without FSDP, loads into plain unsharded models here. Only the two model state dicts are read; the optimizer
 and scheduler states stay on disk.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hummingml.config import from_dict
-from hummingml.train import TrainConfig
+from hummingml.train.config import TrainConfig
 
 if TYPE_CHECKING:
-    from hummingml.model import HummingLM, NARUpsampler
+    from hummingml.model.lm import HummingLM, NARUpsampler
 
 CONFIG_FILE = "train_config.json"
 DCP_METADATA = ".metadata"  # the file every DCP checkpoint directory holds
@@ -90,8 +90,8 @@ def load_checkpoint(
         cfg: the run's config, for checkpoints without ``train_config.json``; None reads the stored one.
 
     Returns:
-        ``(cfg, ar, nar)``: the config, the :class:`~hummingml.model.HummingLM` and the
-        :class:`~hummingml.model.NARUpsampler`, unsharded, float32, on the CPU.
+        ``(cfg, ar, nar)``: the config, the :class:`~hummingml.model.lm.HummingLM` and the
+        :class:`~hummingml.model.lm.NARUpsampler`, unsharded, float32, on the CPU.
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``, or no stored config and ``cfg`` is None.
@@ -102,7 +102,7 @@ def load_checkpoint(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from hummingml.model import HummingLM, NARUpsampler
+    from hummingml.model.lm import HummingLM, NARUpsampler
 
     directory = resolve_checkpoint(path)
     if cfg is None:

@@ -1,4 +1,4 @@
-"""PyTorch parallelism for a plain :class:`hummingml.model.CodecLM`: TP -> AC -> compile -> FSDP2 (torchtitan order).
+"""PyTorch parallelism for a plain :class:`hummingml.model.lm.CodecLM`: TP -> AC -> compile -> FSDP2 (torchtitan order).
 
 The model has no parallel code; everything here is keyed by module FQN. On one host with gloo this runs on CPU
 (tests/test_parallelize.py); on GPUs use the nccl backend and ``ParallelDims.build_mesh("cuda")``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +32,8 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
-from hummingml.model import CodecLM
-from hummingml.train_config import OptimConfig, ParallelConfig
+from hummingml.model.lm import CodecLM
+from hummingml.train.config import ParallelConfig
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def parallelize_torch(model: CodecLM, mesh: DeviceMesh, cfg: ParallelConfig) -> 
     (then ``to_empty`` + ``init_weights`` after). Returns ``model``.
     """
     if cfg.backend != "torch":
-        raise ValueError(f"parallelize_torch got backend={cfg.backend!r}; use hummingml.neuron for Neuron")
+        raise ValueError(f"parallelize_torch got backend={cfg.backend!r}; use train.parallel.neuron for Neuron")
     if mesh["tp"].size() != cfg.tp or mesh["dp"].size() != cfg.dp:
         raise ValueError(f"mesh {tuple(mesh.shape)} does not match dp={cfg.dp}, tp={cfg.tp}")
     if cfg.tp > 1:
@@ -244,41 +244,3 @@ def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tens
             if grads:
                 torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
     return total
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; norms and the embedding table are not decayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "tok_embeddings" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(
-    model: nn.Module, optim: OptimConfig, parallel: ParallelConfig, mesh: DeviceMesh | None = None
-) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups`; ``parallel.zero1`` shards its state over ``mesh["dp"]`` (needs tp == 1)."""
-    kwargs = {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps}
-    groups = param_groups(model, optim.weight_decay)
-    if not parallel.zero1:
-        return torch.optim.AdamW(groups, **kwargs)
-    if parallel.tp > 1:
-        raise ValueError("zero1 with the torch backend needs tp == 1 (use fsdp with tp > 1)")
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    group = mesh["dp"].get_group() if mesh is not None else None
-    return ZeroRedundancyOptimizer(groups, torch.optim.AdamW, process_group=group, **kwargs)
-
-
-def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of ``optim.lr`` at a step: linear warmup, then cosine down to ``min_lr_ratio`` at total_steps."""
-
-    def f(step: int) -> float:
-        if step < optim.warmup:
-            return (step + 1) / optim.warmup
-        t = min(1.0, (step - optim.warmup) / max(1, total_steps - optim.warmup))
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f

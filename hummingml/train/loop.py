@@ -1,7 +1,8 @@
 """HummingLM training on Ray Train: the config, the per-worker loop, and the trainer.
 
 Each step trains the AR model (codebook 0) and the NAR upsampler (one random level 1..N-1 per example) on the same
-batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied by ``hummingml.parallelize``.
+batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied by
+``hummingml.train.parallel.torch``.
 Every worker reads the whole joined dataset in the same order and takes every dp-th batch, starting at its dp rank,
 so the tp ranks of one dp group see the same batch (a streaming split per worker would give them different ones).
 """
@@ -14,49 +15,13 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
-from hummingml.data import DataConfig, examples_from_row
-from hummingml.train_config import PRESETS, ModelConfig, OptimConfig, ParallelConfig
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Sub-configs ``model``, ``parallel`` and ``optim`` start from ``--preset``."""
-
-    preset: str = "debug"  # debug | valle_debug | m385 | b2 | b10: the starting point of model/parallel/optim
-    name: str = "hummingml-debug"  # run name: rerunning with the same name and storage resumes
-    storage: str = "train-runs"  # Ray Train storage path (local dir or s3://...); checkpoints go here
-    steps: int = 60  # optimizer steps in total
-    batch_size: int = 4  # examples per step per dp rank
-    checkpoint_every: int = 20  # steps between checkpoints (and metric reports)
-    keep_checkpoints: int = 2  # newest checkpoints kept (Ray Train keeps the metrics of these reports only)
-    max_failures: int = 1  # worker failures Ray Train recovers from (restart from the last checkpoint)
-    cpus_per_worker: float = 1.0  # CPUs reserved per training worker
-    use_gpu: bool = False  # one GPU per worker (NCCL), else CPU (gloo)
-    peak_flops: float = 0.0  # peak FLOP/s of one worker's device for the MFU estimate; 0: known GPUs only
-    seed: int = 0  # model initialisation and NAR level sampling
-    cache_dataset: bool = True  # keep the joined rows in Ray's object store (off when they do not fit)
-    fail_at_step: int = 0  # fault injection: rank 0 raises once per run at this step (0 = never); tests use it
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    @property
-    def world_size(self) -> int:
-        """Training workers: dp * tp."""
-        return self.parallel.dp * self.parallel.tp
-
-
-def from_preset(preset: str, **overrides: Any) -> TrainConfig:
-    """A TrainConfig whose model/parallel/optim come from the preset named ``preset``."""
-    p = PRESETS[preset]()
-    return TrainConfig(preset=preset, model=p.model, parallel=p.parallel, optim=p.optim, **overrides)
-
+from hummingml.train.config import TrainConfig
+from hummingml.train.data import examples_from_row
 
 KNOWN_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 
@@ -82,7 +47,7 @@ class Batches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Any:
         """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches of this rank."""
-        from hummingml.model import make_batch
+        from hummingml.model.batch import make_batch
 
         cfg, model = self.cfg, self.cfg.model
         pending: list[dict[str, Any]] = []
@@ -107,8 +72,9 @@ class _Torch:
     def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
         import torch
 
-        from hummingml.model import HummingLM, NARUpsampler
-        from hummingml.parallelize import ParallelDims, build_optimizer, lr_lambda, parallelize_torch
+        from hummingml.model.lm import HummingLM, NARUpsampler
+        from hummingml.train.optim import build_optimizer, lr_lambda
+        from hummingml.train.parallel.torch import ParallelDims, parallelize_torch
 
         self.cfg = cfg
         self.device_type = "cuda" if cfg.use_gpu else "cpu"
@@ -127,13 +93,13 @@ class _Torch:
             )
 
     def autocast(self) -> Any:
-        from hummingml.parallelize import autocast
+        from hummingml.train.parallel.torch import autocast
 
         return autocast(self.cfg.parallel, self.device_type)
 
     def after_backward(self, model: Any) -> None:
         """Average grads over dp (FSDP does it inside backward) and clip."""
-        from hummingml.parallelize import clip_grad_norm_, sync_gradients
+        from hummingml.train.parallel.torch import clip_grad_norm_, sync_gradients
 
         if not self.cfg.parallel.fsdp:
             sync_gradients(model, self.mesh["dp"])
@@ -184,9 +150,9 @@ class _Neuron:
         import torch_xla.core.xla_model as xm
         from neuronx_distributed.parallel_layers import parallel_state
 
-        from hummingml.model import HummingLM, NARUpsampler
-        from hummingml.neuron import neuron_config, neuron_model, neuron_optimizer
-        from hummingml.parallelize import lr_lambda
+        from hummingml.model.lm import HummingLM, NARUpsampler
+        from hummingml.train.optim import lr_lambda
+        from hummingml.train.parallel.neuron import neuron_config, neuron_model, neuron_optimizer
 
         self.cfg, self.xm = cfg, xm
         self.device = xm.xla_device()
@@ -238,7 +204,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hummingml.config import from_dict
-    from hummingml.model import count_parameters, flops_per_token, mfu, packed_length
+    from hummingml.model.flops import count_parameters, flops_per_token, mfu
+    from hummingml.model.lm import packed_length
 
     cfg = from_dict(TrainConfig, config)
     ctx = ray.train.get_context()
@@ -309,7 +276,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     if rank == 0:
                         np.save(os.path.join(directory, "position.npy"), np.array([step, epoch, batch_in_epoch]))
                         with open(os.path.join(directory, "train_config.json"), "w") as f:
-                            f.write(json.dumps(asdict(cfg), default=str))  # hummingml.checkpoint rebuilds the models
+                            f.write(json.dumps(asdict(cfg), default=str))  # train.checkpoint rebuilds the models
                     dist.barrier()
                     # torch: every rank uploads its own shards; neuron: the shared directory already holds them all
                     shared = cfg.parallel.backend == "neuron"
@@ -362,44 +329,3 @@ def _checkpoint_dir(cfg: TrainConfig, step: int) -> Iterator[str]:
     directory = os.path.join(cfg.storage, cfg.name, "neuron-staging", f"step_{step:08d}")
     os.makedirs(directory, exist_ok=True)
     yield directory
-
-
-def fit(cfg: TrainConfig) -> Any:
-    """Run (or resume) training on the connected Ray cluster; returns the ``ray.train.Result``."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from hummingml.data import read_joined
-
-    if not ray.is_initialized():
-        ray.init()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # resumable batch order
-    dataset = read_joined(cfg.data.features)
-    if cfg.cache_dataset:
-        dataset = dataset.materialize()
-    if cfg.parallel.backend == "neuron":
-        from hummingml.neuron import neuron_train_config
-
-        placement = neuron_train_config(cfg.world_size)  # TorchXLAConfig, one worker per NeuronCore
-    else:
-        placement = {
-            "torch_config": TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-            "scaling_config": ray.train.ScalingConfig(
-                num_workers=cfg.world_size, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
-            ),
-        }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=asdict(cfg),
-        **placement,
-        run_config=ray.train.RunConfig(
-            name=cfg.name,
-            storage_path=os.path.abspath(cfg.storage) if "://" not in cfg.storage else cfg.storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-        ),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-    )
-    return trainer.fit()

@@ -3,7 +3,7 @@
 ``write_hostile_corpus(root, segment_s)`` writes one file (or directory, link, FIFO) per kind under ``root`` and
 returns what each must become: feature rows for a number of segments, or one error row of a given type and stage.
 The reliability tests run the extraction job over it and check every kind; users can do the same against their own
-deployment (``hummingml.hostile.write_hostile_corpus``).
+deployment (``hummingml.testing.hostile.write_hostile_corpus``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hummingml.audio import F32, FEATURE_SAMPLE_RATE
-from hummingml.testing import sine
+from hummingml.testing.signals import sine
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from hummingml.pipeline import ExtractConfig, run_metadata
-from hummingml.sources import list_sources
-from hummingml.store import OutputStore
+from hummingml.extract.config import ExtractConfig, run_metadata
+from hummingml.extract.sources import list_sources
+from hummingml.extract.store import OutputStore
 
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines in the driver log
 
@@ -59,8 +59,8 @@ def summarize(
 
 def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
     """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
-    from hummingml.models import load_dac, prepare
     from hummingml.stages.codec import frame_rate
+    from hummingml.weights.load import load_dac, prepare
 
     identities = [i.to_dict() for i in prepare(cfg.models)]
     return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
@@ -73,7 +73,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """
     import ray
 
-    from hummingml.ray_stages import build_dataset
+    from hummingml.extract.ray import build_dataset
 
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)

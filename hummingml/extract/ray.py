@@ -14,18 +14,11 @@ from typing import Any, TextIO
 import ray
 import ray.data
 
-from hummingml.pipeline import (
-    Batch,
-    CodecStep,
-    CommitStep,
-    DecodeStep,
-    ExtractConfig,
-    PitchStep,
-    SeparateStep,
-    source_rows,
-)
-from hummingml.sources import Source
-from hummingml.stages.separate import STEMS
+from hummingml.audio import STEMS
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.record import Batch, source_rows
+from hummingml.extract.sources import Source
+from hummingml.extract.steps import CodecStep, CommitStep, DecodeStep, PitchStep, SeparateStep
 
 # The decode tasks and the writer reserve no CPU: they are light (under 0.1 % of the work, benchmarks/README.md), and
 # a reservation of theirs could be left without a slot once the model actors hold every node's CPUs (Ray's actor-pool

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, resample, to_mono
-from hummingml.models import ModelIdentity, ModelsConfig
+from hummingml.weights.config import ModelIdentity, ModelsConfig
 
 if TYPE_CHECKING:
     import argparse
 
-    from hummingml.model import HummingLM, NARUpsampler
+    from hummingml.model.config import ModelConfig
+    from hummingml.model.lm import HummingLM, NARUpsampler
     from hummingml.stages.pitch import PitchDetector
-    from hummingml.train import TrainConfig
-    from hummingml.train_config import ModelConfig
+    from hummingml.train.config import TrainConfig
 
 DAC_LIBRARY = "descript-audio-codec"  # ModelIdentity.library of the codec in an extraction's metadata
 
@@ -135,7 +135,7 @@ def window_frames(cfg: TrainConfig) -> int:
     Raises:
         ValueError: a window with a one-frame timbre prompt does not fit ``max_seq_len``.
     """
-    from hummingml.model import packed_length
+    from hummingml.model.lm import packed_length
 
     frames = cfg.data.frames
     if packed_length(cfg.model.layout, 1, frames) > cfg.model.max_seq_len:
@@ -146,7 +146,7 @@ def window_frames(cfg: TrainConfig) -> int:
 def timbre_frames(cfg: TrainConfig, seconds: float) -> int:
     """Timbre prompt frames: ``seconds`` of audio, at most ``data.timbre_max_frames`` and at most what
     ``max_seq_len`` leaves beside one window (AR and NAR rows)."""
-    from hummingml.model import packed_length
+    from hummingml.model.lm import packed_length
 
     if seconds <= 0:
         raise ValueError(f"timbre_seconds must be > 0, got {seconds}")
@@ -180,7 +180,7 @@ def generate(
         timbre_audio: float32 ``(channels, samples)``: the instrument to imitate; its first ``timbre_seconds``
             (capped by :func:`timbre_frames`) are the prompt.
         timbre_sample_rate: rate of ``timbre_audio`` in Hz.
-        ar, nar: the models of one checkpoint (:func:`hummingml.checkpoint.load_checkpoint`); they run on the
+        ar, nar: the models of one checkpoint (:func:`hummingml.train.checkpoint.load_checkpoint`); they run on the
             device of their parameters.
         cfg: the checkpoint's training config (model shape, ``data.frames``, ``data.timbre_max_frames``).
         dac: the ``dac.DAC`` the training features were extracted with (see :func:`check_codec`).
@@ -201,7 +201,7 @@ def generate(
     """
     import torch
 
-    from hummingml.model import make_batch
+    from hummingml.model.batch import make_batch
     from hummingml.stages.codec import CodecConfig, CodecTokens, decode, encode_batch, receptive_field_frames
     from hummingml.stages.synth import render_sine
 
@@ -278,8 +278,8 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     """Flags -> config. ``--models-*`` flags not given take the values of the extraction that made the checkpoint's
     training features (when its output is readable here; see :func:`recorded_models_config`), else the defaults."""
-    from hummingml.checkpoint import load_train_config
     from hummingml.config import from_flags
+    from hummingml.train.checkpoint import load_train_config
 
     cfg = from_flags(GenerateConfig, args)
     if not (cfg.hum and cfg.timbre and cfg.checkpoint):
@@ -298,9 +298,9 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
     import soundfile as sf
 
     from hummingml.audio import decode
-    from hummingml.checkpoint import load_checkpoint
-    from hummingml.models import load_dac
     from hummingml.stages.pitch import PitchDetector
+    from hummingml.train.checkpoint import load_checkpoint
+    from hummingml.weights.load import load_dac
 
     train_cfg, ar, nar = load_checkpoint(cfg.checkpoint)
     dac, identity = load_dac(cfg.models)

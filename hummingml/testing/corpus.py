@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hummingml.audio import F32, SOURCE_SAMPLE_RATE
+from hummingml.audio import F32, MELODIC_STEMS, SOURCE_SAMPLE_RATE, STEMS
 from hummingml.stages.pitch import NoteEvent
-from hummingml.stages.separate import MELODIC_STEMS, STEMS
 from hummingml.stages.synth import midi_to_hz
 
 __all__ = ["MELODIC_STEMS", "STEMS", "Song", "SongInfo", "make_song", "write_corpus"]

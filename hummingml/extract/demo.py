@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from hummingml.models import ModelsConfig, cache_dir, list_cached
-from hummingml.pipeline import ExtractConfig
+from hummingml.extract.config import ExtractConfig
+from hummingml.weights.config import ModelsConfig, cache_dir
+from hummingml.weights.load import list_cached
 
 BANNER = "=" * 78
 
@@ -22,8 +23,8 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
     """
     import ray
 
-    from hummingml.corpus import write_corpus
-    from hummingml.extract import run
+    from hummingml.extract.job import run
+    from hummingml.testing.corpus import write_corpus
 
     root = Path(out)
     corpus = root / "corpus"

@@ -24,32 +24,37 @@ Every loaded model comes with a :class:`ModelIdentity` (sha256 of its file, libr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
-import json
 import os
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-ModelKind = Literal["tiny", "random-full", "pretrained"]
-KINDS: tuple[str, ...] = ("tiny", "random-full", "pretrained")
-CACHE_ENV = "HUMMINGML_CACHE"  # environment variable that overrides the default cache directory
-DEFAULT_CACHE_DIR = "~/.cache/hummingml/models"
+from hummingml.weights.config import (
+    CACHE_ENV,
+    DAC_BITRATE,
+    DAC_MODEL_TYPE,
+    DAC_PRETRAINED_FILE,
+    DAC_TAG,
+    ChecksumMismatchError,
+    ModelError,
+    ModelIdentity,
+    ModelLoadError,
+    ModelsConfig,
+    ModelUnavailableError,
+    cache_dir,
+)
 
-# The official DAC 44 kHz model: 9 codebooks x 1024, hop 512 (dac.utils.__MODEL_LATEST_TAGS__[("44khz", "8kbps")]).
-DAC_MODEL_TYPE, DAC_BITRATE, DAC_TAG = "44khz", "8kbps", "0.0.1"
-DAC_PRETRAINED_FILE = f"weights_{DAC_MODEL_TYPE}_{DAC_BITRATE}_{DAC_TAG}.pth"  # dac.utils.download's file name
+ModelKind = Literal["tiny", "random-full", "pretrained"]
+
 DAC_HOST = ("github.com", 443)  # dac.utils.download fetches GitHub release assets
 HF_HOST = ("huggingface.co", 443)  # demucs.pretrained.get_model reads the Hugging Face hub
 
@@ -61,98 +66,6 @@ TINY_DEMUCS_KWARGS: dict[str, Any] = {"channels": 8, "depth": 4, "t_layers": 1, 
 # htdemucs settings of demucs/grids/mmi.py (the Hybrid Transformer Demucs grid) with htdemucs's 7.8 s segment; the
 # published checkpoint's exact kwargs live inside its file, so this is the architecture, not a byte-identical copy.
 FULL_DEMUCS_KWARGS: dict[str, Any] = {"depth": 4, "dconv_mode": 3, "t_layers": 5, "segment": Fraction(39, 5)}
-
-
-class ModelError(RuntimeError):
-    """Base class of the errors raised while locating or loading model weights."""
-
-
-class ModelUnavailableError(ModelError):
-    """The weights are not on this machine and cannot be downloaded (offline, or a given path does not exist)."""
-
-
-class ModelLoadError(ModelError):
-    """A weights file exists but cannot be loaded (corrupt, truncated, or not a model of the expected library)."""
-
-
-class ChecksumMismatchError(ModelLoadError):
-    """A weights file's sha256 differs from the pinned one; the file is refused before it is unpickled."""
-
-
-@dataclass(frozen=True)
-class ModelsConfig:
-    """Which weights the neural stages load, and from where. ``hummingml models prepare --help`` lists the flags."""
-
-    kind: str = field(default="tiny", metadata={"help": "tiny | random-full | pretrained (see docs/models.md)"})
-    cache_dir: str | None = field(
-        default=None, metadata={"help": f"cache directory (default: ${CACHE_ENV}, else {DEFAULT_CACHE_DIR})"}
-    )
-    dac_weights: str | None = field(
-        default=None,
-        metadata={"help": f"pretrained only: a local DAC 44 kHz weights file ({DAC_PRETRAINED_FILE}); no download"},
-    )
-    demucs_repo: str | None = field(
-        default=None,
-        metadata={"help": "pretrained only: a local Demucs model repo dir (<name>.yaml and its <sig>.th); no download"},
-    )
-    demucs_name: str = field(
-        default="htdemucs_6s", metadata={"help": "pretrained only: Demucs model name (default htdemucs_6s)"}
-    )
-    dac_sha256: str | None = field(
-        default=None, metadata={"help": "refuse a DAC weights file whose sha256 differs (64 hex digits)"}
-    )
-    demucs_sha256: str | None = field(
-        default=None,
-        metadata={"help": "refuse Demucs weights whose sha256 differs (of the .th file; several: see docs/models.md)"},
-    )
-    seed: int = field(default=0, metadata={"help": "tiny / random-full: seed of the random initialisation"})
-    connect_timeout_s: float = field(
-        default=3.0, metadata={"help": "pretrained: seconds to wait for a download host before failing (default 3)"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind != "pretrained" and (self.dac_weights or self.demucs_repo):
-            raise ValueError("--dac-weights and --demucs-repo apply to --kind pretrained only")
-        for name in ("dac_sha256", "demucs_sha256"):
-            value = getattr(self, name)
-            if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower())):
-                raise ValueError(f"{name} must be 64 hex digits, got {value!r}")
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What was loaded: enough to reproduce a run and to tell random weights from trained ones."""
-
-    kind: str  # tiny | random-full | pretrained
-    name: str  # file stem (DAC) or Demucs model name / signature
-    sha256: str  # of the weights file; for a Demucs bag of several files, see combined_sha256
-    library: str  # distribution name: descript-audio-codec | demucs
-    library_version: str
-    path: str  # the weights file (DAC) or the .th file / repo directory (Demucs)
-    random_weights: bool  # True for tiny and random-full: outputs carry no musical meaning
-    seed: int | None = None  # the initialisation seed of random weights
-    n_params: int | None = None  # None when listed from disk without loading
-
-    def to_dict(self) -> dict[str, Any]:
-        """The identity as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-
-def cache_dir(cfg: ModelsConfig) -> Path:
-    """The cache directory: ``cfg.cache_dir``, else ``$HUMMINGML_CACHE``, else ``~/.cache/hummingml/models``."""
-    raw = cfg.cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
-    return Path(raw).expanduser()
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; any other value is returned as is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -409,7 +322,7 @@ def save_demucs_package(model: Any, path: Path) -> None:
 def _write_random_demucs(cfg: ModelsConfig, repo: Path, name: str) -> None:
     from demucs.htdemucs import HTDemucs
 
-    from hummingml.stages.separate import STEMS
+    from hummingml.audio import STEMS
 
     kwargs = TINY_DEMUCS_KWARGS if cfg.kind == "tiny" else FULL_DEMUCS_KWARGS
     with _seeded(cfg.seed):
@@ -599,94 +512,3 @@ def list_cached(root: Path) -> list[ModelIdentity]:
                           str(files[0] if len(files) == 1 else repo), False)
         )
     return found
-
-
-def format_table(identities: list[ModelIdentity]) -> str:
-    """Identities as a fixed-width text table (sha256 shortened to 16 digits)."""
-    header = ("kind", "name", "library", "version", "random", "seed", "params", "sha256", "path")
-    rows = [header] + [
-        (i.kind, i.name, i.library, i.library_version, "yes" if i.random_weights else "no",
-         "" if i.seed is None else str(i.seed), "" if i.n_params is None else f"{i.n_params / 1e6:.2f}M",
-         i.sha256[:16], i.path)
-        for i in identities
-    ]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-# --- command line ------------------------------------------------------------------------------------------------
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`ModelsConfig` field, with the field's help text."""
-    for f in dataclasses.fields(ModelsConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
-        if f.name == "kind":
-            kwargs["choices"] = KINDS
-        elif isinstance(f.default, bool):
-            raise TypeError("boolean ModelsConfig fields need a flag style")  # pragma: no cover
-        elif isinstance(f.default, int):
-            kwargs["type"] = int
-        elif isinstance(f.default, float):
-            kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
-
-
-def _config_from_args(args: argparse.Namespace) -> ModelsConfig:
-    return ModelsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ModelsConfig)})
-
-
-def _print_identities(identities: list[ModelIdentity], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([i.to_dict() for i in identities], indent=2))
-    elif identities:
-        print(format_table(identities))
-
-
-def _prepare_command(args: argparse.Namespace) -> int:
-    try:
-        cfg = _config_from_args(args)
-    except ValueError as exc:
-        print(f"hummingml models prepare: {exc}")
-        return 2
-    if not args.json:
-        print(f"config: {dataclasses.asdict(cfg)}")
-    start = time.perf_counter()
-    try:
-        identities = prepare(cfg)
-    except ModelError as exc:
-        print(f"error: {exc}")
-        return 1
-    _print_identities(identities, args.json)
-    if not args.json:
-        print(f"ready in {time.perf_counter() - start:.1f} s under {cache_dir(cfg)}")
-    return 0
-
-
-def _list_command(args: argparse.Namespace) -> int:
-    root = cache_dir(ModelsConfig(cache_dir=args.cache_dir))
-    identities = list_cached(root)
-    if not identities and not args.json:
-        print(f"no models under {root}; run `hummingml models prepare`")
-        return 0
-    _print_identities(identities, args.json)
-    return 0
-
-
-def add_models_parser(sub: Any) -> None:
-    """Add ``hummingml models prepare|list`` to the subparsers ``sub`` of the ``hummingml`` command."""
-    parser = sub.add_parser("models", help="prepare and list model weights (tiny, random-full, pretrained)")
-    models_sub = parser.add_subparsers(dest="models_command", required=True)
-
-    p = models_sub.add_parser(
-        "prepare", help="create (tiny, random-full) or fetch (pretrained) the DAC and Demucs weights into the cache"
-    )
-    _add_config_flags(p)
-    p.add_argument("--json", action="store_true", help="print the identities as JSON instead of a table")
-    p.set_defaults(func=_prepare_command)
-
-    p = models_sub.add_parser("list", help="list the model files in the cache with their sha256 (no loading)")
-    p.add_argument("--cache-dir", default=None, help=ModelsConfig.__dataclass_fields__["cache_dir"].metadata["help"])
-    p.add_argument("--json", action="store_true", help="print the identities as JSON instead of a table")
-    p.set_defaults(func=_list_command)

@@ -1,7 +1,7 @@
 """Trainium path: swap the plain model's layers for neuronx-distributed (NxD) parallel layers, NxD ZeRO-1, Ray config.
 
 Importable without the Neuron SDK: ``neuronx_distributed``, ``torch_xla`` and ``ray`` are imported inside the
-functions that need them. The swap walks the same FQNs as ``hummingml.parallelize.tp_plan``:
+functions that need them. The swap walks the same FQNs as ``hummingml.train.parallel.torch.tp_plan``:
 
 ====================================  ===========================================  ============================
 module                                NxD layer                                    local weight on rank r
@@ -34,8 +34,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from hummingml.model import SDPA, CodecLM, HummingLM, TokenLoss, TransformerBlock
-from hummingml.train_config import ModelConfig, OptimConfig, ParallelConfig
+from hummingml.model.config import ModelConfig
+from hummingml.model.lm import SDPA, CodecLM, HummingLM, TokenLoss, TransformerBlock
+from hummingml.train.config import OptimConfig, ParallelConfig
 
 _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 _ROW = ("attention.wo", "feed_forward.w2")
@@ -302,7 +303,7 @@ def neuron_optimizer(model: nn.Module, optim: OptimConfig, nxd_config: dict[str,
     """
     import neuronx_distributed as nxd
 
-    from hummingml.parallelize import param_groups
+    from hummingml.train.optim import param_groups
 
     groups = param_groups(model, optim.weight_decay)
     return nxd.initialize_parallel_optimizer(

@@ -1,28 +1,23 @@
 """The extraction steps as batch callables, independent of any executor.
 
-Each step takes and returns a batch ``{"source_id": [...], "segment_index": [...], "payload": [...]}`` where
-``payload`` is a pickled dict per row (arrays of varying shapes travel through Ray's object store unchanged).
-A row whose payload has ``error`` set is passed through untouched by later steps, so a failure in any stage
-becomes exactly one error row and never takes good rows with it. ``hummingml.ray_stages`` runs these steps on
-Ray Data; ``run_local`` runs them in one process (tests, baselines).
+Each step takes and returns a batch of segment records (:mod:`hummingml.extract.record`): decode (one row per source
+in, one per segment out), separate, pitch, codec, and commit (written exactly once through
+:mod:`hummingml.extract.store`). ``hummingml.extract.ray`` runs them on Ray Data; ``hummingml.extract.local`` runs
+them in one process (tests, baselines).
 """
 
 from __future__ import annotations
 
-import json
-import pickle
-import time
-import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from hummingml.audio import (
     FEATURE_SAMPLE_RATE,
     FRAME_HOP,
+    STEMS,
     AudioReader,
     DecodeError,
     n_frames,
@@ -30,101 +25,16 @@ from hummingml.audio import (
     resampled_pieces,
     to_mono,
 )
-from hummingml.models import ModelsConfig
-from hummingml.sources import AUDIO_EXTENSIONS, Source, SourceUnavailable, open_source, printable
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.record import Batch, fail_row, feature_tables, pack_batch, unpack_batch
+from hummingml.extract.sources import SourceUnavailable, open_source, printable
 from hummingml.stages import augment
-from hummingml.stages.codec import CodecConfig
-from hummingml.stages.pitch import PitchConfig
-from hummingml.stages.separate import MELODIC_STEMS, STEMS, SeparateConfig
-
-Batch = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything an extraction run needs; printed at start and stored in every output file's metadata."""
-
-    input: str = ""  # directory, glob, file, s3:// (any pyarrow URI), manifest .parquet/.csv/.jsonl, or sqlite:///db
-    output: str = "extract-out"  # output root: local path or object-store URI
-    query: str = ""  # SQL for a sqlite:/// input; must return the uri column
-    uri_column: str = "uri"  # manifest or query column holding each input's URI
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS  # file name endings picked from a directory or glob
-    segment_s: float = 30.0  # segment length in seconds; the last segment of a source is shorter
-    melodic_stems: tuple[str, ...] = MELODIC_STEMS  # stems that get notes and a sine rendering, besides the mono ref
-    stem_channels: Literal["mono", "stereo"] = "mono"  # encode each stem as 1 DAC stream (its mono mix) or 2
-    mono_variants: int = 1  # augmented copies (gain, noise, EQ) of the mono reference encoded per segment, for training
-    limit: int = 0  # process at most this many inputs (0 = all)
-    retry_errors: bool = False  # on a rerun, process sources that earlier ended as error rows again
-    read_retries: int = 4  # retries of an input read that failed for a transient reason (network, throttling, 5xx)
-    read_backoff_s: float = 1.0  # wait before the first read retry; it doubles with every retry
-    commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
-    actor_threads: int = 1  # torch threads per model actor; 1 does the most work per core, more: fewer actors, less RAM
-    plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
-    wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
-    models: ModelsConfig = field(default_factory=ModelsConfig)
-    pitch: PitchConfig = field(default_factory=PitchConfig)
-    separate: SeparateConfig = field(default_factory=SeparateConfig)  # its ``models`` is replaced by ``models``
-    codec: CodecConfig = field(default_factory=CodecConfig)  # its ``models`` is replaced by ``models``
-
-    def separate_config(self) -> SeparateConfig:
-        """The separation config with this run's models."""
-        return replace(self.separate, models=self.models)
-
-    def codec_config(self) -> CodecConfig:
-        """The codec config with this run's models."""
-        return replace(self.codec, models=self.models)
-
-
-def pack(row: dict[str, Any]) -> bytes:
-    """Serialise one row's payload."""
-    return pickle.dumps(row, protocol=5)
-
-
-def unpack(blob: bytes) -> dict[str, Any]:
-    """Inverse of :func:`pack`."""
-    return pickle.loads(blob)
-
-
-def _rows(batch: Batch) -> list[dict[str, Any]]:
-    return [unpack(b) for b in batch["payload"]]
-
-
-def _batch(rows: list[dict[str, Any]]) -> Batch:
-    return {
-        "source_id": np.array([r["source_id"] for r in rows], dtype=object),
-        "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
-        "payload": np.array([pack(r) for r in rows], dtype=object),
-    }
-
-
-def _fail(row: dict[str, Any], stage: str, exc: BaseException) -> None:
-    kind = f":{exc.kind}" if isinstance(exc, DecodeError) else ""
-    row["error"] = {"stage": stage, "error_type": type(exc).__name__ + kind, "message": str(exc) or repr(exc)}
-    if not isinstance(exc, DecodeError | FileNotFoundError):
-        row["error"]["message"] += "\n" + "".join(traceback.format_exception(exc)[-3:])
-    for key in [k for k, v in row.items() if isinstance(v, np.ndarray)]:
-        del row[key]  # an error row carries no audio
-
-
-def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None) -> Batch:
-    """The first batch of the pipeline: one row per source (``skip``: segments already committed, per source)."""
-    rows = [
-        {
-            "source_id": s.source_id,
-            "segment_index": -1,
-            "source_uri": s.uri,
-            "metadata": s.metadata,
-            "skip_segments": sorted((skip or {}).get(s.source_id, [])),
-        }
-        for s in sources
-    ]
-    return _batch(rows)
 
 
 class DecodeStep:
     """Read, hash, decode, resample to 22.05 kHz and cut into segments; one row per source in, one per segment out.
 
-    The source is streamed (:func:`hummingml.sources.open_source`, :class:`hummingml.audio.AudioReader`): memory
+    The source is streamed (:func:`hummingml.extract.sources.open_source`, :class:`hummingml.audio.AudioReader`): memory
     holds one segment and a few decoded blocks whatever the file's length. :meth:`batches` yields one batch per
     segment (the Ray job's decode tasks do this); calling the step returns them all in one batch.
     """
@@ -133,13 +43,13 @@ class DecodeStep:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        return _batch([out for row in _rows(batch) for out in self._segments(row)])
+        return pack_batch([out for row in unpack_batch(batch) for out in self._segments(row)])
 
     def batches(self, batch: Batch) -> Iterator[Batch]:
         """One single-row batch per output row, as they are decoded."""
-        for row in _rows(batch):
+        for row in unpack_batch(batch):
             for out in self._segments(row):
-                yield _batch([out])
+                yield pack_batch([out])
 
     def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stage = "read"
@@ -162,7 +72,7 @@ class DecodeStep:
         except Exception as exc:
             if source is not None:
                 source.close()
-            _fail(row, stage, exc)
+            fail_row(row, stage, exc)
             yield row
             return
         with source:
@@ -200,7 +110,7 @@ class DecodeStep:
             for j in range(done, n_segments):
                 if j not in skip:
                     failed = {**common, "segment_index": j}
-                    _fail(failed, "decode", exc)
+                    fail_row(failed, "decode", exc)
                     yield failed
 
 
@@ -221,15 +131,15 @@ class _ModelStep:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = _rows(batch)
+        rows = unpack_batch(batch)
         for row in rows:
             if row.get("error") or row.get("deferred"):
                 continue
             try:
                 self.process(row)
             except Exception as exc:
-                _fail(row, self.stage, exc)
-        return _batch(rows)
+                fail_row(row, self.stage, exc)
+        return pack_batch(rows)
 
     def process(self, row: dict[str, Any]) -> None:
         """Add this step's outputs to ``row`` in place."""
@@ -312,73 +222,11 @@ class CodecStep(_ModelStep):
             raise RuntimeError(f"codec returned {row['n_frames']} frames, expected {expected}")
 
 
-def _codes(array: np.ndarray) -> list:
-    """int16 (channels, n_codebooks, frames) -> nested lists for Arrow."""
-    return np.asarray(array, dtype=np.int16).tolist()
-
-
-PROVENANCE_KEYS = (
-    "source_id",
-    "segment_index",
-    "source_uri",
-    "content_sha256",
-    "source_sample_rate",
-    "source_channels",
-    "source_duration_s",
-    "segment_start_s",
-    "segment_duration_s",
-    "n_segments",
-    "n_frames",
-    "metadata",
-)
-
-
-def feature_tables(rows: list[dict[str, Any]], frame_rate: float) -> dict[str, pa.Table]:
-    """The three output tables of a batch of finished rows (feature rows and error rows)."""
-    from schemas.features import SCHEMAS
-
-    audio, sine, errors = [], [], []
-    for row in rows:
-        if row.get("error"):
-            errors.append(
-                {
-                    "source_id": row["source_id"],
-                    "segment_index": row["segment_index"],
-                    "source_uri": printable(row["source_uri"]),
-                    **row["error"],
-                    "message": printable(row["error"]["message"]),
-                }
-            )
-            continue
-        common = {k: row[k] for k in PROVENANCE_KEYS}
-        common["source_uri"] = printable(common["source_uri"])
-        common.update(sample_rate=FEATURE_SAMPLE_RATE, frame_rate=frame_rate)
-        audio.append(
-            {
-                **common,
-                "channel_codes": _codes(row["channel_codes"]),
-                "stem_names": row["stem_names"],
-                "stem_codes": [_codes(c) for c in row["stem_codes"]],
-            }
-        )
-        melody = [
-            {"stream": m["stream"], "notes": m["notes"], "midi": m["midi"], "sine_codes": _codes(m["sine_codes"])}
-            for m in row["melody"]
-        ]
-        variants = [{**v, "codes": _codes(v["codes"])} for v in row.get("mono_variants", [])]
-        sine.append({**common, "mono_codes": _codes(row["mono_codes"]), "mono_variants": variants, "melody": melody})
-    return {
-        "audio-feature": pa.Table.from_pylist(audio, schema=SCHEMAS["audio-feature"]),
-        "sine-audio-feature": pa.Table.from_pylist(sine, schema=SCHEMAS["sine-audio-feature"]),
-        "errors": pa.Table.from_pylist(errors, schema=SCHEMAS["errors"]),
-    }
-
-
 class CommitStep:
-    """Write a batch of finished rows exactly once (``hummingml.store``); returns one small summary row per key."""
+    """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key."""
 
     def __init__(self, cfg: ExtractConfig, run_metadata: dict[str, Any], frame_rate: float) -> None:
-        from hummingml.store import OutputStore
+        from hummingml.extract.store import OutputStore
 
         self.store = OutputStore(cfg.output)
         self.metadata = run_metadata
@@ -386,7 +234,7 @@ class CommitStep:
         self.metrics = _Metrics()
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = _rows(batch)
+        rows = unpack_batch(batch)
         done = [r for r in rows if not r.get("deferred")]
         keys = [
             (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in done
@@ -434,44 +282,3 @@ class _Metrics:
             elif stage:
                 self.segments.inc(1, tags={"status": "error"})
                 self.errors.inc(1, tags={"stage": str(stage)})
-
-
-def run_metadata(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:
-    """What every output file records about the run: config, model identities and library versions."""
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("hummingml", "ray", "torch", "descript-audio-codec", "demucs", "basic-pitch", "onnxruntime"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = None
-    return {
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
-        "models": identities,
-        "random_weights": any(i.get("random_weights") for i in identities),
-        "versions": versions,
-        "created_unix_s": time.time(),
-    }
-
-
-def run_local(
-    cfg: ExtractConfig,
-    sources: list[Source],
-    steps: list[Callable[[Batch], Batch]],
-    commit: Callable[[Batch], Batch],
-    skip: dict[str, list[int]] | None = None,
-) -> list[Batch]:
-    """Run the steps in this process, one source at a time, committing every ``cfg.commit_rows`` rows."""
-    summaries, pending = [], []
-    for source in sources:
-        batch = source_rows([source], skip)
-        for step in steps:
-            batch = step(batch)
-        pending.extend(batch["payload"])
-        while len(pending) >= cfg.commit_rows:
-            chunk, pending = pending[: cfg.commit_rows], pending[cfg.commit_rows :]
-            summaries.append(commit(_batch([unpack(p) for p in chunk])))
-    if pending:
-        summaries.append(commit(_batch([unpack(p) for p in pending])))
-    return summaries

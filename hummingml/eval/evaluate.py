@@ -14,7 +14,8 @@ reproduces the stored codes exactly, and ``full`` measured against x.
 
 Token metrics: first-codebook (level 0) accuracy teacher-forced (top-1, top-10) and free-running (generated vs
 ground-truth level 0, per frame), and the NAR's teacher-forced per-level accuracy. Examples are cut by
-``hummingml.data.examples_from_row`` with augmentation off, from rows read with Ray Data and evaluated in the driver.
+``hummingml.train.data.examples_from_row`` with augmentation off, from rows read with Ray Data and evaluated in the
+driver.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,18 +31,19 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 import numpy as np
 import numpy.typing as npt
 
-from hummingml.models import ModelsConfig
+from hummingml.weights.config import ModelsConfig
 
 if TYPE_CHECKING:
-    from hummingml.data import DataConfig
-    from hummingml.model import HummingLM, NARUpsampler
-    from hummingml.train import TrainConfig
-    from hummingml.train_config import ModelConfig
+    from hummingml.model.config import ModelConfig
+    from hummingml.model.lm import HummingLM, NARUpsampler
+    from hummingml.train.config import TrainConfig
+    from hummingml.train.data import DataConfig
+
+from hummingml.eval.metrics import SI_SDR_EPS, SI_SDR_MAX_DB, SI_SDR_MIN_DB, SILENT_POWER, si_sdr, summarize_db
+from hummingml.eval.part_audio import PartAudio, part_audio
+from hummingml.eval.plots import plot_results, row_label, row_summary
 
 SPLITS = ("train", "unseen", "all")
-SI_SDR_MIN_DB, SI_SDR_MAX_DB = -50.0, 60.0  # clamp: identical signals would otherwise give ~+inf dB
-SI_SDR_EPS = 1e-8  # added to both energies (torchmetrics and audiotools use the same)
-SILENT_POWER = 1e-8  # mean square of the zero-mean reference below which a clip is not scored (RMS 1e-4, -80 dBFS)
 
 REFERENCE = (
     "The feature sets hold DAC codes, not audio. full, ar_only and nar_only compare two DAC decodes at the codec's "
@@ -70,65 +70,6 @@ METRICS = {
 }
 
 
-# --- SI-SDR --------------------------------------------------------------------------------------------------------
-
-
-def si_sdr(
-    estimate: npt.ArrayLike,
-    reference: npt.ArrayLike,
-    *,
-    zero_mean: bool = True,
-    eps: float = SI_SDR_EPS,
-    min_db: float = SI_SDR_MIN_DB,
-    max_db: float = SI_SDR_MAX_DB,
-    silent_power: float = SILENT_POWER,
-) -> float:
-    """Scale-invariant SDR in dB (Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019).
-
-    With (zero-mean) reference s and estimate e: ``a = (<e, s> + eps) / (||s||^2 + eps)``,
-    ``SI-SDR = 10 log10((||a s||^2 + eps) / (||e - a s||^2 + eps))``, in float64, clamped to ``[min_db, max_db]``.
-
-    Args:
-        estimate, reference: 1-D signals (any leading axes are flattened) at the same rate; the longer one is cropped
-            to the shorter (DAC decodes are padded to whole frames).
-        zero_mean: subtract each signal's mean first.
-        eps: added to both energies and to the projection.
-        min_db, max_db: clamp of the result.
-        silent_power: a reference whose mean square (after the mean removal) is below this is near-silent.
-
-    Returns:
-        SI-SDR in dB; ``min_db`` for an estimate of energy below ``eps`` (all zero); NaN for a near-silent (or
-        empty) reference: callers skip it rather than average it. A negative scale is a scale too: ``-estimate``
-        scores like ``estimate``.
-    """
-    e = np.asarray(estimate, dtype=np.float64).reshape(-1)
-    s = np.asarray(reference, dtype=np.float64).reshape(-1)
-    n = min(e.size, s.size)
-    e, s = e[:n], s[:n]
-    if zero_mean and n:
-        e, s = e - e.mean(), s - s.mean()
-    if n == 0 or float(np.mean(s * s)) < silent_power:
-        return math.nan
-    if float(e @ e) < eps:  # 0/0 in the formula (eps would turn it into 0 dB): no estimate is the worst estimate
-        return float(min_db)
-    alpha = (float(e @ s) + eps) / (float(s @ s) + eps)
-    target = alpha * s
-    residual = e - target
-    value = 10.0 * math.log10((float(target @ target) + eps) / (float(residual @ residual) + eps))
-    return float(min(max(value, min_db), max_db))
-
-
-def summarize_db(values: list[float]) -> dict[str, float | int | None]:
-    """Mean and median over clips of SI-SDR values in dB; NaN entries (near-silent references) are counted, not used."""
-    scored = [v for v in values if not math.isnan(v)]
-    return {
-        "mean": float(np.mean(scored)) if scored else None,
-        "median": float(np.median(scored)) if scored else None,
-        "n_scored": len(scored),
-        "n_skipped_silent": len(values) - len(scored),
-    }
-
-
 # --- examples ------------------------------------------------------------------------------------------------------
 
 
@@ -137,10 +78,10 @@ def load_examples(
 ) -> list[dict[str, Any]]:
     """Up to ``max_examples`` examples of ``split`` from an extraction output, rows in (source_id, segment_index) order.
 
-    Reads with Ray Data (``hummingml.data.read_joined``, sorted so the same rows come first in every run) on the
+    Reads with Ray Data (``hummingml.train.data.read_joined``, sorted so the same rows come first in every run) on the
     connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation).
     """
-    from hummingml.data import examples_from_row, read_joined
+    from hummingml.train.data import examples_from_row, read_joined
 
     out: list[dict[str, Any]] = []
     if max_examples <= 0:
@@ -154,99 +95,6 @@ def load_examples(
             out.append(example)
             if len(out) >= max_examples:
                 return out
-    return out
-
-
-# --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
-
-
-@dataclass
-class PartAudio:
-    """Each example's target part as audio at the codec's rate, found again from its source (or why not)."""
-
-    audio: list[npt.NDArray[np.float32] | None]  # per example: mono, ``frames * hop`` samples at the codec's rate
-    unavailable: dict[str, int]  # reason -> examples without audio
-
-
-def _provenance(features: str, source_ids: set[str]) -> dict[tuple[str, int], dict[str, Any]]:
-    """``(source_id, segment_index) -> {source_uri, content_sha256, n_segments}`` from the audio-feature set."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(features if "://" in features else os.path.abspath(features))
-    dataset = pads.dataset(f"{root.rstrip('/')}/audio-feature", filesystem=fs, format="parquet")
-    table = dataset.to_table(
-        columns=["source_id", "segment_index", "source_uri", "content_sha256", "n_segments"],
-        filter=pc.field("source_id").isin(sorted(source_ids)),
-    )
-    return {(r["source_id"], int(r["segment_index"])): r for r in table.to_pylist()}
-
-
-def part_audio(
-    examples: list[dict[str, Any]],
-    features: str,
-    record: dict[str, Any] | None,
-    models: ModelsConfig,
-    codec_rate: int,
-    frames: int,
-    log: TextIO = sys.stdout,
-) -> PartAudio:
-    """Re-read, decode and re-separate each example's source segment with the extraction's own steps and models.
-
-    The extraction's config comes from ``record`` (its output metadata), with ``models`` for the weights. Each
-    source is read once, only its segments that examples use are decoded (``hummingml.pipeline.DecodeStep``) and
-    separated (``SeparateStep``); a part is the stem as the codec saw it (its mono mix, or its left channel with
-    ``stem_channels=stereo``, which the examples' channel 0 holds), cut to the example's frames and resampled to the
-    codec's rate. A source that cannot be read, fails to decode, or whose bytes changed since the extraction
-    (``content_sha256``) gives no audio, counted by reason.
-    """
-    from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, resample, to_mono
-    from hummingml.config import from_dict
-    from hummingml.pipeline import DecodeStep, ExtractConfig, SeparateStep, source_rows, unpack
-    from hummingml.sources import Source
-
-    out = PartAudio([None] * len(examples), {})
-
-    def missing(reason: str, n: int) -> None:
-        out.unavailable[reason] = out.unavailable.get(reason, 0) + n
-
-    if not examples:
-        return out
-    if not record or "config" not in record:
-        missing("the features record no extraction config", len(examples))
-        return out
-    cfg = replace(from_dict(ExtractConfig, record["config"]), models=models)
-    wanted: dict[str, dict[int, list[int]]] = {}  # source -> segment -> example indices
-    for i, ex in enumerate(examples):
-        wanted.setdefault(ex["source_id"], {}).setdefault(int(ex["segment_index"]), []).append(i)
-    provenance = _provenance(features, set(wanted))
-    segments = sum(len(v) for v in wanted.values())
-    print(f"[evaluate] codec ceiling: re-reading {len(wanted)} sources, separating {segments} segments", file=log,
-          flush=True)
-    decode, separate = DecodeStep(cfg), SeparateStep(cfg)
-    for source_id, by_segment in wanted.items():
-        first = provenance.get((source_id, next(iter(by_segment))))
-        if first is None:
-            missing("no audio-feature row", sum(len(v) for v in by_segment.values()))
-            continue
-        skip = [i for i in range(int(first["n_segments"])) if i not in by_segment]
-        batch = separate(decode(source_rows([Source(first["source_uri"], source_id)], {source_id: skip})))
-        for row in map(unpack, batch["payload"]):
-            indices = by_segment.get(int(row["segment_index"]), [])
-            if row.get("error") or row.get("deferred"):
-                error = row.get("error") or {}
-                missing(f"{error.get('stage', 'read')}: {error.get('error_type', 'unavailable')}", len(indices))
-                continue
-            if row["content_sha256"] != first["content_sha256"]:
-                missing("source changed since extraction", len(indices))
-                continue
-            for i in indices:
-                stem = row["stems"][examples[i]["part"]]
-                channel = to_mono(stem) if cfg.stem_channels == "mono" else stem[:1]
-                start = int(examples[i]["target_start"]) * FRAME_HOP
-                piece = channel[:, start : start + frames * FRAME_HOP]
-                out.audio[i] = resample(piece, FEATURE_SAMPLE_RATE, codec_rate)[0]
     return out
 
 
@@ -279,7 +127,7 @@ def evaluate_models(
     Args:
         ar, nar: the checkpoint's models (eval mode; run on their parameters' device).
         cfg: its training config (``model`` shapes; ``data.timbre_max_frames`` / ``data.frames`` pad the batches).
-        examples: dicts with ``timbre``, ``sine``, ``mono`` and ``target`` codes (``hummingml.data``).
+        examples: dicts with ``timbre``, ``sine``, ``mono`` and ``target`` codes (``hummingml.train.data``).
         dac: the DAC that made the codes, for the SI-SDR decodes.
         batch_size: examples per forward pass.
         top_k, seed: free-running level-0 decoding (1 = greedy).
@@ -295,7 +143,7 @@ def evaluate_models(
     """
     import torch
 
-    from hummingml.model import make_batch
+    from hummingml.model.batch import make_batch
 
     device = next(ar.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -427,18 +275,18 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
     Args:
         cfg: the job config.
         models_given: names of the ``ModelsConfig`` fields set on the command line. The others take the values the
-            extraction of the evaluated features recorded (``hummingml.generate.recorded_models_config``), so the
+            extraction of the evaluated features recorded (``hummingml.eval.generate.recorded_models_config``), so the
             DAC is by default the one the codes were made with. None: ``cfg.models`` as it is.
         log: progress lines.
 
     Raises:
-        hummingml.generate.CodecMismatchError: the DAC does not fit a checkpoint or the features' recorded codec.
+        hummingml.eval.generate.CodecMismatchError: the DAC does not fit a checkpoint or the features' recorded codec.
     """
     import ray
 
-    from hummingml.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
-    from hummingml.generate import check_codec, extraction_record, recorded_models_config
-    from hummingml.models import load_dac
+    from hummingml.eval.generate import check_codec, extraction_record, recorded_models_config
+    from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
+    from hummingml.weights.load import load_dac
 
     if not ray.is_initialized():
         ray.init()
@@ -503,7 +351,7 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
                 "eval_s": round(time.time() - t0, 2),
             }
             rows.append(row)
-            print(f"[evaluate] {_label(row)}: {_brief(row)}", file=log, flush=True)
+            print(f"[evaluate] {row_label(row)}: {row_summary(row)}", file=log, flush=True)
     results = {
         "reference": REFERENCE,
         "metrics": METRICS,
@@ -521,59 +369,3 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
         plot_results(results, cfg.plot)
         print(f"[evaluate] wrote {cfg.plot}", file=log)
     return results
-
-
-def _label(row: dict[str, Any]) -> str:
-    step = f"@{row['step']}" if row.get("step", -1) >= 0 else ""
-    return f"{row['run_name']}{step} [{row['split']}]"
-
-
-def _brief(row: dict[str, Any]) -> str:
-    if not row["n_examples"]:
-        unseen_undefined = row["split"] == "unseen" and not row["holdout_instruments"]
-        return "no examples" + (" (no holdout instruments: set --holdout-instruments)" if unseen_undefined else "")
-    sdr = row["si_sdr_db"]
-    median = " ".join(f"{k} {'n/a' if v['median'] is None else format(v['median'], '.2f')}" for k, v in sdr.items())
-    return (
-        f"{row['n_examples']} examples, AR acc {row['ar_teacher_forced']['acc']:.3f} "
-        f"top10 {row['ar_teacher_forced']['top10_acc']:.3f} free-running {row['ar_free_running_acc']:.3f}, "
-        f"NAR mean acc {row['nar_mean_acc']:.3f}, SI-SDR median dB {median}"
-    )
-
-
-def plot_results(results: dict[str, Any], png: str) -> str:
-    """Grouped bars per (checkpoint, split): token accuracies (left) and median SI-SDR in dB (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in results["rows"] if r["n_examples"]]
-    accuracies = {
-        "AR top-1 (TF)": lambda r: r["ar_teacher_forced"]["acc"],
-        "AR top-10 (TF)": lambda r: r["ar_teacher_forced"]["top10_acc"],
-        "AR free-running": lambda r: r["ar_free_running_acc"],
-        "NAR mean acc (TF)": lambda r: r["nar_mean_acc"],
-    }
-    names = ("full", "ar_only", "nar_only", "codec_ceiling", "full_vs_audio")
-    sdrs = {n: (lambda r, n=n: (r["si_sdr_db"].get(n) or {}).get("median")) for n in names
-            if any(n in r["si_sdr_db"] for r in rows)}
-    fig, axes = plt.subplots(1, 2, figsize=(7 + 1.6 * len(rows), 4.5))
-    for ax, metrics, ylabel in ((axes[0], accuracies, "accuracy"), (axes[1], sdrs, "median SI-SDR (dB)")):
-        x = np.arange(len(metrics))
-        width = 0.8 / max(1, len(rows))
-        for i, row in enumerate(rows):
-            values = [np.nan if f(row) is None else f(row) for f in metrics.values()]
-            ax.bar(x + (i - (len(rows) - 1) / 2) * width, values, width, label=f"{_label(row)} n={row['n_examples']}")
-        ax.set_xticks(x, list(metrics), rotation=15)
-        ax.set_ylabel(ylabel)
-        ax.axhline(0, color="black", lw=0.5)
-    axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=7)
-    skipped = len(results["rows"]) - len(rows)
-    title = "SI-SDR vs the DAC decode of the ground truth (codec_ceiling, full_vs_audio: vs the part's audio)"
-    fig.suptitle(title + (f" ({skipped} rows without examples left out)" if skipped else ""))
-    fig.tight_layout()
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-    return png

@@ -1,0 +1,8 @@
+"""Evaluation and generation with trained checkpoints.
+
+- ``metrics``: SI-SDR and summaries; ``part_audio``: a part's audio found again from the source;
+- ``evaluate``: token accuracies and SI-SDR of checkpoints on held-in and held-out examples; ``plots``: its PNG;
+- ``generate``: hum -> instrument audio.
+
+May import every other part of ``hummingml``; nothing imports it except the CLI and ``ray_jobs``.
+"""

@@ -1,0 +1,14 @@
+"""Extraction: audio in, the audio-feature and sine-audio-feature Parquet sets out.
+
+- ``config``: :class:`ExtractConfig` and the run metadata every output file records;
+- ``record``: the segment record that travels between steps (a pickled dict per row) and its Arrow tables;
+- ``sources``: where inputs come from (files, object stores, manifests) and how they are opened and hashed;
+- ``steps``: decode, separate, pitch, codec and commit as batch callables, independent of any executor;
+- ``store``: exactly-once Parquet output (staged files, commit markers, recovery);
+- ``local``: the steps in one process; ``ray``: the steps on Ray Data (the only module here that imports Ray);
+- ``job``: one extraction run, with its accounting; ``inspect`` and ``demo``: the ``hummingml inspect``/``demo``
+  commands.
+
+May import ``hummingml.audio``, ``config``, ``stages``, ``weights`` and ``schemas``; nothing from ``model``,
+``train`` or ``eval``.
+"""

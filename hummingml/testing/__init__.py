@@ -1,0 +1,3 @@
+"""Shipped test material, usable in users' own tests: ``signals`` (sines, chords, noise), ``corpus`` (a small
+synthesized corpus with its notes as ground truth) and ``hostile`` (inputs that must each end as a known outcome).
+"""
