@@ -6,6 +6,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,6 +68,32 @@ def demo_features(ray_local, tmp_path_factory):
     summary = run(cfg, log=io.StringIO())
     assert summary["ok"] == 2
     return root / "features"
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_features, tmp_path_factory):
+    """``trained_run(preset)``: one short training run per preset on the demo features for the whole session, in this
+    process (the training loop without Ray); returns (run dir, metrics of its last report)."""
+    from hummingml.train.config import from_preset
+    from hummingml.train.data import DataConfig, JoinedRows
+    from hummingml.train.loop import DirectoryReporter, loop
+    from hummingml.train.parallel.torch import local_process_group
+
+    runs: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+    def train(preset: str) -> tuple[Path, dict[str, Any]]:
+        if preset not in runs:
+            data = DataConfig(features=str(demo_features), frames=64, timbre_min_frames=16, timbre_max_frames=32)
+            storage = tmp_path_factory.mktemp("runs")
+            cfg = from_preset(preset, name=preset, storage=str(storage), steps=10, checkpoint_every=10, batch_size=4,
+                              data=data)
+            reporter = DirectoryReporter(storage / preset)
+            with local_process_group():
+                loop(cfg, JoinedRows(cfg.data.features), reporter)
+            runs[preset] = (storage / preset, reporter.history[-1])
+        return runs[preset]
+
+    return train
 
 
 @dataclass

@@ -13,7 +13,6 @@ import pytest
 from hummingml.eval.evaluate import EvalConfig
 from hummingml.eval.metrics import SI_SDR_MAX_DB, SI_SDR_MIN_DB, si_sdr, summarize_db
 from hummingml.testing.signals import chord, silence, sine
-from tests.test_generate import trained_run
 
 
 def noise(n: int, power: float, seed: int = 0) -> np.ndarray:
@@ -77,12 +76,12 @@ ROW_KEYS = {
 
 @pytest.mark.slow
 def test_evaluate_job_compares_two_checkpoints_on_seen_and_unseen_instruments(
-    demo_features, tmp_path_factory, tmp_path
+    demo_features, trained_run, tmp_path
 ) -> None:
     from ray_jobs.evaluate import main
 
-    debug_dir, _ = trained_run("debug", demo_features, tmp_path_factory)
-    valle_dir, _ = trained_run("valle_debug", demo_features, tmp_path_factory)
+    debug_dir, _ = trained_run("debug")
+    valle_dir, _ = trained_run("valle_debug")
     manifest_file = demo_features.parent / "corpus" / "manifest.jsonl"
     manifest = [json.loads(line) for line in manifest_file.read_text().splitlines()]
     held_out = manifest[0]["instruments"]["vocals"]

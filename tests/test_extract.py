@@ -22,6 +22,7 @@ from hummingml.testing.corpus import write_corpus
 from hummingml.testing.signals import output_keys as keys
 from hummingml.weights.config import ModelsConfig
 from schemas.features import SCHEMA_VERSION, SCHEMAS
+from tests.ray_internals import map_actor, processes
 
 pytestmark = pytest.mark.slow
 
@@ -191,8 +192,6 @@ def test_manifest_and_sqlite_inputs(ray_local, corpus, tmp_path) -> None:
 
 
 def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, corpus, tmp_path) -> None:
-    import psutil
-
     out = tmp_path / "actor-killed"
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
            "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
@@ -204,11 +203,9 @@ def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, cor
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         # kill the codec actor once it has work in flight: after the first commit it has taken the next segment
         if list((out / "_commits").glob("*.json")):
-            for p in psutil.process_iter(["cmdline"]):
-                if any("MapBatches(CodecStep)" in part for part in p.info["cmdline"] or []):
-                    p.kill()
-                    killed = p.pid
-                    break
+            for p in processes(map_actor("CodecStep"))[:1]:
+                p.kill()
+                killed = p.pid
         time.sleep(0.1)
     assert killed is not None, "found a codec actor to kill while the job ran"
     assert proc.wait(timeout=600) == 0

@@ -25,29 +25,10 @@ from hummingml.train.data import DataConfig, examples_from_row
 from hummingml.weights.config import ModelsConfig
 from hummingml.weights.load import load_dac
 
-_RUNS: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
-
-
-def trained_run(preset: str, features: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One short training run per preset for the whole session (the evaluate tests reuse it): (run dir, metrics)."""
-    from hummingml.train.ray import fit
-
-    key = (preset, str(features))
-    if key not in _RUNS:
-        data = DataConfig(features=str(features), frames=64, timbre_min_frames=16, timbre_max_frames=32)
-        cfg = from_preset(
-            preset, name=preset, storage=str(tmp_path_factory.mktemp("runs")), steps=10, checkpoint_every=10,
-            batch_size=4, cpus_per_worker=0.5, data=data,
-        )  # fmt: skip
-        result = fit(cfg)
-        assert result.error is None and result.checkpoint is not None
-        _RUNS[key] = (Path(cfg.storage) / cfg.name, dict(result.metrics))
-    return _RUNS[key]
-
 
 @pytest.fixture(scope="module")
-def debug_run(demo_features, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
-    return trained_run("debug", demo_features, tmp_path_factory)
+def debug_run(trained_run) -> tuple[Path, dict[str, Any]]:
+    return trained_run("debug")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from hummingml.model.batch import build_example_batch
 from hummingml.model.lm import CodecLM, HummingLM, NARUpsampler, TokenLoss
 from hummingml.train.config import debug
-from hummingml.train.parallel.neuron import NxDLayers, neuron_train_config, parallelize_neuron
+from hummingml.train.parallel.neuron import NxDLayers, parallelize_neuron
+from hummingml.train.ray import neuron_train_config
 
 
 @pytest.fixture(autouse=True)

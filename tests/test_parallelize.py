@@ -178,7 +178,7 @@ def test_dp2_zero1_keeps_replicas_equal(tmp_path: Path) -> None:
 def test_parallel_dims_checks_world_size(capsys: pytest.CaptureFixture[str]) -> None:
     ParallelDims(dp=2, tp=4, world_size=8)
     assert "dp=2 tp=4 world_size=8" in capsys.readouterr().out
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match=r"dp 2 \* tp 2 != world_size 8"):
         ParallelDims(dp=2, tp=2, world_size=8)
 
 

@@ -26,6 +26,7 @@ from hummingml.testing.corpus import write_corpus
 from hummingml.testing.hostile import write_hostile_corpus
 from hummingml.testing.signals import output_keys
 from hummingml.weights.config import ModelsConfig
+from tests.ray_internals import TRAIN_WORKER, checkpoint_registered, processes
 
 pytestmark = pytest.mark.slow
 
@@ -236,8 +237,6 @@ def test_a_read_that_keeps_failing_is_unavailable_not_an_input_error(s3) -> None
 
 
 def test_killed_training_worker_resumes_from_its_last_checkpoint(demo_features, tmp_path) -> None:
-    import psutil
-
     from hummingml.train.config import from_preset
     from hummingml.train.data import DataConfig
     from hummingml.train.ray import fit
@@ -249,15 +248,13 @@ def test_killed_training_worker_resumes_from_its_last_checkpoint(demo_features, 
     done = threading.Event()
 
     def workers() -> list:
-        return [p for p in psutil.process_iter(["cmdline"])
-                if any("RayTrainWorker" in part for part in p.info["cmdline"] or [])]
+        return processes(TRAIN_WORKER)
 
     def kill_a_worker_after_the_first_checkpoint() -> None:
         # once Ray Train has registered a checkpoint (its snapshot lists it): a worker that dies between a report and
         # its registration restarts from the checkpoint before
-        snapshot = tmp_path / "runs" / "killed" / "checkpoint_manager_snapshot.json"
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and '"step":3' not in (snapshot.read_text() if snapshot.exists() else ""):
+        while time.monotonic() < deadline and not checkpoint_registered(tmp_path / "runs" / "killed", 3):
             time.sleep(0.1)
         for p in workers()[:1]:
             p.kill()

@@ -15,6 +15,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from hummingml.testing.corpus import write_corpus
+from tests.ray_internals import actors_under_raylets
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -45,24 +46,6 @@ def wait_for_nodes(address: str, n: int, env: dict[str, str]) -> None:
             return
         time.sleep(2)
     pytest.fail(f"{n} Ray nodes did not come up")
-
-
-def actors_on_node(pgid: int) -> int:
-    """Pipeline actors started by the raylet of the node whose ``ray start`` leads process group ``pgid``.
-
-    Actor processes get their own session, but their parent is their node's raylet.
-    """
-    import psutil
-
-    procs = list(psutil.process_iter(["ppid", "cmdline"]))
-    raylets = set()
-    for p in procs:
-        try:
-            if os.getpgid(p.pid) == pgid and any(part.endswith("/raylet") for part in p.info["cmdline"] or []):
-                raylets.add(p.pid)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return sum(1 for p in procs if p.info["ppid"] in raylets and "MapWorker" in " ".join(p.info["cmdline"] or []))
 
 
 def keys(out: Path, name: str) -> list[tuple[str, int]]:
@@ -147,7 +130,7 @@ def test_second_node_dies_mid_run(tmp_path) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and len(list((out / "_commits").glob("*.json"))) < 2:
             time.sleep(0.2)
-        on_second = actors_on_node(worker.pid)
+        on_second = actors_under_raylets(worker.pid)
         assert job.poll() is None, "the job was still running when the node was killed"
         assert on_second > 0, "pipeline actors ran on the second node when it was killed"
         os.killpg(worker.pid, signal.SIGKILL)  # the second node and every worker on it die at once

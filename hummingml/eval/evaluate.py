@@ -78,10 +78,11 @@ def load_examples(
 ) -> list[dict[str, Any]]:
     """Up to ``max_examples`` examples of ``split`` from an extraction output, rows in (source_id, segment_index) order.
 
-    Reads with Ray Data (``hummingml.train.data.read_joined``, sorted so the same rows come first in every run) on the
+    Reads with Ray Data (``hummingml.train.ray.read_joined``, sorted so the same rows come first in every run) on the
     connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation).
     """
-    from hummingml.train.data import examples_from_row, read_joined
+    from hummingml.train.data import examples_from_row
+    from hummingml.train.ray import read_joined
 
     out: list[dict[str, Any]] = []
     if max_examples <= 0:
@@ -89,8 +90,7 @@ def load_examples(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     split_ = cast(Literal["train", "unseen", "all"], split)
-    rows = read_joined(features).sort(["source_id", "segment_index"])
-    for row in rows.iter_rows():
+    for row in read_joined(features).iter_rows():
         for example in examples_from_row(row, data, model.cond_codebooks, model.codebook_size, 0, split_):
             out.append(example)
             if len(out) >= max_examples:
@@ -282,14 +282,12 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
     Raises:
         hummingml.eval.generate.CodecMismatchError: the DAC does not fit a checkpoint or the features' recorded codec.
     """
-    import ray
-
+    from hummingml.cluster import connect
     from hummingml.eval.generate import check_codec, extraction_record, recorded_models_config
     from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
     from hummingml.weights.load import load_dac
 
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     started = time.time()
     example_cache: dict[Any, list[dict[str, Any]]] = {}
     audio_cache: dict[Any, PartAudio] = {}

@@ -21,8 +21,7 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
 
     Uses the official pretrained models when they are already on disk, otherwise the tiny random-weight models.
     """
-    import ray
-
+    from hummingml.cluster import connect
     from hummingml.extract.job import run
     from hummingml.testing.corpus import write_corpus
 
@@ -46,11 +45,8 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
     print(BANNER, file=log, flush=True)
 
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "10")
-    if ray.is_initialized():
-        print("[demo] using the Ray instance this process is already connected to", file=log)
-    else:
-        dashboard = ray.init(include_dashboard=True, dashboard_host="127.0.0.1").dashboard_url
-        print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] no Ray dashboard", file=log)
+    dashboard = connect(dashboard=True)
+    print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] no new Ray dashboard", file=log)
     cfg = ExtractConfig(
         input=str(corpus / "mix"), output=str(root / "features"), segment_s=4.0,
         models=dataclasses.replace(ModelsConfig(), kind=kind),

@@ -71,9 +71,8 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
 
     Connects to the Ray cluster from ``RAY_ADDRESS`` or starts a local one.
     """
-    import ray
-
-    from hummingml.extract.ray import build_dataset
+    from hummingml.cluster import connect
+    from hummingml.extract.ray import build_dataset, read_sql
 
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)
@@ -81,7 +80,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     dropped = store.recover()
     if dropped:
         print(f"[extract] dropped {dropped} uncommitted batch(es) left by an interrupted run", file=log, flush=True)
-    sources = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions)
+    sources = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
     if cfg.limit:
         sources = sources[: cfg.limit]
     progress = store.progress()
@@ -110,8 +109,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     run_audio_s = 0.0
     deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
     if pending:
-        if not ray.is_initialized():
-            ray.init()
+        connect()
         ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log)
         done = errors = 0
         last = time.monotonic()

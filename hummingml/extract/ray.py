@@ -1,13 +1,14 @@
-"""Ray Data glue: the extraction steps as ``map_batches`` operators with actor pools sized from the cluster.
+"""The Ray Data adapter of the extraction: the steps as ``map_batches`` operators with actor pools sized from the
+cluster, Ray's SQL reader for database inputs, and the commit metrics as Ray metrics.
 
-This is the only library module that imports ``ray.data``.
+The only module of ``hummingml.extract`` that imports Ray.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -18,7 +19,15 @@ from hummingml.audio import STEMS
 from hummingml.extract.config import ExtractConfig
 from hummingml.extract.record import Batch, source_rows
 from hummingml.extract.sources import Source
-from hummingml.extract.steps import CodecStep, CommitStep, DecodeStep, PitchStep, SeparateStep
+from hummingml.extract.steps import (
+    COMMIT_METRICS,
+    CodecStep,
+    CommitMetrics,
+    CommitStep,
+    DecodeStep,
+    PitchStep,
+    SeparateStep,
+)
 
 # The decode tasks and the writer reserve no CPU: they are light (under 0.1 % of the work, benchmarks/README.md), and
 # a reservation of theirs could be left without a slot once the model actors hold every node's CPUs (Ray's actor-pool
@@ -202,8 +211,26 @@ def build_dataset(
         )
     return ds.map_batches(
         CommitStep,
-        fn_constructor_kwargs={"cfg": cfg, "run_metadata": metadata, "frame_rate": frame_rate},
+        fn_constructor_kwargs={"cfg": cfg, "run_metadata": metadata, "frame_rate": frame_rate, "metrics": RayMetrics},
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=cfg.commit_rows,
         num_cpus=COMMIT_CPUS,
     )
+
+
+class RayMetrics(CommitMetrics):
+    """:data:`~hummingml.extract.steps.COMMIT_METRICS` as Ray counters (the dashboard's Metrics view)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter
+
+        self.counters = {name: Counter(name, text, tag_keys=keys) for name, (text, keys) in COMMIT_METRICS.items()}
+
+    def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
+        """Add ``value`` to the Ray counter ``metric``."""
+        self.counters[metric].inc(value, tags=tags)
+
+
+def read_sql(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The rows of ``query`` read with ``ray.data.read_sql`` (``connect`` opens a DB-API connection)."""
+    return ray.data.read_sql(query, connect).take_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -14,7 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
+
+import pyarrow as pa
 
 from hummingml.audio import DecodeError, open_local, read_local_bytes
 
@@ -50,10 +53,7 @@ def _local(uri: str) -> str:
     return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
-def _from_table(table: object, uri_column: str, base_dir: str | None) -> list[Source]:
-    import pyarrow as pa
-
-    assert isinstance(table, pa.Table)
+def _from_table(table: pa.Table, uri_column: str, base_dir: str | None) -> list[Source]:
     if uri_column not in table.column_names:
         raise ValueError(f"the manifest has no {uri_column!r} column (columns: {table.column_names})")
     sources = []
@@ -82,12 +82,25 @@ def read_manifest(path: str, uri_column: str = "uri") -> list[Source]:
     return _from_table(table, uri_column, base_dir)
 
 
-def read_query(url: str, query: str, uri_column: str = "uri") -> list[Source]:
-    """Sources from a SQL query run through ``ray.data.read_sql``; ``url`` is ``sqlite:///path/to.db``."""
+SqlReader = Callable[[str, Callable[[], Any]], list[dict[str, Any]]]  # (query, connect) -> rows
+
+
+def _read_sql_here(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
+    """The rows of ``query`` as dicts, read in this process."""
+    with contextlib.closing(connect()) as connection:
+        cursor = connection.execute(query)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReader | None = None) -> list[Source]:
+    """Sources from a SQL query; ``url`` is ``sqlite:///path/to.db``.
+
+    ``read_sql(query, connect)`` runs the query: the extraction job passes Ray Data's reader
+    (``hummingml.extract.ray.read_sql``); None reads in this process.
+    """
     import sqlite3
 
-    import pyarrow as pa
-    import ray.data
 
     if not url.startswith("sqlite:///"):
         raise ValueError(f"only sqlite:///PATH databases are built in, got {url!r}; use a manifest for others")
@@ -96,7 +109,7 @@ def read_query(url: str, query: str, uri_column: str = "uri") -> list[Source]:
         raise FileNotFoundError(f"no sqlite database at {db_path}")
     if not query:
         raise ValueError('a database input needs --query, e.g. "SELECT uri FROM tracks"')
-    rows = ray.data.read_sql(query, lambda: sqlite3.connect(db_path)).take_all()
+    rows = (read_sql or _read_sql_here)(query, lambda: sqlite3.connect(db_path))
     return _from_table(pa.Table.from_pylist(rows), uri_column, os.path.dirname(os.path.abspath(db_path)))
 
 
@@ -133,11 +146,18 @@ def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list
 
 
 def list_sources(
-    input_uri: str, query: str = "", uri_column: str = "uri", extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    input_uri: str,
+    query: str = "",
+    uri_column: str = "uri",
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+    read_sql: SqlReader | None = None,
 ) -> list[Source]:
-    """All inputs named by ``input_uri`` (see ``ExtractConfig.input``), deduplicated by URI, in a stable order."""
+    """All inputs named by ``input_uri`` (see ``ExtractConfig.input``), deduplicated by URI, in a stable order.
+
+    ``read_sql`` runs the query of a database input (see :func:`read_query`).
+    """
     if input_uri.startswith("sqlite://"):
-        sources = read_query(input_uri, query, uri_column)
+        sources = read_query(input_uri, query, uri_column, read_sql)
     elif input_uri.lower().endswith(MANIFEST_EXTENSIONS):
         sources = read_manifest(input_uri, uri_column)
     else:

@@ -8,7 +8,7 @@ them in one process (tests, baselines).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -28,6 +28,7 @@ from hummingml.audio import (
 from hummingml.extract.config import ExtractConfig
 from hummingml.extract.record import Batch, fail_row, feature_tables, pack_batch, unpack_batch
 from hummingml.extract.sources import SourceUnavailable, open_source, printable
+from hummingml.extract.store import OutputStore
 from hummingml.stages import augment
 
 
@@ -222,16 +223,51 @@ class CodecStep(_ModelStep):
             raise RuntimeError(f"codec returned {row['n_frames']} frames, expected {expected}")
 
 
+COMMIT_METRICS = {  # name -> (description, tag keys); shown in the dashboard's Metrics view with Prometheus/Grafana
+    "hummingml_segments": ("segments by status: ok, error, deferred (unreadable now)", ("status",)),
+    "hummingml_audio_seconds": ("seconds of audio committed as features", ()),
+    "hummingml_errors": ("error rows committed, by stage", ("stage",)),
+}
+
+
+class CommitMetrics:
+    """The counters of :data:`COMMIT_METRICS` that :class:`CommitStep` adds to after each batch.
+
+    This base class reports nowhere (a run in one process); the Ray adapter's ``RayMetrics`` overrides :meth:`inc`
+    to report Ray metrics.
+    """
+
+    def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
+        """Add ``value`` to the counter ``metric`` (a key of :data:`COMMIT_METRICS`) under ``tags``."""
+
+    def record(self, summary: Batch) -> None:
+        """Count a commit's summary rows: ok segments and their audio, deferred inputs, error rows by stage."""
+        ok = int(summary["ok"].sum())
+        if ok:
+            self.inc("hummingml_segments", ok, {"status": "ok"})
+            self.inc("hummingml_audio_seconds", float(summary["audio_s"].sum()))
+        for stage, deferred in zip(summary["stage"], summary["deferred"], strict=True):
+            if deferred:
+                self.inc("hummingml_segments", 1, {"status": "deferred"})
+            elif stage:
+                self.inc("hummingml_segments", 1, {"status": "error"})
+                self.inc("hummingml_errors", 1, {"stage": str(stage)})
+
+
 class CommitStep:
     """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key."""
 
-    def __init__(self, cfg: ExtractConfig, run_metadata: dict[str, Any], frame_rate: float) -> None:
-        from hummingml.extract.store import OutputStore
-
+    def __init__(
+        self,
+        cfg: ExtractConfig,
+        run_metadata: dict[str, Any],
+        frame_rate: float,
+        metrics: Callable[[], CommitMetrics] = CommitMetrics,
+    ) -> None:
         self.store = OutputStore(cfg.output)
         self.metadata = run_metadata
         self.frame_rate = frame_rate
-        self.metrics = _Metrics()
+        self.metrics = metrics()  # made here: an executor's metric objects live in the process that commits
 
     def __call__(self, batch: Batch) -> Batch:
         rows = unpack_batch(batch)
@@ -252,33 +288,3 @@ class CommitStep:
         }
         self.metrics.record(summary)
         return summary
-
-
-class _Metrics:
-    """Ray custom metrics (shown in the dashboard's Metrics view when Prometheus/Grafana are set up)."""
-
-    def __init__(self) -> None:
-        try:
-            from ray.util.metrics import Counter
-
-            self.segments = Counter(
-                "hummingml_segments", "segments by status: ok, error, deferred (unreadable now)", tag_keys=("status",)
-            )
-            self.audio = Counter("hummingml_audio_seconds", "seconds of audio committed as features")
-            self.errors = Counter("hummingml_errors", "error rows committed, by stage", tag_keys=("stage",))
-        except Exception:  # outside a Ray worker there is nowhere to report to
-            self.segments = None
-
-    def record(self, summary: Batch) -> None:
-        if self.segments is None:
-            return
-        ok = int(summary["ok"].sum())
-        if ok:
-            self.segments.inc(ok, tags={"status": "ok"})
-            self.audio.inc(float(summary["audio_s"].sum()))
-        for stage, deferred in zip(summary["stage"], summary["deferred"], strict=True):
-            if deferred:
-                self.segments.inc(1, tags={"status": "deferred"})
-            elif stage:
-                self.segments.inc(1, tags={"status": "error"})
-                self.errors.inc(1, tags={"stage": str(stage)})

@@ -1,18 +1,25 @@
-"""Training checkpoints back into models, on the CPU, in one process (no Ray, no process group).
+"""Training checkpoints: the files of one, written by the training loop and read back into models.
 
-A checkpoint is the directory Ray Train keeps under ``<storage>/<name>/checkpoint_*``: a torch.distributed.checkpoint
-(DCP) save of ``{"ar": {"model", "optim", "sched"}, "nar": {...}}`` plus ``position.npy`` and ``train_config.json``
-(``hummingml.train.loop`` writes both on rank 0). DCP reshards on load, so a checkpoint written by any (dp, tp) layout,
-with or without FSDP, loads into plain unsharded models here. Only the two model state dicts are read; the optimizer
-and scheduler states stay on disk.
+A checkpoint is a directory (Ray Train keeps them under ``<storage>/<name>/checkpoint_*``) holding a
+torch.distributed.checkpoint (DCP) save of ``{"ar": {"model", "optim", "sched"}, "nar": {...}}``, written by every
+rank, plus the run files rank 0 adds with :func:`write_run_files`: :data:`POSITION_FILE` (where in the data the run
+stopped) and :data:`CONFIG_FILE` (the run's config). The neuron backend writes NxD checkpoints instead, which only
+training reads back.
+
+Reading back (:func:`load_checkpoint`) runs on the CPU, in one process, without a process group: DCP reshards on load,
+so a checkpoint written by any (dp, tp) layout, with or without FSDP, loads into plain unsharded models. Only the two
+model state dicts are read; the optimizer and scheduler states stay on disk.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hummingml.config import from_dict
 from hummingml.train.config import TrainConfig
@@ -20,15 +27,42 @@ from hummingml.train.config import TrainConfig
 if TYPE_CHECKING:
     from hummingml.model.lm import HummingLM, NARUpsampler
 
-CONFIG_FILE = "train_config.json"
+CONFIG_FILE = "train_config.json"  # the run's TrainConfig, from which the models are rebuilt
+POSITION_FILE = "position.npy"  # int64 [step, epoch, batch_in_epoch]
 DCP_METADATA = ".metadata"  # the file every DCP checkpoint directory holds
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: optimizer steps taken, the epoch, and this rank's batches of that epoch already used."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+def write_run_files(directory: str | Path, cfg: TrainConfig, position: Position) -> None:
+    """Add the position and the config to a checkpoint directory (rank 0, after the shards are saved)."""
+    directory = Path(directory)
+    np.save(directory / POSITION_FILE, np.array([position.step, position.epoch, position.batch_in_epoch]))
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(cfg), default=str))
+
+
+def read_position(directory: str | Path) -> Position:
+    """The :class:`Position` a checkpoint was taken at.
+
+    Raises:
+        FileNotFoundError: the directory has no :data:`POSITION_FILE`.
+    """
+    step, epoch, batch_in_epoch = (int(x) for x in np.load(Path(directory) / POSITION_FILE))
+    return Position(step, epoch, batch_in_epoch)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory ``path`` names: itself if it is one, else its newest ``checkpoint_*`` subdirectory.
 
     So both a checkpoint directory and the run directory ``<storage>/<name>`` work. The newest is the one with the
-    highest training step (``position.npy``), then the last by name (Ray Train 2.60 names checkpoints
+    highest training step (:data:`POSITION_FILE`), then the last by name (Ray Train 2.60 names checkpoints
     ``checkpoint_<date>_<time>``, which sort in creation order).
 
     Raises:
@@ -55,15 +89,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def checkpoint_step(directory: str | Path) -> int:
-    """The training step a checkpoint was taken at (``position.npy``), -1 if it does not say."""
-    import numpy as np
-
-    path = Path(directory) / "position.npy"
-    return int(np.load(path)[0]) if path.is_file() else -1
+    """The training step a checkpoint was taken at (:data:`POSITION_FILE`), -1 if it does not say."""
+    return read_position(directory).step if (Path(directory) / POSITION_FILE).is_file() else -1
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` stored in a checkpoint (``train_config.json``).
+    """The :class:`TrainConfig` stored in a checkpoint (:data:`CONFIG_FILE`).
 
     Raises:
         FileNotFoundError: the checkpoint has no ``train_config.json`` (written by training since it was added; older

@@ -133,28 +133,44 @@ def examples_from_row(
         }
 
 
-def _schema_names(path: str) -> list[str]:
+AUDIO_COLUMNS = ("source_id", "segment_index", "metadata", "stem_names", "stem_codes")  # what training reads
+
+
+def feature_set(features: str, name: str) -> str:
+    """The path of one feature set (``audio-feature`` or ``sine-audio-feature``) under an extraction output."""
+    return f"{features.rstrip('/')}/{name}"
+
+
+def sine_columns(features: str) -> list[str]:
+    """The sine-audio-feature columns training reads; ``mono_variants`` only where the set has it (schema >= 1.1)."""
     import pyarrow.dataset as pads
     import pyarrow.fs as pafs
 
+    path = feature_set(features, "sine-audio-feature")
     fs, inner = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
-    return pads.dataset(inner, filesystem=fs, format="parquet").schema.names
-
-
-def read_joined(features: str, parallelism: int = 2) -> Any:
-    """The two feature sets as one Ray Dataset, joined on (source_id, segment_index) and sorted by that key."""
-    import ray.data
-
-    audio = ray.data.read_parquet(
-        f"{features.rstrip('/')}/audio-feature",
-        columns=["source_id", "segment_index", "metadata", "stem_names", "stem_codes"],
-    )
-    sine_path = f"{features.rstrip('/')}/sine-audio-feature"
+    names = pads.dataset(inner, filesystem=fs, format="parquet").schema.names
     columns = ["source_id", "segment_index", "mono_codes", "melody"]
-    if "mono_variants" in _schema_names(sine_path):  # absent from sets written before schema 1.1
-        columns.append("mono_variants")
-    sine = ray.data.read_parquet(sine_path, columns=columns)
-    joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
-    # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
-    # the same rows when a later run resumes from it
-    return joined.sort(["source_id", "segment_index"])
+    return [*columns, "mono_variants"] if "mono_variants" in names else columns
+
+
+class JoinedRows:
+    """The two feature sets joined on (source_id, segment_index), sorted by that key, read in this process.
+
+    The rows :func:`hummingml.train.ray.read_joined` gives, without Ray: for runs in one process (tests, small
+    local runs). Holds every row in memory.
+    """
+
+    def __init__(self, features: str) -> None:
+        import pyarrow.dataset as pads
+
+        def rows(name: str, columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+            table = pads.dataset(feature_set(features, name), format="parquet").to_table(columns=columns)
+            return {(r["source_id"], r["segment_index"]): r for r in table.to_pylist()}
+
+        audio = rows("audio-feature", list(AUDIO_COLUMNS))
+        sine = rows("sine-audio-feature", sine_columns(features))
+        self.rows = [{**audio[key], **sine[key]} for key in sorted(audio.keys() & sine.keys())]
+
+    def iter_rows(self) -> Iterator[dict[str, Any]]:
+        """Every joined row, in key order."""
+        return iter(self.rows)

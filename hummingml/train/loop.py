@@ -1,8 +1,11 @@
-"""HummingLM training on Ray Train: the config, the per-worker loop, and the trainer.
+"""The training loop, with no Ray in it: build and parallelise the models, resume, train, report and checkpoint.
 
-Each step trains the AR model (codebook 0) and the NAR upsampler (one random level 1..N-1 per example) on the same
-batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied by
-``hummingml.train.parallel.torch``.
+:func:`loop` runs on every worker of a run. What it reads (``data``: anything with ``iter_rows()``), where it writes
+checkpoints and where its metrics go (a :class:`Reporter`) are given to it: ``hummingml.train.ray`` passes a Ray
+Dataset shard and Ray Train's reports; :class:`DirectoryReporter` keeps both in a local directory (one process,
+tests). Each step (:func:`train_step`) trains the AR model (codebook 0) and the NAR upsampler (one random level
+1..N-1 per example) on the same batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied
+by ``hummingml.train.parallel.torch``.
 Every worker reads the whole joined dataset in the same order and takes every dp-th batch, starting at its dp rank,
 so the tp ranks of one dp group see the same batch (a streaming split per worker would give them different ones).
 """
@@ -10,16 +13,19 @@ so the tp ranks of one dp group see the same batch (a streaming split per worker
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
+import shutil
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from hummingml.model.flops import count_parameters, flops_per_token, mfu
+from hummingml.model.lm import packed_length
+from hummingml.train.checkpoint import Position, read_position, resolve_checkpoint, write_run_files
 from hummingml.train.config import TrainConfig
 from hummingml.train.data import examples_from_row
 
@@ -69,7 +75,7 @@ class Batches:
 class _Torch:
     """PyTorch on CPU (gloo) or GPU (NCCL): DTensor TP + FSDP2 / ZeRO-1 on a (dp, tp) mesh, DCP checkpoints."""
 
-    def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
         import torch
 
         from hummingml.model.lm import HummingLM, NARUpsampler
@@ -78,8 +84,8 @@ class _Torch:
 
         self.cfg = cfg
         self.device_type = "cuda" if cfg.use_gpu else "cpu"
-        self.device = torch.device(self.device_type, ctx.get_local_rank()) if cfg.use_gpu else torch.device("cpu")
-        self.mesh = ParallelDims.from_config(cfg.parallel, ctx.get_world_size()).build_mesh(self.device_type)
+        self.device = torch.device(self.device_type, ctx.local_rank) if cfg.use_gpu else torch.device("cpu")
+        self.mesh = ParallelDims.from_config(cfg.parallel, ctx.world_size).build_mesh(self.device_type)
         self.dp_rank = self.mesh["dp"].get_local_rank()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.models = {"ar": HummingLM(cfg.model), "nar": NARUpsampler(cfg.model)}
@@ -145,7 +151,7 @@ class _Neuron:
     Lustre): ``--storage`` is used for it directly.
     """
 
-    def __init__(self, cfg: TrainConfig, ctx: Any) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
         import torch
         import torch_xla.core.xla_model as xm
         from neuronx_distributed.parallel_layers import parallel_state
@@ -197,38 +203,139 @@ class _Neuron:
             )
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker: build, parallelize, resume, train, report metrics and checkpoints."""
-    import ray.train
+class Rows(Protocol):
+    """What the loop reads: the joined feature rows, the same ones in the same order on every call."""
+
+    def iter_rows(self) -> Iterable[dict[str, Any]]:
+        """Every row once, in a fixed order."""
+        ...
+
+
+class Reporter(Protocol):
+    """Where the loop's checkpoints and metrics go, and where a resumed run finds its last checkpoint."""
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        """The directory of the checkpoint to resume from while the context is open, or None for a fresh run."""
+        ...
+
+    def checkpoint_dir(self, step: int) -> contextlib.AbstractContextManager[str]:
+        """A directory to write the checkpoint of ``step`` into; it is handed to :meth:`report` inside the context."""
+        ...
+
+    def report(self, metrics: dict[str, float], directory: str) -> None:
+        """Record ``metrics`` with the checkpoint just written to ``directory`` (called on every rank)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """This worker's place in the run (Ray Train's ``get_context()`` numbers; one process: the defaults)."""
+
+    world_rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # the GPU index on this node
+
+
+class DirectoryReporter:
+    """Checkpoints as ``<root>/checkpoint_<step>``, metrics in :attr:`history`; resumes from the newest checkpoint.
+
+    For runs in one process without Ray (tests, debugging). ``keep`` newest checkpoints stay on disk.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], keep: int = 2) -> None:
+        self.root, self.keep = Path(root), keep
+        self.history: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        """The newest checkpoint under the root, or None."""
+        try:
+            yield str(resolve_checkpoint(self.root))
+        except FileNotFoundError:
+            yield None
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self, step: int) -> Iterator[str]:
+        """``<root>/checkpoint_<step>`` (created); older checkpoints beyond ``keep`` are deleted afterwards."""
+        directory = self.root / f"checkpoint_{step:08d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        yield str(directory)
+        for old in sorted(self.root.glob("checkpoint_*"))[: -self.keep]:
+            shutil.rmtree(old)
+
+    def report(self, metrics: dict[str, float], directory: str) -> None:
+        """Append ``metrics`` to :attr:`history`."""
+        self.history.append(metrics)
+
+
+def make_backend(cfg: TrainConfig, ctx: WorkerContext) -> _Torch | _Neuron:
+    """The models, optimizers and schedulers of this worker, parallelised for ``cfg.parallel.backend``."""
+    return _Neuron(cfg, ctx) if cfg.parallel.backend == "neuron" else _Torch(cfg, ctx)
+
+
+def train_step(backend: _Torch | _Neuron, batch: dict[str, Any], step: int) -> dict[str, dict[str, Any]]:
+    """One optimizer step of the AR model and of the NAR upsampler on ``batch`` (on the backend's device); returns
+    each model's metrics.
+
+    The NAR level of each example is drawn from a generator seeded by ``step``, so a resumed run draws what a
+    continuous one would.
+    """
+    import torch
+
+    cfg = backend.cfg
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    level = torch.randint(1, cfg.model.n_codebooks, (batch["target"].shape[0],), generator=generator)
+    metrics = {}
+    for key, m in backend.models.items():
+        backend.optimizers[key].zero_grad(set_to_none=True)
+        with backend.autocast():
+            loss, metrics[key] = m(batch) if key == "ar" else m(batch, level.to(backend.device))
+        loss.backward()
+        backend.after_backward(m)
+        backend.optimizers[key].step()
+        backend.schedulers[key].step()
+    backend.end_step()
+    return metrics
+
+
+def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | None = None) -> None:
+    """Train ``cfg.steps`` steps (resuming where ``reporter``'s latest checkpoint stopped) on ``data``.
+
+    Every ``cfg.checkpoint_every`` steps and at the end, every rank writes its checkpoint shards into
+    ``reporter.checkpoint_dir(step)``, rank 0 adds the run files (``hummingml.train.checkpoint``), and every rank
+    calls ``reporter.report`` with the metrics averaged since the last report. The torch backend needs a process group
+    (Ray Train makes one; in one process, ``hummingml.train.parallel.torch.local_process_group``).
+
+    Raises:
+        RuntimeError: ``data`` yields no training example, or ``cfg.fail_at_step`` injected a failure.
+    """
     import torch
     import torch.distributed as dist
 
-    from hummingml.config import from_dict
-    from hummingml.model.flops import count_parameters, flops_per_token, mfu
-    from hummingml.model.lm import packed_length
-
-    cfg = from_dict(TrainConfig, config)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    backend = _Neuron(cfg, ctx) if cfg.parallel.backend == "neuron" else _Torch(cfg, ctx)
-    models, optimizers, schedulers = backend.models, backend.optimizers, backend.schedulers
+    ctx = ctx or WorkerContext()
+    rank = ctx.world_rank
+    backend = make_backend(cfg, ctx)
+    models, schedulers = backend.models, backend.schedulers
     if rank == 0:
         print(
             f"[train] AR {count_parameters(models['ar']):,} parameters, NAR {count_parameters(models['nar']):,}",
             flush=True,
         )
 
-    step, epoch, batch_in_epoch = 0, 0, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+    position = Position()
+    with reporter.latest_checkpoint() as directory:
+        if directory is not None:
             backend.load(directory)
-            position = np.load(os.path.join(directory, "position.npy"))
-        step, epoch, batch_in_epoch = (int(x) for x in position)
-        if rank == 0:
-            print(f"[train] resumed at step {step} (epoch {epoch}, batch {batch_in_epoch})", flush=True)
+            position = read_position(directory)
+            if rank == 0:
+                print(
+                    f"[train] resumed at step {position.step} (epoch {position.epoch}, "
+                    f"batch {position.batch_in_epoch})",
+                    flush=True,
+                )
+    step, epoch, batch_in_epoch = position.step, position.epoch, position.batch_in_epoch
 
-    batches = Batches(ray.train.get_dataset_shard("train"), cfg, backend.dp_rank)
+    batches = Batches(data, cfg, backend.dp_rank)
     seq_len = packed_length(cfg.model.layout, cfg.data.timbre_max_frames, cfg.data.frames)
     flops_tok = flops_per_token(cfg.model, seq_len)
     peak = _peak_flops(cfg)
@@ -239,19 +346,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for index, batch in batches.epoch(epoch, skip=batch_in_epoch):
             produced = True
             batch = {k: v.to(backend.device) for k, v in batch.items()}
-            # NAR levels are a function of the step, so a resumed run draws what a continuous one would
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            level = torch.randint(1, cfg.model.n_codebooks, (batch["target"].shape[0],), generator=generator)
-            step_metrics = {}
-            for key, m in models.items():
-                optimizers[key].zero_grad(set_to_none=True)
-                with backend.autocast():
-                    loss, step_metrics[key] = m(batch) if key == "ar" else m(batch, level.to(backend.device))
-                loss.backward()
-                backend.after_backward(m)
-                optimizers[key].step()
-                schedulers[key].step()
-            backend.end_step()
+            step_metrics = train_step(backend, batch, step)
             for key, metrics in step_metrics.items():
                 for name in ("loss", "acc", "top10_acc"):
                     window.setdefault(f"{key}_{name}", []).append(float(metrics[name]))
@@ -271,17 +366,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     for level_index, level_metrics in models["nar"].level_metrics(batch).items():
                         for name in ("acc", "top10_acc"):
                             report[f"nar_level{level_index}_{name}"] = level_metrics[name]
-                with _checkpoint_dir(cfg, step) as directory:
+                with reporter.checkpoint_dir(step) as directory:
                     backend.save(directory)
                     if rank == 0:
-                        np.save(os.path.join(directory, "position.npy"), np.array([step, epoch, batch_in_epoch]))
-                        with open(os.path.join(directory, "train_config.json"), "w") as f:
-                            f.write(json.dumps(asdict(cfg), default=str))  # train.checkpoint rebuilds the models
-                    dist.barrier()
-                    # torch: every rank uploads its own shards; neuron: the shared directory already holds them all
-                    shared = cfg.parallel.backend == "neuron"
-                    own = ray.train.Checkpoint.from_directory(directory) if rank == 0 or not shared else None
-                    ray.train.report(report, checkpoint=own)
+                        write_run_files(directory, cfg, Position(step, epoch, batch_in_epoch))
+                    if dist.is_initialized():
+                        dist.barrier()
+                    reporter.report(report, directory)
                 if rank == 0:
                     print(
                         f"[train] step {step}/{cfg.steps} "
@@ -316,16 +407,3 @@ def _inject_failure_once(cfg: TrainConfig) -> None:
     with fs.open_output_stream(marker) as f:
         f.write(b"fired\n")
     raise RuntimeError(f"injected failure at step {cfg.fail_at_step} (--fail-at-step)")
-
-
-@contextlib.contextmanager
-def _checkpoint_dir(cfg: TrainConfig, step: int) -> Iterator[str]:
-    """Where a checkpoint is written before Ray Train takes it: a private temporary directory (torch), or a
-    directory under ``--storage`` that every node shares (neuron, whose checkpoint writer needs one)."""
-    if cfg.parallel.backend != "neuron":
-        with tempfile.TemporaryDirectory() as directory:
-            yield directory
-        return
-    directory = os.path.join(cfg.storage, cfg.name, "neuron-staging", f"step_{step:08d}")
-    os.makedirs(directory, exist_ok=True)
-    yield directory

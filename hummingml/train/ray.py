@@ -1,39 +1,114 @@
-"""HummingLM training on Ray Train: the config, the per-worker loop, and the trainer.
+"""The Ray Train adapter: the joined feature sets as a Ray Dataset, the training loop as Ray Train workers.
 
-Each step trains the AR model (codebook 0) and the NAR upsampler (one random level 1..N-1 per example) on the same
-batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied by
-``hummingml.train.parallel.torch``.
-Every worker reads the whole joined dataset in the same order and takes every dp-th batch, starting at its dp rank,
-so the tp ranks of one dp group see the same batch (a streaming split per worker would give them different ones).
+:func:`fit` starts a ``TorchTrainer`` whose workers each run :func:`hummingml.train.loop.loop` with their Dataset
+shard and a :class:`RayReporter` (reports and checkpoints go to Ray Train, which restarts failed workers from the
+last one and resumes a rerun with the same ``name`` and ``storage``). Every worker reads the whole joined dataset in
+the same order and takes every dp-th batch, starting at its dp rank, so the tp ranks of one dp group see the same
+batch (a streaming split per worker would give them different ones).
+
+The only module of ``hummingml.train`` that imports Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
+import ray
+import ray.data
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from hummingml.cluster import connect
+from hummingml.config import from_dict
 from hummingml.train.config import TrainConfig
-from hummingml.train.loop import train_loop_per_worker
+from hummingml.train.data import AUDIO_COLUMNS, feature_set, sine_columns
+from hummingml.train.loop import WorkerContext, loop
 
 
-def fit(cfg: TrainConfig) -> Any:
-    """Run (or resume) training on the connected Ray cluster; returns the ``ray.train.Result``."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+def read_joined(features: str, parallelism: int = 2) -> ray.data.Dataset:
+    """The two feature sets as one Ray Dataset, joined on (source_id, segment_index) and sorted by that key."""
+    audio = ray.data.read_parquet(feature_set(features, "audio-feature"), columns=list(AUDIO_COLUMNS))
+    sine = ray.data.read_parquet(feature_set(features, "sine-audio-feature"), columns=sine_columns(features))
+    joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
+    # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
+    # the same rows when a later run resumes from it
+    return joined.sort(["source_id", "segment_index"])
 
-    from hummingml.train.data import read_joined
 
-    if not ray.is_initialized():
-        ray.init()
+class RayReporter:
+    """The loop's :class:`~hummingml.train.loop.Reporter` under Ray Train: its checkpoint, its reports.
+
+    Checkpoints are written to a private temporary directory (torch: every rank uploads its own shards), or, for the
+    neuron backend whose checkpoint writer needs one directory that every node shares, under ``--storage`` (rank 0
+    hands it to Ray Train).
+    """
+
+    def __init__(self, cfg: TrainConfig, rank: int) -> None:
+        self.cfg, self.rank = cfg, rank
+        self.shared = cfg.parallel.backend == "neuron"
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        """The checkpoint Ray Train restored this worker with (after a failure, or a rerun of the run), or None."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
+
+    @contextlib.contextmanager
+    def checkpoint_dir(self, step: int) -> Iterator[str]:
+        """A temporary directory (torch), or ``<storage>/<name>/neuron-staging/step_<step>`` (neuron)."""
+        if not self.shared:
+            with tempfile.TemporaryDirectory() as directory:
+                yield directory
+            return
+        directory = os.path.join(self.cfg.storage, self.cfg.name, "neuron-staging", f"step_{step:08d}")
+        os.makedirs(directory, exist_ok=True)
+        yield directory
+
+    def report(self, metrics: dict[str, float], directory: str) -> None:
+        """``ray.train.report`` with the checkpoint; with a shared directory only rank 0 hands it over."""
+        own = ray.train.Checkpoint.from_directory(directory) if self.rank == 0 or not self.shared else None
+        ray.train.report(metrics, checkpoint=own)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The Ray Train worker: the loop on this worker's Dataset shard, reporting to Ray Train."""
+    cfg = from_dict(TrainConfig, config)
+    ctx = ray.train.get_context()
+    worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
+    loop(cfg, ray.train.get_dataset_shard("train"), RayReporter(cfg, worker.world_rank), worker)
+
+
+def neuron_train_config(num_workers: int, neuron_parallel_compile: bool = False) -> dict[str, Any]:
+    """``TorchTrainer`` keyword arguments for Trainium: one worker per NeuronCore, XLA process group.
+
+    ``TorchTrainer(train_fn, **neuron_train_config(32), run_config=...)``. ``neuron_parallel_compile`` runs
+    the graph-extraction pass of ``neuron_parallel_compile`` (Ray's TorchXLAConfig field of that name).
+    """
+    from ray.train.torch.xla import TorchXLAConfig
+
+    return {
+        "torch_config": TorchXLAConfig(neuron_parallel_compile=neuron_parallel_compile),
+        "scaling_config": ray.train.ScalingConfig(num_workers=num_workers, resources_per_worker={"neuron_cores": 1}),
+    }
+
+
+def fit(cfg: TrainConfig) -> ray.train.Result:
+    """Run (or resume) training on the Ray cluster (:func:`hummingml.cluster.connect`); returns Ray Train's result."""
+    connect()
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # resumable batch order
     dataset = read_joined(cfg.data.features)
     if cfg.cache_dataset:
         dataset = dataset.materialize()
     if cfg.parallel.backend == "neuron":
-        from hummingml.train.parallel.neuron import neuron_train_config
-
         placement = neuron_train_config(cfg.world_size)  # TorchXLAConfig, one worker per NeuronCore
     else:
         placement = {

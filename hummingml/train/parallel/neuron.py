@@ -309,18 +309,3 @@ def neuron_optimizer(model: nn.Module, optim: OptimConfig, nxd_config: dict[str,
     return nxd.initialize_parallel_optimizer(
         nxd_config, torch.optim.AdamW, groups, lr=optim.lr, betas=optim.betas, eps=optim.eps
     )
-
-
-def neuron_train_config(num_workers: int, neuron_parallel_compile: bool = False) -> dict[str, Any]:
-    """``TorchTrainer`` keyword arguments for Trainium: one worker per NeuronCore, XLA process group.
-
-    ``TorchTrainer(train_fn, **neuron_train_config(32), run_config=...)``. ``neuron_parallel_compile`` runs
-    the graph-extraction pass of ``neuron_parallel_compile`` (Ray's TorchXLAConfig field of that name).
-    """
-    from ray.train import ScalingConfig
-    from ray.train.torch.xla import TorchXLAConfig
-
-    return {
-        "torch_config": TorchXLAConfig(neuron_parallel_compile=neuron_parallel_compile),
-        "scaling_config": ScalingConfig(num_workers=num_workers, resources_per_worker={"neuron_cores": 1}),
-    }

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,17 +46,35 @@ class ParallelDims:
     world_size: int
 
     def __post_init__(self) -> None:
-        assert self.dp * self.tp == self.world_size, f"dp {self.dp} * tp {self.tp} != world_size {self.world_size}"
+        if self.dp * self.tp != self.world_size:
+            raise ValueError(f"dp {self.dp} * tp {self.tp} != world_size {self.world_size}")
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"parallel dims: dp={self.dp} tp={self.tp} world_size={self.world_size}", flush=True)
 
     @classmethod
     def from_config(cls, cfg: ParallelConfig, world_size: int) -> ParallelDims:
+        """The dims of ``cfg`` on ``world_size`` workers."""
         return cls(dp=cfg.dp, tp=cfg.tp, world_size=world_size)
 
     def build_mesh(self, device_type: str) -> DeviceMesh:
         """A (dp, tp) mesh named ("dp", "tp"); needs an initialised process group."""
         return init_device_mesh(device_type, (self.dp, self.tp), mesh_dim_names=("dp", "tp"))
+
+
+@contextlib.contextmanager
+def local_process_group() -> Iterator[None]:
+    """A gloo process group of this process alone (world size 1), for running the training loop without a launcher.
+
+    Ray Train's workers and ``torchrun`` make their own; this one is destroyed when the context exits.
+    """
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialised in this process")
+    with tempfile.TemporaryDirectory() as directory:
+        dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
 
 
 def tp_plan(model: CodecLM, sequence_parallel: bool) -> dict[str, ParallelStyle]:

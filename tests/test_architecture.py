@@ -1,0 +1,114 @@
+"""The layout's rules, read from the source with ``ast``: no import cycles between modules, Ray only in the adapters."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("hummingml", "schemas", "ray_jobs")
+# The only modules that import Ray: the Ray Data and Ray Train adapters, and the one ray.init. ray_jobs are entry
+# points that call into them.
+RAY_ADAPTERS = {"hummingml.extract.ray", "hummingml.train.ray", "hummingml.cluster"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            found[module_name(path)] = ast.parse(path.read_text(), filename=str(path))
+    return found
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (annotations only: not imports at run time)."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside.update(id(n) for n in ast.walk(node))
+    return inside
+
+
+def imported_names(tree: ast.Module) -> list[str]:
+    """Every module name an import statement anywhere in ``tree`` names (``from a.b import c`` gives a.b and a.b.c)."""
+    skip = _type_checking_nodes(tree)
+    names = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names.extend(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def project_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports."""
+    trees = modules()
+    return {name: {n for n in imported_names(tree) if n in trees and n != name} for name, tree in trees.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_between_modules() -> None:
+    cycle = find_cycle(project_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_ray_is_imported_only_by_the_adapters() -> None:
+    offenders = {
+        name: sorted({n for n in imported_names(tree) if n == "ray" or n.startswith("ray.")})
+        for name, tree in modules().items()
+        if name not in RAY_ADAPTERS
+    }
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, f"Ray imported outside {sorted(RAY_ADAPTERS)}: {offenders}"
+
+
+def test_every_adapter_exists_and_imports_ray() -> None:
+    trees = modules()
+    for name in RAY_ADAPTERS:
+        assert "ray" in {n.split(".")[0] for n in imported_names(trees[name])}, name
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]), ({"a": {"b"}, "b": set()}, None)],
+)
+def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], expected: list[str] | None) -> None:
+    assert find_cycle(graph) == expected
+
+
+def test_ray_imports_are_seen_inside_functions() -> None:
+    tree = ast.parse("def f():\n    import ray.data\n\ndef g():\n    from ray.train import report\n")
+    assert {"ray.data", "ray.train", "ray.train.report"} <= set(imported_names(tree))
