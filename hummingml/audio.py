@@ -339,3 +339,14 @@ def to_mono(audio: F32) -> F32:
 def n_frames(n_samples: int, hop: int = FRAME_HOP) -> int:
     """Number of feature frames covering ``n_samples`` at the feature rate: ``ceil(n_samples / hop)``."""
     return -(-n_samples // hop)
+
+
+def segment_length(segment_s: float) -> int:
+    """Samples at FEATURE_SAMPLE_RATE per segment of ``segment_s`` seconds (at least one frame hop)."""
+    return max(FRAME_HOP, round(segment_s * FEATURE_SAMPLE_RATE))
+
+
+def n_segments(frames: int, sample_rate: int, segment_s: float) -> int:
+    """Segments that ``frames`` samples at ``sample_rate`` are cut into: the last one shorter, at least one."""
+    total = resampled_length(frames, sample_rate, FEATURE_SAMPLE_RATE)
+    return max(1, -(-total // segment_length(segment_s)))

@@ -16,13 +16,13 @@ import numpy as np
 
 from hummingml.audio import (
     FEATURE_SAMPLE_RATE,
-    FRAME_HOP,
     STEMS,
     AudioReader,
     DecodeError,
     n_frames,
-    resampled_length,
+    n_segments,
     resampled_pieces,
+    segment_length,
     to_mono,
 )
 from hummingml.extract.config import ExtractConfig
@@ -80,15 +80,14 @@ class DecodeStep:
             yield from self._cut(row, reader)
 
     def _cut(self, row: dict[str, Any], reader: AudioReader) -> Iterator[dict[str, Any]]:
-        seg_len = max(FRAME_HOP, round(self.cfg.segment_s * FEATURE_SAMPLE_RATE))
-        total = resampled_length(reader.frames, reader.sample_rate, FEATURE_SAMPLE_RATE)
-        n_segments = max(1, -(-total // seg_len))
+        seg_len = segment_length(self.cfg.segment_s)
+        segments = n_segments(reader.frames, reader.sample_rate, self.cfg.segment_s)
         common = {
             **{k: row[k] for k in ("source_id", "source_uri", "metadata", "content_sha256")},
             "source_sample_rate": reader.sample_rate,
             "source_channels": reader.channels,
             "source_duration_s": reader.frames / reader.sample_rate,
-            "n_segments": n_segments,
+            "n_segments": segments,
         }
         skip = set(row["skip_segments"])
         done = 0  # segments handled so far
@@ -108,7 +107,7 @@ class DecodeStep:
                 }
                 done = i + 1
         except Exception as exc:  # the stream failed on the second reading (changed, or an I/O error)
-            for j in range(done, n_segments):
+            for j in range(done, segments):
                 if j not in skip:
                     failed = {**common, "segment_index": j}
                     fail_row(failed, "decode", exc)

@@ -1,5 +1,9 @@
-"""Feature stages: pure functions on float32 ``(channels, samples)`` arrays plus ``sample_rate``.
+"""Feature stages: functions and classes on float32 ``(channels, samples)`` arrays plus ``sample_rate``.
 
-A stage does no file I/O and no Ray. Model-backed stages are classes that load their model once and are called on a
-batch dict (the Ray actor idiom); the Ray glue lives in ``hummingml.extract.ray``.
+``pitch`` (Basic Pitch notes), ``synth`` (the sine rendering of notes), ``separate`` (six Demucs stems), ``codec``
+(DAC codes) and ``augment`` (variants of the mono reference). A stage does no file I/O and no Ray. Model-backed
+stages are classes that load their model once (``Separator``, ``PitchDetector``, ``Codec``) with one batch method
+each (``separate_batch``, ``encode_batch``) next to the single-clip one; ``hummingml.extract.steps`` wraps them.
+
+May import ``hummingml.audio`` and ``hummingml.weights``.
 """

@@ -221,13 +221,3 @@ class Codec:
     def decode(self, tokens: CodecTokens) -> tuple[F32, int]:
         """Audio at the codec's rate from codes; see :func:`decode`."""
         return decode(tokens, self.model)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray batch: ``audio`` (object array of float32 ``(channels, samples)``) and ``sample_rate`` (ints) in;
-        the same columns plus ``codes`` (object array of int16 ``(channels, n_codebooks, frames)``) and
-        ``frame_rate`` (float64) out."""
-        tokens = self.encode_batch(list(batch["audio"]), [int(r) for r in batch["sample_rate"]])
-        codes = np.empty(len(tokens), dtype=object)
-        for j, t in enumerate(tokens):
-            codes[j] = t.codes
-        return {**batch, "codes": codes, "frame_rate": np.array([t.frame_rate for t in tokens], dtype=np.float64)}

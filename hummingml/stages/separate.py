@@ -264,17 +264,3 @@ class Separator:
     def separate_batch(self, audios: Sequence[F32], sample_rates: Sequence[int] | int) -> list[Stems]:
         """Six stems per clip, equal-length clips batched; see :func:`separate_batch`."""
         return separate_batch(audios, sample_rates, self.model, self.cfg)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray batch: ``audio`` (object array of float32 ``(channels, samples)``) and ``sample_rate`` (ints) in;
-        the same columns plus ``stem_<name>`` per stem (object arrays of float32 ``(2, samples)``) and
-        ``stem_sample_rate`` (int64) out."""
-        all_stems = self.separate_batch(list(batch["audio"]), [int(r) for r in batch["sample_rate"]])
-        out: dict[str, np.ndarray] = dict(batch)
-        for stem in STEMS:
-            column = np.empty(len(all_stems), dtype=object)
-            for j, s in enumerate(all_stems):
-                column[j] = getattr(s, stem)
-            out[f"stem_{stem}"] = column
-        out["stem_sample_rate"] = np.array([s.sample_rate for s in all_stems], dtype=np.int64)
-        return out

@@ -9,7 +9,6 @@ deployment (``hummingml.testing.hostile.write_hostile_corpus``).
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hummingml.audio import F32, FEATURE_SAMPLE_RATE
+from hummingml.audio import F32, FEATURE_SAMPLE_RATE, n_segments, segment_length
 from hummingml.testing.signals import sine
 
 
@@ -59,12 +58,6 @@ def float_wav(samples: np.ndarray, sample_rate: int = 16_000) -> bytes:
     return encode(np.asarray(samples, dtype=np.float32)[None, :], sample_rate, "WAV", "FLOAT")
 
 
-def _segments(n_samples: int, sample_rate: int, segment_s: float) -> int:
-    """Segments extraction cuts from ``n_samples`` at ``sample_rate`` (after resampling to the feature rate)."""
-    resampled = round(n_samples * FEATURE_SAMPLE_RATE / sample_rate)
-    return max(1, math.ceil(resampled / max(256, round(segment_s * FEATURE_SAMPLE_RATE))))
-
-
 def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> list[HostileInput]:
     """Write every hostile kind under ``root``; return the inputs with their expected outcomes.
 
@@ -89,7 +82,7 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
     mp3 = encode(stereo, 22_050, "MP3", "MPEG_LAYER_III")
     opus = encode(np.repeat(sine(440.0, seconds=seconds, sample_rate=48_000), 2, axis=0), 48_000, "OGG", "OPUS")
     one = Expected(segments=1)
-    seg_len = max(256, round(segment_s * FEATURE_SAMPLE_RATE))
+    seg_len = segment_length(segment_s)
 
     def err(error_type: str, stage: str = "decode") -> Expected:
         return Expected(error_type=f"DecodeError:{error_type}", stage=stage)
@@ -179,7 +172,7 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
     }
     if long_s > 0:
         long = sine(220.0, seconds=long_s, sample_rate=8_000, amplitude=0.3)
-        expected = Expected(_segments(long.shape[1], 8_000, segment_s))
+        expected = Expected(n_segments(long.shape[1], 8_000, segment_s))
         files["long (8 kHz mono)"] = ("long.wav", encode(long, 8_000), expected)
     out = []
     for kind, (name, content, expected) in files.items():

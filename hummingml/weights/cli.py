@@ -8,7 +8,8 @@ import json
 import time
 from typing import Any
 
-from hummingml.weights.config import KINDS, ModelError, ModelIdentity, ModelsConfig, cache_dir
+from hummingml.config import add_flags, from_flags
+from hummingml.weights.config import ModelError, ModelIdentity, ModelsConfig, cache_dir
 from hummingml.weights.load import list_cached, prepare
 
 
@@ -28,26 +29,6 @@ def format_table(identities: list[ModelIdentity]) -> str:
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`ModelsConfig` field, with the field's help text."""
-    for f in dataclasses.fields(ModelsConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
-        if f.name == "kind":
-            kwargs["choices"] = KINDS
-        elif isinstance(f.default, bool):
-            raise TypeError("boolean ModelsConfig fields need a flag style")  # pragma: no cover
-        elif isinstance(f.default, int):
-            kwargs["type"] = int
-        elif isinstance(f.default, float):
-            kwargs["type"] = float
-        parser.add_argument(flag, **kwargs)
-
-
-def _config_from_args(args: argparse.Namespace) -> ModelsConfig:
-    return ModelsConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ModelsConfig)})
-
-
 def _print_identities(identities: list[ModelIdentity], as_json: bool) -> None:
     if as_json:
         print(json.dumps([i.to_dict() for i in identities], indent=2))
@@ -57,7 +38,7 @@ def _print_identities(identities: list[ModelIdentity], as_json: bool) -> None:
 
 def _prepare_command(args: argparse.Namespace) -> int:
     try:
-        cfg = _config_from_args(args)
+        cfg = from_flags(ModelsConfig, args)
     except ValueError as exc:
         print(f"hummingml models prepare: {exc}")
         return 2
@@ -93,7 +74,7 @@ def add_models_parser(sub: Any) -> None:
     p = models_sub.add_parser(
         "prepare", help="create (tiny, random-full) or fetch (pretrained) the DAC and Demucs weights into the cache"
     )
-    _add_config_flags(p)
+    add_flags(p, ModelsConfig)
     p.add_argument("--json", action="store_true", help="print the identities as JSON instead of a table")
     p.set_defaults(func=_prepare_command)
 

@@ -38,7 +38,7 @@ class ModelsConfig:
 
     kind: str = field(default="tiny", metadata={"help": "tiny | random-full | pretrained (see docs/models.md)"})
     cache_dir: str | None = field(
-        default=None, metadata={"help": f"cache directory (default: ${CACHE_ENV}, else {DEFAULT_CACHE_DIR})"}
+        default=None, metadata={"help": f"cache directory; unset: ${CACHE_ENV}, else {DEFAULT_CACHE_DIR}"}
     )
     dac_weights: str | None = field(
         default=None,
@@ -49,7 +49,7 @@ class ModelsConfig:
         metadata={"help": "pretrained only: a local Demucs model repo dir (<name>.yaml and its <sig>.th); no download"},
     )
     demucs_name: str = field(
-        default="htdemucs_6s", metadata={"help": "pretrained only: Demucs model name (default htdemucs_6s)"}
+        default="htdemucs_6s", metadata={"help": "pretrained only: Demucs model name"}
     )
     dac_sha256: str | None = field(
         default=None, metadata={"help": "refuse a DAC weights file whose sha256 differs (64 hex digits)"}

@@ -31,7 +31,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -127,15 +127,20 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` then rename, so concurrent readers never see half a file."""
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(p)`` then rename, so concurrent readers never see half a file.
+
+    ``p`` has ``path``'s file name, in a private staging directory beside it: torch.save records the file's stem
+    inside the archive, so the bytes must be written under the final name.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.d")
+    staging.mkdir(exist_ok=True)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write(staging / path.name)
+        os.replace(staging / path.name, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --- network -----------------------------------------------------------------------------------------------------
@@ -218,18 +223,8 @@ def _write_random_dac(cfg: ModelsConfig, path: Path) -> None:
     kwargs = TINY_DAC_KWARGS if cfg.kind == "tiny" else FULL_DAC_KWARGS
     with _seeded(cfg.seed):
         model = dac.DAC(**kwargs)
-    # package=False writes {"state_dict", "metadata"}: the layout of the official weights file. torch.save stores
-    # the file's stem inside the archive, so the bytes depend on the final name; write under it in a temp dir.
-    def write(tmp: Path) -> None:
-        staging = tmp.with_suffix(".d")
-        staging.mkdir(exist_ok=True)
-        try:
-            model.save(str(staging / path.name), package=False)
-            os.replace(staging / path.name, tmp)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    _atomic_write(path, write)
+    # package=False writes {"state_dict", "metadata"}: the layout of the official weights file
+    _atomic_write(path, lambda p: model.save(str(p), package=False))
 
 
 def _library_dac_cache() -> Path:
@@ -307,16 +302,7 @@ def save_demucs_package(model: Any, path: Path) -> None:
     args, kwargs = model._init_args_kwargs  # recorded by demucs.states.capture_init
     package = {"klass": type(model), "args": args, "kwargs": kwargs, "state": get_state(model, None)}
 
-    def write(tmp: Path) -> None:
-        staging = tmp.with_suffix(".d")
-        staging.mkdir(exist_ok=True)
-        try:
-            torch.save(package, staging / path.name)  # the archive records the file stem: save under the final name
-            os.replace(staging / path.name, tmp)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    _atomic_write(path, write)
+    _atomic_write(path, lambda p: torch.save(package, p))
 
 
 def _write_random_demucs(cfg: ModelsConfig, repo: Path, name: str) -> None:

@@ -113,15 +113,5 @@ def test_decode_round_trip_shapes(codec) -> None:
     assert np.isfinite(decoded).all() and np.abs(decoded).max() <= 1.0  # DAC's decoder ends in tanh
 
 
-def test_ray_batch_call(codec) -> None:
-    audio = np.empty(2, dtype=object)
-    audio[0], audio[1] = sine(440.0, 0.5, FEATURE_SAMPLE_RATE), stereo_distinct(0.25, 44_100)
-    out = codec({"audio": audio, "sample_rate": np.array([FEATURE_SAMPLE_RATE, 44_100])})
-    assert out["codes"][0].shape == (1, 4, n_frames(audio[0].shape[1]))
-    assert out["codes"][1].shape == (2, 4, -(-audio[1].shape[1] // 512))
-    assert out["frame_rate"].tolist() == pytest.approx([44_100 / 512] * 2)
-    assert codec.identity is not None and codec.identity.random_weights
-
-
 def test_empty_audio_has_zero_frames(codec) -> None:
     assert codec.encode(np.zeros((2, 0), np.float32), FEATURE_SAMPLE_RATE).codes.shape == (2, 4, 0)

@@ -159,15 +159,6 @@ def test_separator_refuses_a_model_the_mapping_does_not_fit() -> None:
         Separator(SeparateConfig(device="cpu"), model=ScalingDemucs(sources=["drums", "bass", "other", "vocals"]))
 
 
-def test_ray_batch_call(separator) -> None:
-    audio = np.empty(2, dtype=object)
-    audio[0], audio[1] = sine(440.0, 0.5, 22_050), stereo_distinct(0.5, 44_100)
-    out = separator({"audio": audio, "sample_rate": np.array([22_050, 44_100])})
-    assert out["stem_sample_rate"].tolist() == [22_050, 44_100]
-    for stem in STEMS:
-        assert out[f"stem_{stem}"][0].shape == (2, 11_025) and out[f"stem_{stem}"][1].shape == (2, 22_050)
-
-
 @pytest.mark.parametrize("n_samples", [0, 1, 100])
 def test_very_short_clips_give_stems_of_their_length(separator, n_samples) -> None:
     stems = separator.separate(np.full((2, n_samples), 0.1, np.float32), 44_100)
