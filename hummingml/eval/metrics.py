@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    pass
-
 
 SI_SDR_MIN_DB, SI_SDR_MAX_DB = -50.0, 60.0  # clamp: identical signals would otherwise give ~+inf dB
 SI_SDR_EPS = 1e-8  # added to both energies (torchmetrics and audiotools use the same)

@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
 from hummingml.weights.config import ModelsConfig
-
-if TYPE_CHECKING:
-    pass
-
 
 # --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ class ExtractConfig:
     commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
     actor_threads: int = 1  # torch threads per model actor; 1 does the most work per core, more: fewer actors, less RAM
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
-    wait_for_cpus_s: float = 600.0  # wait this long for ray_stages.MIN_CPUS while a cluster scales up
+    wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
     models: ModelsConfig = field(default_factory=ModelsConfig)
     pitch: PitchConfig = field(default_factory=PitchConfig)
     separate: SeparateConfig = field(default_factory=SeparateConfig)  # its ``models`` is replaced by ``models``

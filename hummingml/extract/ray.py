@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import ray
 import ray.data
 
+from hummingml import cluster
 from hummingml.audio import STEMS
 from hummingml.extract.config import ExtractConfig
 from hummingml.extract.record import Batch, source_rows
@@ -233,4 +234,5 @@ class RayMetrics(CommitMetrics):
 
 def read_sql(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
     """The rows of ``query`` read with ``ray.data.read_sql`` (``connect`` opens a DB-API connection)."""
+    cluster.connect()
     return ray.data.read_sql(query, connect).take_all()

@@ -7,5 +7,6 @@
 - ``loop``: the training loop, with no Ray in it; ``ray``: the Ray Train adapter (the only module here that imports
   Ray).
 
-May import ``hummingml.model``, ``hummingml.config`` and ``hummingml.audio``; nothing from ``extract``.
+May import ``hummingml.model``, ``hummingml.config``, ``hummingml.cluster`` and ``hummingml.audio``; nothing from
+``extract``.
 """

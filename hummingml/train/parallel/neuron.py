@@ -1,7 +1,8 @@
-"""Trainium path: swap the plain model's layers for neuronx-distributed (NxD) parallel layers, NxD ZeRO-1, Ray config.
+"""Trainium path: swap the plain model's layers for neuronx-distributed (NxD) parallel layers, NxD ZeRO-1.
 
-Importable without the Neuron SDK: ``neuronx_distributed``, ``torch_xla`` and ``ray`` are imported inside the
-functions that need them. The swap walks the same FQNs as ``hummingml.train.parallel.torch.tp_plan``:
+Importable without the Neuron SDK: ``neuronx_distributed`` and ``torch_xla`` are imported inside the functions that
+need them (Ray Train's placement for Trainium is ``hummingml.train.ray.neuron_train_config``). The swap walks
+the same FQNs as ``hummingml.train.parallel.torch.tp_plan``:
 
 ====================================  ===========================================  ============================
 module                                NxD layer                                    local weight on rank r
@@ -117,29 +118,26 @@ class NxDLayers:
             layer.bias.copy_(bias)
         return layer
 
-    def column(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
-        layer = self._column(
+    def _linear(
+        self, cls: Any, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool, **mode: bool
+    ) -> nn.Module:
+        """An NxD parallel linear layer ``cls`` shaped like ``linear``, holding this rank's ``weight``/``bias``."""
+        layer = cls(
             input_size=linear.in_features,
             output_size=linear.out_features,
             bias=bias is not None,
-            gather_output=False,
             dtype=weight.dtype,
             sequence_parallel_enabled=sp,
             sequence_dimension=1 if sp else None,
+            **mode,
         )
         return self._load(layer, weight, bias)
 
+    def column(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
+        return self._linear(self._column, linear, weight, bias, sp, gather_output=False)
+
     def row(self, name: str, linear: nn.Linear, weight: Tensor, bias: Tensor | None, sp: bool) -> nn.Module:
-        layer = self._row(
-            input_size=linear.in_features,
-            output_size=linear.out_features,
-            bias=bias is not None,
-            input_is_parallel=True,
-            dtype=weight.dtype,
-            sequence_parallel_enabled=sp,
-            sequence_dimension=1 if sp else None,
-        )
-        return self._load(layer, weight, bias)
+        return self._linear(self._row, linear, weight, bias, sp, input_is_parallel=True)
 
     def embedding(self, name: str, embedding: nn.Embedding, weight: Tensor) -> nn.Module:
         layer = self._embedding(
