@@ -1,7 +1,7 @@
 """PyTorch parallelism for a plain :class:`hummingml.model.lm.CodecLM`: TP -> AC -> compile -> FSDP2 (torchtitan order).
 
 The model has no parallel code; everything here is keyed by module FQN. On one host with gloo this runs on CPU
-(tests/test_parallelize.py); on GPUs use the nccl backend and ``ParallelDims.build_mesh("cuda")``.
+(tests/train/test_parallel_torch.py); on GPUs use the nccl backend and ``ParallelDims.build_mesh("cuda")``.
 
 Data parallelism: FSDP2 (``fsdp=True``) shards parameters, gradients and optimizer state and reduces gradients
 itself. Otherwise call :func:`sync_gradients` after backward when dp > 1; ``zero1=True`` then shards only the

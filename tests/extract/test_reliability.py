@@ -1,6 +1,6 @@
 """Reliability: hostile inputs each end as their stated outcome; injected faults lose and duplicate nothing.
 
-The killed-driver and killed-model-actor cases live in test_extract.py (they compare with that module's clean run).
+The killed-driver and killed-model-actor cases live in tests/extract/test_job.py (they compare with its clean run).
 docs/reliability.md lists every case with its outcome and the command that runs it.
 """
 
@@ -290,6 +290,6 @@ def test_error_rows_name_the_file_readably(hostile) -> None:
 def test_docs_list_every_hostile_kind_as_the_generator_states_it() -> None:
     from hummingml.testing.hostile import markdown_table
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text()
     stale = "docs/reliability.md is stale: paste the output of python -m hummingml.testing.hostile"
     assert markdown_table() in doc, stale

@@ -22,7 +22,7 @@ from hummingml.model.flops import count_parameters, flops_per_token, mfu, parame
 from hummingml.model.lm import IGNORE_INDEX, CodecLM, HummingLM, NARUpsampler, packed_length
 from hummingml.train.config import OptimConfig, Preset, b2, b10, debug, m385, valle_debug
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALPHABET = 32  # toy codes are drawn from [0, 32) so a 2-layer model can learn a mapping in ~100 steps
 
 
