@@ -6,8 +6,7 @@ import argparse
 import sys
 
 from hummingml.config import add_flags, from_flags
-from hummingml.eval.evaluate import add_eval_flags
-from hummingml.eval.generate import add_generate_flags
+from hummingml.eval.config import add_eval_flags, add_generate_flags, eval_config_from_args
 from hummingml.extract.config import ExtractConfig
 from hummingml.weights.cli import add_models_parser
 
@@ -56,9 +55,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from hummingml.eval.evaluate import config_from_args, run
+    from hummingml.eval.evaluate import run
 
-    cfg, models_given = config_from_args(args)
+    cfg, models_given = eval_config_from_args(args)
     run(cfg, models_given)
     return 0
 

@@ -21,16 +21,16 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml.eval.evaluate import EvalConfig, add_eval_flags, config_from_args
+from hummingml.eval.config import EvalConfig, add_eval_flags, eval_config_from_args
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
-    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.evaluate.config_from_args`."""
+    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.config.eval_config_from_args`."""
     parser = argparse.ArgumentParser(
         prog="ray_jobs.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_eval_flags(parser)
-    return config_from_args(parser.parse_args(argv))
+    return eval_config_from_args(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,3 +112,17 @@ def test_the_cycle_finder_finds_cycles(graph: dict[str, set[str]], expected: lis
 def test_ray_imports_are_seen_inside_functions() -> None:
     tree = ast.parse("def f():\n    import ray.data\n\ndef g():\n    from ray.train import report\n")
     assert {"ray.data", "ray.train", "ray.train.report"} <= set(imported_names(tree))
+
+
+def test_the_command_line_parser_imports_neither_torch_nor_ray() -> None:
+    """``hummingml --help`` and every job's flag parsing stay fast: configs are light modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hummingml.cli, ray_jobs.extract, ray_jobs.train, ray_jobs.evaluate;"
+        "hummingml.cli.build_parser();"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

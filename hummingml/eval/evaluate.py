@@ -20,17 +20,16 @@ driver.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from hummingml.eval.config import SPLITS, EvalConfig
 from hummingml.weights.config import ModelsConfig
 
 if TYPE_CHECKING:
@@ -39,11 +38,17 @@ if TYPE_CHECKING:
     from hummingml.train.config import TrainConfig
     from hummingml.train.data import DataConfig
 
+from hummingml.cluster import connect
+from hummingml.eval.generate import check_codec, extraction_record, recorded_models_config
 from hummingml.eval.metrics import SI_SDR_EPS, SI_SDR_MAX_DB, SI_SDR_MIN_DB, SILENT_POWER, si_sdr, summarize_db
 from hummingml.eval.part_audio import PartAudio, part_audio
 from hummingml.eval.plots import plot_results, row_label, row_summary
-
-SPLITS = ("train", "unseen", "all")
+from hummingml.model.batch import make_batch
+from hummingml.stages.codec import CodecTokens, decode
+from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
+from hummingml.train.data import examples_from_row
+from hummingml.train.ray import read_joined
+from hummingml.weights.load import load_dac
 
 REFERENCE = (
     "The feature sets hold DAC codes, not audio. full, ar_only and nar_only compare two DAC decodes at the codec's "
@@ -81,8 +86,6 @@ def load_examples(
     Reads with Ray Data (``hummingml.train.ray.read_joined``, sorted so the same rows come first in every run) on the
     connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation).
     """
-    from hummingml.train.data import examples_from_row
-    from hummingml.train.ray import read_joined
 
     out: list[dict[str, Any]] = []
     if max_examples <= 0:
@@ -103,7 +106,6 @@ def load_examples(
 
 def _decode_clips(codes: Any, lengths: Any, dac: Any) -> list[npt.NDArray[np.float32]]:
     """(B, N, T) codes -> B decoded clips, each cropped to its ``lengths[b]`` frames (decoded as B channels)."""
-    from hummingml.stages.codec import CodecTokens, decode
 
     hop = int(dac.hop_length)
     audio, _ = decode(CodecTokens(codes.cpu().numpy().astype(np.int16), float(dac.sample_rate) / hop), dac)
@@ -143,7 +145,6 @@ def evaluate_models(
     """
     import torch
 
-    from hummingml.model.batch import make_batch
 
     device = next(ar.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -210,65 +211,6 @@ def evaluate_models(
 # --- the job -------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """``python -m ray_jobs.evaluate`` / ``hummingml evaluate``: which checkpoints, on which examples, where to."""
-
-    checkpoint: str = ""  # checkpoint directory, or a run directory (its newest checkpoint)
-    compare: tuple[str, ...] = ()  # more checkpoints (or run directories) evaluated the same way
-    data_features: str = ""  # extraction output to take examples from; "" = each checkpoint's training features
-    split: tuple[str, ...] = ("all",)  # train (instruments not held out) | unseen (held out) | all; one or more
-    holdout_instruments: tuple[str, ...] = ()  # instruments of the unseen split; () = each checkpoint's own setting
-    max_examples: int = 64  # examples per (checkpoint, split), from rows in (source_id, segment_index) order
-    batch_size: int = 16  # examples per forward pass
-    top_k: int = 1  # free-running level 0: 1 = greedy, else top-k sampling
-    seed: int = 0  # sampling seed (top_k > 1)
-    codec_ceiling: bool = True  # re-read and re-separate the examples' source segments to score the codec's ceiling
-    out: str = "eval-results.json"  # the JSON: one row per (checkpoint, split)
-    plot: str = ""  # a PNG bar plot of the main metrics; "" = none
-    models: ModelsConfig = field(default_factory=ModelsConfig)  # the DAC for SI-SDR; unset flags follow the features
-
-    def __post_init__(self) -> None:
-        bad = [s for s in self.split if s not in SPLITS]
-        if bad or not self.split:
-            raise ValueError(f"split must be one or more of {SPLITS}, got {self.split}")
-
-    @property
-    def checkpoints(self) -> tuple[str, ...]:
-        """``checkpoint`` then ``compare``."""
-        return tuple(c for c in (self.checkpoint, *self.compare) if c)
-
-
-_LIST_FLAGS = ("compare", "split", "holdout_instruments")
-
-
-def add_eval_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`EvalConfig` field (``--models-*`` included); list flags take values space- or
-    comma-separated (``--compare C2 C3``, ``--split train unseen``)."""
-    from hummingml.config import add_flags
-
-    add_flags(parser, EvalConfig)
-    for action in parser._actions:
-        if action.dest in _LIST_FLAGS:
-            action.nargs = "+"
-            action.help = (action.help or "").replace("; comma-separated", "; space- or comma-separated")
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[EvalConfig, set[str]]:
-    """Flags -> ``(config, names of the ModelsConfig fields given as --models-* flags)``; see :func:`run`."""
-    from hummingml.config import from_flags
-
-    for name in _LIST_FLAGS:
-        value = getattr(args, name, None)
-        if isinstance(value, list):
-            setattr(args, name, ",".join(value))
-    cfg = from_flags(EvalConfig, args)
-    if not cfg.checkpoints:
-        raise SystemExit("evaluate: --checkpoint is required")
-    given = {f.name for f in dataclasses.fields(ModelsConfig) if getattr(args, f"models_{f.name}", None) is not None}
-    return cfg, given
-
-
 def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys.stdout) -> dict[str, Any]:
     """Evaluate every checkpoint on every split; write ``cfg.out`` (and ``cfg.plot``); returns the results.
 
@@ -282,10 +224,6 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
     Raises:
         hummingml.eval.generate.CodecMismatchError: the DAC does not fit a checkpoint or the features' recorded codec.
     """
-    from hummingml.cluster import connect
-    from hummingml.eval.generate import check_codec, extraction_record, recorded_models_config
-    from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
-    from hummingml.weights.load import load_dac
 
     connect()
     started = time.time()

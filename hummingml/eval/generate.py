@@ -20,13 +20,22 @@ import dataclasses
 import json
 import sys
 import warnings
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, resample, to_mono
+from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, decode, resample, to_mono
+from hummingml.config import from_flags
+from hummingml.eval.config import GenerateConfig
+from hummingml.model.batch import make_batch
+from hummingml.model.lm import packed_length
+from hummingml.stages import codec
+from hummingml.stages.codec import CodecConfig, CodecTokens, encode_batch, receptive_field_frames
+from hummingml.stages.pitch import PitchDetector
+from hummingml.stages.synth import render_sine
+from hummingml.train.checkpoint import load_checkpoint, load_train_config
 from hummingml.weights.config import ModelIdentity, ModelsConfig
+from hummingml.weights.load import load_dac
 
 if TYPE_CHECKING:
     import argparse
@@ -135,7 +144,6 @@ def window_frames(cfg: TrainConfig) -> int:
     Raises:
         ValueError: a window with a one-frame timbre prompt does not fit ``max_seq_len``.
     """
-    from hummingml.model.lm import packed_length
 
     frames = cfg.data.frames
     if packed_length(cfg.model.layout, 1, frames) > cfg.model.max_seq_len:
@@ -146,7 +154,6 @@ def window_frames(cfg: TrainConfig) -> int:
 def timbre_frames(cfg: TrainConfig, seconds: float) -> int:
     """Timbre prompt frames: ``seconds`` of audio, at most ``data.timbre_max_frames`` and at most what
     ``max_seq_len`` leaves beside one window (AR and NAR rows)."""
-    from hummingml.model.lm import packed_length
 
     if seconds <= 0:
         raise ValueError(f"timbre_seconds must be > 0, got {seconds}")
@@ -201,9 +208,6 @@ def generate(
     """
     import torch
 
-    from hummingml.model.batch import make_batch
-    from hummingml.stages.codec import CodecConfig, CodecTokens, decode, encode_batch, receptive_field_frames
-    from hummingml.stages.synth import render_sine
 
     check_codec(cfg.model, dac)
     for name, audio in (("hum_audio", hum_audio), ("timbre_audio", timbre_audio)):
@@ -240,7 +244,7 @@ def generate(
         for j, window in enumerate(chunk):
             s, n = (i + j) * W, window["sine"].shape[1]
             codes[:, s : s + n] = out[j, :, :n]
-    audio, sample_rate = decode(CodecTokens(codes[None], float(dac.sample_rate) / int(dac.hop_length)), dac)
+    audio, sample_rate = codec.decode(CodecTokens(codes[None], float(dac.sample_rate) / int(dac.hop_length)), dac)
     n_out = round(hum_audio.shape[1] * sample_rate / hum_sample_rate)
     audio = audio[:, :n_out]
     if audio.shape[1] < n_out:  # rounding: DAC returns whole frames, which can fall one sample short of n_out
@@ -251,35 +255,9 @@ def generate(
 # --- command line --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class GenerateConfig:
-    """``hummingml generate``: inputs, checkpoint, output and sampling."""
-
-    hum: str = ""  # audio file of the hum (any format hummingml.audio.decode reads)
-    timbre: str = ""  # audio file of the instrument to imitate; its first --timbre-seconds are the prompt
-    checkpoint: str = ""  # checkpoint directory, or a run directory (its newest checkpoint)
-    output: str = "generated.wav"  # WAV written at the codec's rate (44.1 kHz), 16-bit, as long as the hum
-    top_k: int = 1  # 1: greedy level 0; > 1: top-k sampling
-    temperature: float = 1.0  # sampling temperature (top_k > 1 only)
-    seed: int = 0  # sampling seed
-    timbre_seconds: float = 5.0  # timbre prompt length; capped by data.timbre_max_frames and max_seq_len
-    batch_size: int = 16  # generation windows per forward pass
-    models: ModelsConfig = field(default_factory=ModelsConfig)  # the DAC; unset flags follow the extraction record
-
-
-def add_generate_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags of :class:`GenerateConfig` (``--models-*`` included) plus ``-o`` for ``--output``."""
-    from hummingml.config import add_flags
-
-    add_flags(parser, GenerateConfig)
-    parser.add_argument("-o", dest="output", default=None, help="same as --output")
-
-
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     """Flags -> config. ``--models-*`` flags not given take the values of the extraction that made the checkpoint's
     training features (when its output is readable here; see :func:`recorded_models_config`), else the defaults."""
-    from hummingml.config import from_flags
-    from hummingml.train.checkpoint import load_train_config
 
     cfg = from_flags(GenerateConfig, args)
     if not (cfg.hum and cfg.timbre and cfg.checkpoint):
@@ -297,10 +275,6 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
     """
     import soundfile as sf
 
-    from hummingml.audio import decode
-    from hummingml.stages.pitch import PitchDetector
-    from hummingml.train.checkpoint import load_checkpoint
-    from hummingml.weights.load import load_dac
 
     train_cfg, ar, nar = load_checkpoint(cfg.checkpoint)
     dac, identity = load_dac(cfg.models)

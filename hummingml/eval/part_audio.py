@@ -13,6 +13,12 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, resample, to_mono
+from hummingml.config import from_dict
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.record import source_rows, unpack
+from hummingml.extract.sources import Source
+from hummingml.extract.steps import DecodeStep, SeparateStep
 from hummingml.weights.config import ModelsConfig
 
 # --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
@@ -59,12 +65,6 @@ def part_audio(
     codec's rate. A source that cannot be read, fails to decode, or whose bytes changed since the extraction
     (``content_sha256``) gives no audio, counted by reason.
     """
-    from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, resample, to_mono
-    from hummingml.config import from_dict
-    from hummingml.extract.config import ExtractConfig
-    from hummingml.extract.record import source_rows, unpack
-    from hummingml.extract.sources import Source
-    from hummingml.extract.steps import DecodeStep, SeparateStep
 
     out = PartAudio([None] * len(examples), {})
 

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from hummingml.cluster import connect
 from hummingml.extract.config import ExtractConfig
+from hummingml.extract.job import run
+from hummingml.testing.corpus import write_corpus
 from hummingml.weights.config import ModelsConfig, cache_dir
 from hummingml.weights.load import list_cached
 
@@ -21,9 +24,6 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
 
     Uses the official pretrained models when they are already on disk, otherwise the tiny random-weight models.
     """
-    from hummingml.cluster import connect
-    from hummingml.extract.job import run
-    from hummingml.testing.corpus import write_corpus
 
     root = Path(out)
     corpus = root / "corpus"

@@ -11,7 +11,10 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow.dataset as pads
 
+from hummingml.audio import FEATURE_SAMPLE_RATE
 from hummingml.extract.store import OutputStore
+from hummingml.stages.pitch import NoteEvent
+from hummingml.stages.synth import render_sine
 
 SETS = ("audio-feature", "sine-audio-feature", "errors")
 
@@ -58,9 +61,6 @@ def plot_report(out: str, png: str, n_examples: int = 2) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hummingml.audio import FEATURE_SAMPLE_RATE
-    from hummingml.stages.pitch import NoteEvent
-    from hummingml.stages.synth import render_sine
 
     store = OutputStore(out)
     sine = _table(store, "sine-audio-feature", ["source_uri", "segment_index", "segment_duration_s", "mono_codes",

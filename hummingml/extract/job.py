@@ -8,9 +8,13 @@ import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from hummingml.cluster import connect
 from hummingml.extract.config import ExtractConfig, run_metadata
+from hummingml.extract.ray import build_dataset, read_sql
 from hummingml.extract.sources import list_sources
 from hummingml.extract.store import OutputStore
+from hummingml.stages.codec import frame_rate
+from hummingml.weights.load import load_dac, prepare
 
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines in the driver log
 
@@ -59,8 +63,6 @@ def summarize(
 
 def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
     """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
-    from hummingml.stages.codec import frame_rate
-    from hummingml.weights.load import load_dac, prepare
 
     identities = [i.to_dict() for i in prepare(cfg.models)]
     return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
@@ -71,8 +73,6 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
 
     Connects to the Ray cluster from ``RAY_ADDRESS`` or starts a local one.
     """
-    from hummingml.cluster import connect
-    from hummingml.extract.ray import build_dataset, read_sql
 
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)

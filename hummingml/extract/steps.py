@@ -30,6 +30,10 @@ from hummingml.extract.record import Batch, fail_row, feature_tables, pack_batch
 from hummingml.extract.sources import SourceUnavailable, open_source, printable
 from hummingml.extract.store import OutputStore
 from hummingml.stages import augment
+from hummingml.stages.codec import Codec
+from hummingml.stages.pitch import PitchDetector, notes_to_midi
+from hummingml.stages.separate import Separator
+from hummingml.stages.synth import render_sine
 
 
 class DecodeStep:
@@ -152,7 +156,6 @@ class SeparateStep(_ModelStep):
     stage = "separate"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        from hummingml.stages.separate import Separator
 
         self._set_threads(threads)
         self.separator = Separator(cfg.separate_config(), model=model)
@@ -167,15 +170,12 @@ class PitchStep(_ModelStep):
     stage = "pitch"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        from hummingml.stages.pitch import PitchDetector
 
         self._set_threads(threads)
         self.cfg = cfg
         self.detector = PitchDetector(cfg.pitch, model=model)
 
     def process(self, row: dict[str, Any]) -> None:
-        from hummingml.stages.pitch import notes_to_midi
-        from hummingml.stages.synth import render_sine
 
         streams = {"mono": row["mono"]}
         streams.update({s: to_mono(row["stems"][s]) for s in self.cfg.melodic_stems})
@@ -194,7 +194,6 @@ class CodecStep(_ModelStep):
     stage = "codec"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        from hummingml.stages.codec import Codec
 
         self._set_threads(threads)
         self.cfg = cfg

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hummingml.config import from_dict
+from hummingml.model.lm import HummingLM, NARUpsampler
 from hummingml.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -133,7 +134,6 @@ def load_checkpoint(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from hummingml.model.lm import HummingLM, NARUpsampler
 
     directory = resolve_checkpoint(path)
     if cfg is None:

@@ -23,11 +23,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hummingml.model.batch import make_batch
 from hummingml.model.flops import count_parameters, flops_per_token, mfu
-from hummingml.model.lm import packed_length
+from hummingml.model.lm import HummingLM, NARUpsampler, packed_length
 from hummingml.train.checkpoint import Position, read_position, resolve_checkpoint, write_run_files
 from hummingml.train.config import TrainConfig
 from hummingml.train.data import examples_from_row
+from hummingml.train.optim import build_optimizer, lr_lambda
+from hummingml.train.parallel.neuron import neuron_config, neuron_model, neuron_optimizer
+from hummingml.train.parallel.torch import ParallelDims, autocast, clip_grad_norm_, parallelize_torch, sync_gradients
 
 KNOWN_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 
@@ -53,7 +57,6 @@ class Batches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Any:
         """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches of this rank."""
-        from hummingml.model.batch import make_batch
 
         cfg, model = self.cfg, self.cfg.model
         pending: list[dict[str, Any]] = []
@@ -78,9 +81,6 @@ class _Torch:
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
         import torch
 
-        from hummingml.model.lm import HummingLM, NARUpsampler
-        from hummingml.train.optim import build_optimizer, lr_lambda
-        from hummingml.train.parallel.torch import ParallelDims, parallelize_torch
 
         self.cfg = cfg
         self.device_type = "cuda" if cfg.use_gpu else "cpu"
@@ -99,13 +99,11 @@ class _Torch:
             )
 
     def autocast(self) -> Any:
-        from hummingml.train.parallel.torch import autocast
 
         return autocast(self.cfg.parallel, self.device_type)
 
     def after_backward(self, model: Any) -> None:
         """Average grads over dp (FSDP does it inside backward) and clip."""
-        from hummingml.train.parallel.torch import clip_grad_norm_, sync_gradients
 
         if not self.cfg.parallel.fsdp:
             sync_gradients(model, self.mesh["dp"])
@@ -156,9 +154,6 @@ class _Neuron:
         import torch_xla.core.xla_model as xm
         from neuronx_distributed.parallel_layers import parallel_state
 
-        from hummingml.model.lm import HummingLM, NARUpsampler
-        from hummingml.train.optim import lr_lambda
-        from hummingml.train.parallel.neuron import neuron_config, neuron_model, neuron_optimizer
 
         self.cfg, self.xm = cfg, xm
         self.device = xm.xla_device()

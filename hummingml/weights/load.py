@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from hummingml.audio import STEMS
 from hummingml.weights.config import (
     CACHE_ENV,
     DAC_BITRATE,
@@ -308,7 +309,6 @@ def save_demucs_package(model: Any, path: Path) -> None:
 def _write_random_demucs(cfg: ModelsConfig, repo: Path, name: str) -> None:
     from demucs.htdemucs import HTDemucs
 
-    from hummingml.audio import STEMS
 
     kwargs = TINY_DEMUCS_KWARGS if cfg.kind == "tiny" else FULL_DEMUCS_KWARGS
     with _seeded(cfg.seed):

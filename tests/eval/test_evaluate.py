@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hummingml.eval.evaluate import EvalConfig
+from hummingml.eval.config import EvalConfig
 from hummingml.eval.metrics import SI_SDR_MAX_DB, SI_SDR_MIN_DB, si_sdr, summarize_db
 from hummingml.testing.signals import chord, silence, sine
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from hummingml.model.config import ModelConfig
 from hummingml.model.lm import SDPA, CodecLM, HummingLM, TokenLoss, TransformerBlock
 from hummingml.train.config import OptimConfig, ParallelConfig
+from hummingml.train.optim import param_groups
 
 _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 _ROW = ("attention.wo", "feed_forward.w2")
@@ -301,7 +302,6 @@ def neuron_optimizer(model: nn.Module, optim: OptimConfig, nxd_config: dict[str,
     """
     import neuronx_distributed as nxd
 
-    from hummingml.train.optim import param_groups
 
     groups = param_groups(model, optim.weight_decay)
     return nxd.initialize_parallel_optimizer(
