@@ -48,7 +48,6 @@ class EvalConfig:
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`EvalConfig` field (``--models-*`` included); list flags take values space- or
     comma-separated (``--compare C2 C3``, ``--split train unseen``)."""
-
     add_flags(parser, EvalConfig)
     for action in parser._actions:
         if action.dest in LIST_FLAGS:
@@ -59,7 +58,6 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
 def eval_config_from_args(args: argparse.Namespace) -> tuple[EvalConfig, set[str]]:
     """Flags -> ``(config, names of the ModelsConfig fields given as --models-* flags)``; see
     :func:`hummingml.eval.evaluate.run`."""
-
     for name in LIST_FLAGS:
         value = getattr(args, name, None)
         if isinstance(value, list):
@@ -89,6 +87,5 @@ class GenerateConfig:
 
 def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of :class:`GenerateConfig` (``--models-*`` included) plus ``-o`` for ``--output``."""
-
     add_flags(parser, GenerateConfig)
     parser.add_argument("-o", dest="output", default=None, help="same as --output")

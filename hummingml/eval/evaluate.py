@@ -86,7 +86,6 @@ def load_examples(
     Reads with Ray Data (``hummingml.train.ray.read_joined``, sorted so the same rows come first in every run) on the
     connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation).
     """
-
     out: list[dict[str, Any]] = []
     if max_examples <= 0:
         return out
@@ -106,7 +105,6 @@ def load_examples(
 
 def _decode_clips(codes: Any, lengths: Any, dac: Any) -> list[npt.NDArray[np.float32]]:
     """(B, N, T) codes -> B decoded clips, each cropped to its ``lengths[b]`` frames (decoded as B channels)."""
-
     hop = int(dac.hop_length)
     audio, _ = decode(CodecTokens(codes.cpu().numpy().astype(np.int16), float(dac.sample_rate) / hop), dac)
     return [audio[b, : int(n) * hop] for b, n in enumerate(lengths.tolist())]
@@ -224,7 +222,6 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
     Raises:
         hummingml.eval.generate.CodecMismatchError: the DAC does not fit a checkpoint or the features' recorded codec.
     """
-
     connect()
     started = time.time()
     example_cache: dict[Any, list[dict[str, Any]]] = {}

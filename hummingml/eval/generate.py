@@ -144,7 +144,6 @@ def window_frames(cfg: TrainConfig) -> int:
     Raises:
         ValueError: a window with a one-frame timbre prompt does not fit ``max_seq_len``.
     """
-
     frames = cfg.data.frames
     if packed_length(cfg.model.layout, 1, frames) > cfg.model.max_seq_len:
         raise ValueError(f"data.frames {frames} does not fit max_seq_len {cfg.model.max_seq_len}")
@@ -154,7 +153,6 @@ def window_frames(cfg: TrainConfig) -> int:
 def timbre_frames(cfg: TrainConfig, seconds: float) -> int:
     """Timbre prompt frames: ``seconds`` of audio, at most ``data.timbre_max_frames`` and at most what
     ``max_seq_len`` leaves beside one window (AR and NAR rows)."""
-
     if seconds <= 0:
         raise ValueError(f"timbre_seconds must be > 0, got {seconds}")
     frames = window_frames(cfg)
@@ -258,7 +256,6 @@ def generate(
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     """Flags -> config. ``--models-*`` flags not given take the values of the extraction that made the checkpoint's
     training features (when its output is readable here; see :func:`recorded_models_config`), else the defaults."""
-
     cfg = from_flags(GenerateConfig, args)
     if not (cfg.hum and cfg.timbre and cfg.checkpoint):
         raise SystemExit("hummingml generate: --hum, --timbre and --checkpoint are required")

@@ -65,7 +65,6 @@ def part_audio(
     codec's rate. A source that cannot be read, fails to decode, or whose bytes changed since the extraction
     (``content_sha256``) gives no audio, counted by reason.
     """
-
     out = PartAudio([None] * len(examples), {})
 
     def missing(reason: str, n: int) -> None:

@@ -24,7 +24,6 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
 
     Uses the official pretrained models when they are already on disk, otherwise the tiny random-weight models.
     """
-
     root = Path(out)
     corpus = root / "corpus"
     write_corpus(corpus, n_songs=songs, seed=seed, seconds=seconds)

@@ -63,7 +63,6 @@ def summarize(
 
 def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
     """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
-
     identities = [i.to_dict() for i in prepare(cfg.models)]
     return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
 
@@ -73,7 +72,6 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
 
     Connects to the Ray cluster from ``RAY_ADDRESS`` or starts a local one.
     """
-
     start = time.monotonic()
     print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)
     store = OutputStore(cfg.output)

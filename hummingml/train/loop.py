@@ -57,7 +57,6 @@ class Batches:
 
     def epoch(self, epoch: int, skip: int = 0) -> Any:
         """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches of this rank."""
-
         cfg, model = self.cfg, self.cfg.model
         pending: list[dict[str, Any]] = []
         index = 0  # global batch counter of this epoch, across all dp ranks
@@ -104,7 +103,6 @@ class _Torch:
 
     def after_backward(self, model: Any) -> None:
         """Average grads over dp (FSDP does it inside backward) and clip."""
-
         if not self.cfg.parallel.fsdp:
             sync_gradients(model, self.mesh["dp"])
         if self.cfg.optim.grad_clip:
