@@ -24,7 +24,9 @@ from benchmarks.common import machine
 
 CHILD = """
 import resource, sys, time
-from hummingml.extract.steps import DecodeStep, ExtractConfig, source_rows
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.record import source_rows
+from hummingml.extract.steps import DecodeStep
 from hummingml.extract.sources import Source
 t = time.perf_counter()
 n = sum(1 for _ in DecodeStep(ExtractConfig(segment_s=30.0)).batches(source_rows([Source(sys.argv[1], "x")])))
