@@ -156,7 +156,6 @@ class SeparateStep(_ModelStep):
     stage = "separate"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-
         self._set_threads(threads)
         self.separator = Separator(cfg.separate_config(), model=model)
 
@@ -170,13 +169,11 @@ class PitchStep(_ModelStep):
     stage = "pitch"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-
         self._set_threads(threads)
         self.cfg = cfg
         self.detector = PitchDetector(cfg.pitch, model=model)
 
     def process(self, row: dict[str, Any]) -> None:
-
         streams = {"mono": row["mono"]}
         streams.update({s: to_mono(row["stems"][s]) for s in self.cfg.melodic_stems})
         row["melody"] = []
@@ -194,7 +191,6 @@ class CodecStep(_ModelStep):
     stage = "codec"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-
         self._set_threads(threads)
         self.cfg = cfg
         self.codec = Codec(cfg.codec_config(), model=model)

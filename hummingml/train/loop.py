@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from hummingml.model.batch import make_batch
 from hummingml.model.flops import count_parameters, flops_per_token, mfu
@@ -39,7 +43,6 @@ KNOWN_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dens
 def _peak_flops(cfg: TrainConfig) -> float:
     if cfg.peak_flops:
         return cfg.peak_flops
-    import torch
 
     if cfg.use_gpu and torch.cuda.is_available():
         name = torch.cuda.get_device_name()
@@ -78,9 +81,6 @@ class _Torch:
     """PyTorch on CPU (gloo) or GPU (NCCL): DTensor TP + FSDP2 / ZeRO-1 on a (dp, tp) mesh, DCP checkpoints."""
 
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
-        import torch
-
-
         self.cfg = cfg
         self.device_type = "cuda" if cfg.use_gpu else "cpu"
         self.device = torch.device(self.device_type, ctx.local_rank) if cfg.use_gpu else torch.device("cpu")
@@ -98,7 +98,6 @@ class _Torch:
             )
 
     def autocast(self) -> Any:
-
         return autocast(self.cfg.parallel, self.device_type)
 
     def after_backward(self, model: Any) -> None:
@@ -112,8 +111,6 @@ class _Torch:
         """Nothing to flush on eager devices."""
 
     def _state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
         out = {}
         for key, m in self.models.items():
             model_sd, optim_sd = get_state_dict(m, self.optimizers[key])
@@ -122,15 +119,10 @@ class _Torch:
 
     def save(self, directory: str) -> None:
         """Every rank writes its shards of the models, optimizers and schedulers (torch.distributed.checkpoint)."""
-        import torch.distributed.checkpoint as dcp
-
         dcp.save(self._state(), checkpoint_id=directory)
 
     def load(self, directory: str) -> None:
         """Inverse of :meth:`save`, resharding to this run's layout."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-
         state = self._state()
         dcp.load(state, checkpoint_id=directory)
         for key, m in self.models.items():
@@ -148,10 +140,8 @@ class _Neuron:
     """
 
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
-        import torch
         import torch_xla.core.xla_model as xm
         from neuronx_distributed.parallel_layers import parallel_state
-
 
         self.cfg, self.xm = cfg, xm
         self.device = xm.xla_device()
@@ -168,8 +158,6 @@ class _Neuron:
         }
 
     def autocast(self) -> Any:
-        import contextlib
-
         return contextlib.nullcontext()
 
     def after_backward(self, model: Any) -> None:
@@ -273,8 +261,6 @@ def train_step(backend: _Torch | _Neuron, batch: dict[str, Any], step: int) -> d
     The NAR level of each example is drawn from a generator seeded by ``step``, so a resumed run draws what a
     continuous one would.
     """
-    import torch
-
     cfg = backend.cfg
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     level = torch.randint(1, cfg.model.n_codebooks, (batch["target"].shape[0],), generator=generator)
@@ -302,9 +288,6 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
     Raises:
         RuntimeError: ``data`` yields no training example, or ``cfg.fail_at_step`` injected a failure.
     """
-    import torch
-    import torch.distributed as dist
-
     ctx = ctx or WorkerContext()
     rank = ctx.world_rank
     backend = make_backend(cfg, ctx)
