@@ -12,6 +12,28 @@ PACKAGES = ("hummingml", "schemas", "ray_jobs")
 # The only modules that import Ray: the Ray Data and Ray Train adapters, and the one ray.init. ray_jobs are entry
 # points that call into them.
 RAY_ADAPTERS = {"hummingml.extract.ray", "hummingml.train.ray", "hummingml.cluster"}
+# Which other parts each part may import (docs/architecture.md, "Import rules"; the packages' __init__ docstrings).
+# The package root ``hummingml`` (its version only) may be imported by any part.
+ANY = "*"
+ALLOWED: dict[str, set[str] | str] = {
+    "hummingml.audio": set(),
+    "hummingml.config": set(),
+    "hummingml.cluster": set(),
+    "schemas": set(),
+    "hummingml.model": set(),
+    "hummingml.weights": {"hummingml.audio", "hummingml.config"},
+    "hummingml.stages": {"hummingml.audio", "hummingml.weights"},
+    "hummingml.testing": {"hummingml.audio", "hummingml.stages"},
+    "hummingml.extract": {
+        "hummingml.audio", "hummingml.config", "hummingml.cluster", "hummingml.stages", "hummingml.weights",
+        "hummingml.testing", "schemas",
+    },
+    "hummingml.train": {"hummingml.model", "hummingml.config", "hummingml.cluster", "hummingml.audio"},
+    "hummingml.eval": ANY,
+    "hummingml.doctor": {"hummingml.stages"},
+    "hummingml.cli": ANY,
+    "ray_jobs": ANY,
+}
 
 
 def module_name(path: Path) -> str:
@@ -83,6 +105,27 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles_between_modules() -> None:
     cycle = find_cycle(project_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def part_of(module: str) -> str:
+    """The part of the layout a module belongs to (a key of ALLOWED), or the module itself."""
+    return next((p for p in ALLOWED if module == p or module.startswith(p + ".")), module)
+
+
+def test_each_part_imports_only_the_parts_it_may() -> None:
+    wrong = set()
+    for module, imported in project_graph().items():
+        allowed = ALLOWED.get(part_of(module), set())
+        for target in imported:
+            if target == "hummingml" or part_of(target) == part_of(module) or allowed == ANY:
+                continue
+            if part_of(target) not in allowed:
+                wrong.add(f"{module} -> {target}")
+    assert not wrong, "imports the layout does not allow: " + ", ".join(sorted(wrong))
+
+
+def test_every_module_belongs_to_a_part() -> None:
+    assert {name for name in modules() if part_of(name) == name and name not in ALLOWED} == {"hummingml"}
 
 
 def test_ray_is_imported_only_by_the_adapters() -> None:

@@ -4,5 +4,5 @@
 - ``batch``: the batch contract built from per-example code arrays; ``flops``: parameter and FLOP accounting.
 
 No parallelism and no Ray inside: ``hummingml.train.parallel`` applies TP/FSDP or swaps in Neuron layers by module
-name. May import torch and numpy only (and ``hummingml.config``-free dataclasses of its own).
+name. Imports nothing else of ``hummingml``: torch and numpy only.
 """
