@@ -10,6 +10,11 @@ from __future__ import annotations
 import ray
 
 
+def is_connected() -> bool:
+    """Whether this process is already connected to Ray."""
+    return ray.is_initialized()
+
+
 def connect(dashboard: bool = False) -> str | None:
     """Connect to Ray unless connected; returns the dashboard URL when this call started a local one, else None.
 

@@ -29,16 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 import numpy as np
 import numpy.typing as npt
 
-from hummingml.eval.config import SPLITS, EvalConfig
-from hummingml.weights.config import ModelsConfig
-
-if TYPE_CHECKING:
-    from hummingml.model.config import ModelConfig
-    from hummingml.model.lm import HummingLM, NARUpsampler
-    from hummingml.train.config import TrainConfig
-    from hummingml.train.data import DataConfig
-
 from hummingml.cluster import connect
+from hummingml.eval.config import SPLITS, EvalConfig
 from hummingml.eval.generate import check_codec, extraction_record, recorded_models_config
 from hummingml.eval.metrics import SI_SDR_EPS, SI_SDR_MAX_DB, SI_SDR_MIN_DB, SILENT_POWER, si_sdr, summarize_db
 from hummingml.eval.part_audio import PartAudio, part_audio
@@ -48,7 +40,15 @@ from hummingml.stages.codec import CodecTokens, decode
 from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
 from hummingml.train.data import examples_from_row
 from hummingml.train.ray import read_joined
+from hummingml.weights.config import ModelsConfig
 from hummingml.weights.load import load_dac
+
+if TYPE_CHECKING:
+    from hummingml.model.config import ModelConfig
+    from hummingml.model.lm import HummingLM, NARUpsampler
+    from hummingml.train.config import TrainConfig
+    from hummingml.train.data import DataConfig
+
 
 REFERENCE = (
     "The feature sets hold DAC codes, not audio. full, ar_only and nar_only compare two DAC decodes at the codec's "
@@ -142,7 +142,6 @@ def evaluate_models(
         "n_skipped_silent"}}``; metric values are None without examples.
     """
     import torch
-
 
     device = next(ar.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)

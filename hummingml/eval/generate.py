@@ -34,6 +34,7 @@ from hummingml.stages.codec import CodecConfig, CodecTokens, encode_batch, recep
 from hummingml.stages.pitch import PitchDetector
 from hummingml.stages.synth import render_sine
 from hummingml.train.checkpoint import load_checkpoint, load_train_config
+from hummingml.train.data import feature_set
 from hummingml.weights.config import ModelIdentity, ModelsConfig
 from hummingml.weights.load import load_dac
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
     from hummingml.model.config import ModelConfig
     from hummingml.model.lm import HummingLM, NARUpsampler
-    from hummingml.stages.pitch import PitchDetector
     from hummingml.train.config import TrainConfig
 
 DAC_LIBRARY = "descript-audio-codec"  # ModelIdentity.library of the codec in an extraction's metadata
@@ -65,7 +65,7 @@ def extraction_record(features: str) -> dict[str, Any] | None:
             fs, root = pafs.FileSystem.from_uri(features)
         else:
             fs, root = pafs.LocalFileSystem(), features.removeprefix("file://")
-        infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/audio-feature", allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(feature_set(root, "audio-feature"), allow_not_found=True))
         files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
         if not files:
             return None
@@ -206,7 +206,6 @@ def generate(
     """
     import torch
 
-
     check_codec(cfg.model, dac)
     for name, audio in (("hum_audio", hum_audio), ("timbre_audio", timbre_audio)):
         if audio.ndim != 2 or audio.shape[1] < 1:
@@ -271,7 +270,6 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
         CodecMismatchError: the DAC ``cfg.models`` loads is not the training features' codec.
     """
     import soundfile as sf
-
 
     train_cfg, ar, nar = load_checkpoint(cfg.checkpoint)
     dac, identity = load_dac(cfg.models)

@@ -19,6 +19,7 @@ from hummingml.extract.config import ExtractConfig
 from hummingml.extract.record import source_rows, unpack
 from hummingml.extract.sources import Source
 from hummingml.extract.steps import DecodeStep, SeparateStep
+from hummingml.train.data import feature_set
 from hummingml.weights.config import ModelsConfig
 
 # --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def _provenance(features: str, source_ids: set[str]) -> dict[tuple[str, int], di
     import pyarrow.fs as pafs
 
     fs, root = pafs.FileSystem.from_uri(features if "://" in features else os.path.abspath(features))
-    dataset = pads.dataset(f"{root.rstrip('/')}/audio-feature", filesystem=fs, format="parquet")
+    dataset = pads.dataset(feature_set(root, "audio-feature"), filesystem=fs, format="parquet")
     table = dataset.to_table(
         columns=["source_id", "segment_index", "source_uri", "content_sha256", "n_segments"],
         filter=pc.field("source_id").isin(sorted(source_ids)),

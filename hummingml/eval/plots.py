@@ -8,11 +8,13 @@ import numpy as np
 
 
 def row_label(row: dict[str, Any]) -> str:
+    """``run@step [split]`` of one results row."""
     step = f"@{row['step']}" if row.get("step", -1) >= 0 else ""
     return f"{row['run_name']}{step} [{row['split']}]"
 
 
 def row_summary(row: dict[str, Any]) -> str:
+    """One line of a results row's main metrics (or why it has no examples)."""
     if not row["n_examples"]:
         unseen_undefined = row["split"] == "unseen" and not row["holdout_instruments"]
         return "no examples" + (" (no holdout instruments: set --holdout-instruments)" if unseen_undefined else "")

@@ -7,9 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from hummingml.audio import (
-    MELODIC_STEMS,
-)
+from hummingml.audio import MELODIC_STEMS
 from hummingml.extract.sources import AUDIO_EXTENSIONS
 from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig

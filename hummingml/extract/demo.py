@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from hummingml.cluster import connect
+from hummingml.cluster import connect, is_connected
 from hummingml.extract.config import ExtractConfig
 from hummingml.extract.job import run
 from hummingml.testing.corpus import write_corpus
@@ -44,8 +44,11 @@ def run_demo(out: str, songs: int = 3, seconds: float = 8.0, seed: int = 0, log:
     print(BANNER, file=log, flush=True)
 
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "10")
-    dashboard = connect(dashboard=True)
-    print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] no new Ray dashboard", file=log)
+    if is_connected():
+        print("[demo] using the Ray instance this process is already connected to", file=log)
+    else:
+        dashboard = connect(dashboard=True)
+        print(f"[demo] Ray dashboard: http://{dashboard}" if dashboard else "[demo] no Ray dashboard", file=log)
     cfg = ExtractConfig(
         input=str(corpus / "mix"), output=str(root / "features"), segment_s=4.0,
         models=dataclasses.replace(ModelsConfig(), kind=kind),

@@ -61,7 +61,6 @@ def plot_report(out: str, png: str, n_examples: int = 2) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     store = OutputStore(out)
     sine = _table(store, "sine-audio-feature", ["source_uri", "segment_index", "segment_duration_s", "mono_codes",
                                                 "melody"])

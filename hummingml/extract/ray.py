@@ -1,7 +1,7 @@
 """The Ray Data adapter of the extraction: the steps as ``map_batches`` operators with actor pools sized from the
 cluster, Ray's SQL reader for database inputs, and the commit metrics as Ray metrics.
 
-The only module of ``hummingml.extract`` that imports Ray.
+The only module of ``hummingml.extract`` that imports ``ray`` directly.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ SqlReader = Callable[[str, Callable[[], Any]], list[dict[str, Any]]]  # (query, 
 
 
 def _read_sql_here(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
-    """The rows of ``query`` as dicts, read in this process."""
+    """The rows of ``query`` as dicts, read in this process (``connect`` opens a sqlite3 connection)."""
     with contextlib.closing(connect()) as connection:
         cursor = connection.execute(query)
         names = [d[0] for d in cursor.description]
@@ -100,7 +100,6 @@ def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReade
     (``hummingml.extract.ray.read_sql``); None reads in this process.
     """
     import sqlite3
-
 
     if not url.startswith("sqlite:///"):
         raise ValueError(f"only sqlite:///PATH databases are built in, got {url!r}; use a manifest for others")

@@ -5,7 +5,7 @@
 - ``parallel.torch`` / ``parallel.neuron``: PyTorch DTensor TP + FSDP2 / ZeRO-1, and neuronx-distributed;
 - ``checkpoint``: writes and reads training checkpoints (the file names are defined there once);
 - ``loop``: the training loop, with no Ray in it; ``ray``: the Ray Train adapter (the only module here that imports
-  Ray).
+  ``ray`` directly).
 
 May import ``hummingml.model``, ``hummingml.config``, ``hummingml.cluster`` and ``hummingml.audio``; nothing from
 ``extract``.

@@ -17,16 +17,15 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from hummingml.config import from_dict
 from hummingml.model.lm import HummingLM, NARUpsampler
 from hummingml.train.config import TrainConfig
-
-if TYPE_CHECKING:
-    from hummingml.model.lm import HummingLM, NARUpsampler
 
 CONFIG_FILE = "train_config.json"  # the run's TrainConfig, from which the models are rebuilt
 POSITION_FILE = "position.npy"  # int64 [step, epoch, batch_in_epoch]
@@ -130,11 +129,6 @@ def load_checkpoint(
         ValueError: the checkpoint's tensors do not fit models built from the config (a missing key or a size
             mismatch, named in the message).
     """
-    import torch
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-
-
     directory = resolve_checkpoint(path)
     if cfg is None:
         cfg = load_train_config(directory)

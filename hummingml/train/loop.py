@@ -55,10 +55,10 @@ def _peak_flops(cfg: TrainConfig) -> float:
 class Batches:
     """Fixed-shape batches for one dp rank, resumable at (epoch, batch index)."""
 
-    def __init__(self, dataset: Any, cfg: TrainConfig, dp_rank: int) -> None:
+    def __init__(self, dataset: Rows, cfg: TrainConfig, dp_rank: int) -> None:
         self.dataset, self.cfg, self.dp_rank = dataset, cfg, dp_rank
 
-    def epoch(self, epoch: int, skip: int = 0) -> Any:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches of this rank."""
         cfg, model = self.cfg, self.cfg.model
         pending: list[dict[str, Any]] = []
@@ -77,7 +77,7 @@ class Batches:
                     )
 
 
-class _Torch:
+class TorchBackend:
     """PyTorch on CPU (gloo) or GPU (NCCL): DTensor TP + FSDP2 / ZeRO-1 on a (dp, tp) mesh, DCP checkpoints."""
 
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None:
@@ -97,7 +97,8 @@ class _Torch:
                 self.optimizers[key], lr_lambda(cfg.optim, cfg.steps)
             )
 
-    def autocast(self) -> Any:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's autocast context (bf16 when ``mixed_precision`` asks for it)."""
         return autocast(self.cfg.parallel, self.device_type)
 
     def after_backward(self, model: Any) -> None:
@@ -132,7 +133,7 @@ class _Torch:
             self.schedulers[key].load_state_dict(state[key]["sched"])
 
 
-class _Neuron:
+class NeuronBackend:
     """Trainium: neuronx-distributed's parallel layers and ZeRO-1 optimizer on the XLA device, NxD checkpoints.
 
     NxD writes one checkpoint directory from every rank, so it must be on a filesystem all nodes share (FSx for
@@ -157,7 +158,8 @@ class _Neuron:
             k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.optim, cfg.steps)) for k, o in self.optimizers.items()
         }
 
-    def autocast(self) -> Any:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """No autocast: the models are already in the run's dtype."""
         return contextlib.nullcontext()
 
     def after_backward(self, model: Any) -> None:
@@ -231,9 +233,10 @@ class DirectoryReporter:
     def latest_checkpoint(self) -> Iterator[str | None]:
         """The newest checkpoint under the root, or None."""
         try:
-            yield str(resolve_checkpoint(self.root))
+            newest: str | None = str(resolve_checkpoint(self.root))
         except FileNotFoundError:
-            yield None
+            newest = None
+        yield newest
 
     @contextlib.contextmanager
     def checkpoint_dir(self, step: int) -> Iterator[str]:
@@ -249,12 +252,12 @@ class DirectoryReporter:
         self.history.append(metrics)
 
 
-def make_backend(cfg: TrainConfig, ctx: WorkerContext) -> _Torch | _Neuron:
+def make_backend(cfg: TrainConfig, ctx: WorkerContext) -> TorchBackend | NeuronBackend:
     """The models, optimizers and schedulers of this worker, parallelised for ``cfg.parallel.backend``."""
-    return _Neuron(cfg, ctx) if cfg.parallel.backend == "neuron" else _Torch(cfg, ctx)
+    return NeuronBackend(cfg, ctx) if cfg.parallel.backend == "neuron" else TorchBackend(cfg, ctx)
 
 
-def train_step(backend: _Torch | _Neuron, batch: dict[str, Any], step: int) -> dict[str, dict[str, Any]]:
+def train_step(backend: TorchBackend | NeuronBackend, batch: dict[str, Any], step: int) -> dict[str, dict[str, Any]]:
     """One optimizer step of the AR model and of the NAR upsampler on ``batch`` (on the backend's device); returns
     each model's metrics.
 

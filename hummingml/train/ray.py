@@ -2,11 +2,10 @@
 
 :func:`fit` starts a ``TorchTrainer`` whose workers each run :func:`hummingml.train.loop.loop` with their Dataset
 shard and a :class:`RayReporter` (reports and checkpoints go to Ray Train, which restarts failed workers from the
-last one and resumes a rerun with the same ``name`` and ``storage``). Every worker reads the whole joined dataset in
-the same order and takes every dp-th batch, starting at its dp rank, so the tp ranks of one dp group see the same
-batch (a streaming split per worker would give them different ones).
+last one and resumes a rerun with the same ``name`` and ``storage``). Every worker gets the whole joined dataset
+(``datasets_to_split=[]``); the loop takes its dp rank's share.
 
-The only module of ``hummingml.train`` that imports Ray.
+The only module of ``hummingml.train`` that imports ``ray`` directly.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from hummingml.config import add_flags, from_flags
-from hummingml.weights.config import ModelError, ModelIdentity, ModelsConfig, cache_dir
+from hummingml.weights.config import KINDS, ModelError, ModelIdentity, ModelsConfig, cache_dir
 from hummingml.weights.load import list_cached, prepare
 
 
@@ -75,6 +75,7 @@ def add_models_parser(sub: Any) -> None:
         "prepare", help="create (tiny, random-full) or fetch (pretrained) the DAC and Demucs weights into the cache"
     )
     add_flags(p, ModelsConfig)
+    next(a for a in p._actions if a.dest == "kind").choices = KINDS
     p.add_argument("--json", action="store_true", help="print the identities as JSON instead of a table")
     p.set_defaults(func=_prepare_command)
 

@@ -60,7 +60,7 @@ class ModelsConfig:
     )
     seed: int = field(default=0, metadata={"help": "tiny / random-full: seed of the random initialisation"})
     connect_timeout_s: float = field(
-        default=3.0, metadata={"help": "pretrained: seconds to wait for a download host before failing (default 3)"}
+        default=3.0, metadata={"help": "pretrained: seconds to wait for a download host before failing"}
     )
 
     def __post_init__(self) -> None:

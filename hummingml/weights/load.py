@@ -1,6 +1,6 @@
-"""Model weights for the neural stages (DAC codec, Demucs separation): which weights, where they live, what loaded.
+"""Creating, fetching, checking and loading the DAC and Demucs weights of each kind.
 
-Three kinds of weights, chosen by :attr:`ModelsConfig.kind`:
+Three kinds of weights, chosen by ``ModelsConfig.kind`` (:mod:`hummingml.weights.config`):
 
 - ``tiny``: small, seeded, randomly initialised DAC and 6-source HTDemucs. Fast; for tests and pipeline smoke runs.
 - ``random-full``: the real architectures at full size (DAC 44 kHz, htdemucs-sized HTDemucs) with seeded random
@@ -10,7 +10,7 @@ Three kinds of weights, chosen by :attr:`ModelsConfig.kind`:
   hub files that ``demucs.pretrained.get_model`` reads).
 
 Every kind is written to disk and loaded through the libraries' own loaders: ``dac.utils.load_model(load_path=...)``
-and ``demucs.pretrained.get_model(name, repo=...)``. Cache layout under :func:`cache_dir`::
+and ``demucs.pretrained.get_model(name, repo=...)``. Cache layout under ``cache_dir(cfg)``::
 
     tiny/seed<S>/dac_tiny.pth                          DAC weights file ({"state_dict", "metadata"})
     tiny/seed<S>/demucs/htdemucs_tiny.th               Demucs package ({"klass", "args", "kwargs", "state"})
@@ -19,7 +19,7 @@ and ``demucs.pretrained.get_model(name, repo=...)``. Cache layout under :func:`c
     pretrained/dac/weights_44khz_8kbps_0.0.1.pth       copy of the official file
     pretrained/demucs/htdemucs_6s.yaml, <sig>.th       a Demucs model repo (``--repo`` layout)
 
-Every loaded model comes with a :class:`ModelIdentity` (sha256 of its file, library version, random or not).
+Every loaded model comes with a ``ModelIdentity`` (sha256 of its file, library version, random or not).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 from hummingml.audio import STEMS
@@ -53,8 +53,6 @@ from hummingml.weights.config import (
     ModelUnavailableError,
     cache_dir,
 )
-
-ModelKind = Literal["tiny", "random-full", "pretrained"]
 
 DAC_HOST = ("github.com", 443)  # dac.utils.download fetches GitHub release assets
 HF_HOST = ("huggingface.co", 443)  # demucs.pretrained.get_model reads the Hugging Face hub
@@ -308,7 +306,6 @@ def save_demucs_package(model: Any, path: Path) -> None:
 
 def _write_random_demucs(cfg: ModelsConfig, repo: Path, name: str) -> None:
     from demucs.htdemucs import HTDemucs
-
 
     kwargs = TINY_DEMUCS_KWARGS if cfg.kind == "tiny" else FULL_DEMUCS_KWARGS
     with _seeded(cfg.seed):

@@ -302,7 +302,6 @@ def neuron_optimizer(model: nn.Module, optim: OptimConfig, nxd_config: dict[str,
     """
     import neuronx_distributed as nxd
 
-
     groups = param_groups(model, optim.weight_decay)
     return nxd.initialize_parallel_optimizer(
         nxd_config, torch.optim.AdamW, groups, lr=optim.lr, betas=optim.betas, eps=optim.eps

@@ -186,7 +186,8 @@ def parallelize_torch(model: CodecLM, mesh: DeviceMesh, cfg: ParallelConfig) -> 
     (then ``to_empty`` + ``init_weights`` after). Returns ``model``.
     """
     if cfg.backend != "torch":
-        raise ValueError(f"parallelize_torch got backend={cfg.backend!r}; use train.parallel.neuron for Neuron")
+        raise ValueError(f"parallelize_torch got backend={cfg.backend!r}; "
+                         "use hummingml.train.parallel.neuron for Neuron")
     if mesh["tp"].size() != cfg.tp or mesh["dp"].size() != cfg.dp:
         raise ValueError(f"mesh {tuple(mesh.shape)} does not match dp={cfg.dp}, tp={cfg.tp}")
     if cfg.tp > 1:
