@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
 import re
 import types
 import typing
@@ -112,11 +111,6 @@ def from_flags(cls: type[T], args: argparse.Namespace, prefix: str = "", base: T
             given = tuple(s.strip() for s in str(given).split(",") if s.strip())
         values[f.name] = given
     return cls(**values)
-
-
-def to_json(cfg: Any) -> str:
-    """The config as indented JSON (printed at job start and stored in output metadata)."""
-    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True, default=str)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

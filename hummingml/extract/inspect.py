@@ -16,8 +16,6 @@ from hummingml.extract.store import OutputStore
 from hummingml.stages.pitch import NoteEvent
 from hummingml.stages.synth import render_sine
 
-SETS = ("audio-feature", "sine-audio-feature", "errors")
-
 
 def _table(store: OutputStore, name: str, columns: list[str] | None = None) -> Any:
     path = store.dataset_path(name)

@@ -15,6 +15,7 @@ from hummingml.extract.sources import list_sources
 from hummingml.extract.store import OutputStore
 from hummingml.stages.codec import frame_rate
 from hummingml.weights.load import load_dac, prepare
+from schemas.features import SCHEMAS
 
 PROGRESS_EVERY_S = 10.0  # seconds between progress lines in the driver log
 
@@ -57,7 +58,7 @@ def summarize(
         "random_weights": metadata["random_weights"],
         "versions": metadata["versions"],
         "config": metadata["config"],
-        "outputs": {name: store.dataset_path(name) for name in ("audio-feature", "sine-audio-feature", "errors")},
+        "outputs": {name: store.dataset_path(name) for name in SCHEMAS},
     }
 
 

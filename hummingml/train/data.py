@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
-
-I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,7 @@ def test_killed_driver_then_rerun_equals_a_clean_run(clean_run, corpus, tmp_path
     assert list((out / "_commits").glob("*.json")), "the run committed something before it was killed"
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     clean_out = clean_run[0]
-    for name in ("audio-feature", "sine-audio-feature", "errors"):
+    for name in SCHEMAS:
         assert sorted(keys(out, name)) == sorted(keys(clean_out, name)), name
 
 
@@ -210,5 +210,5 @@ def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, cor
     assert killed is not None, "found a codec actor to kill while the job ran"
     assert proc.wait(timeout=600) == 0
     clean_out = clean_run[0]
-    for name in ("audio-feature", "sine-audio-feature", "errors"):
+    for name in SCHEMAS:
         assert sorted(keys(out, name)) == sorted(keys(clean_out, name)), name

@@ -26,12 +26,13 @@ from hummingml.testing.corpus import write_corpus
 from hummingml.testing.hostile import write_hostile_corpus
 from hummingml.testing.signals import output_keys
 from hummingml.weights.config import ModelsConfig
+from schemas.features import SCHEMAS
 from tests.ray_internals import TRAIN_WORKER, checkpoint_registered, processes
 
 pytestmark = pytest.mark.slow
 
 SEGMENT_S = 2.0
-SETS = ("audio-feature", "sine-audio-feature", "errors")
+SETS = tuple(SCHEMAS)  # the output sets
 
 
 def config(inputs: Path | str, out: Path, models: Path, **kw) -> ExtractConfig:
