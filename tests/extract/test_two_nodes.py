@@ -130,7 +130,12 @@ def test_second_node_dies_mid_run(tmp_path) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and len(list((out / "_commits").glob("*.json"))) < 2:
             time.sleep(0.2)
-        on_second = actors_under_raylets(worker.pid)
+        # the count is a snapshot of process titles: an actor being created or restarted is not counted yet
+        on_second = 0
+        while time.monotonic() < deadline and job.poll() is None:
+            if (on_second := actors_under_raylets(worker.pid)) > 0:
+                break
+            time.sleep(0.2)
         assert job.poll() is None, "the job was still running when the node was killed"
         assert on_second > 0, "pipeline actors ran on the second node when it was killed"
         os.killpg(worker.pid, signal.SIGKILL)  # the second node and every worker on it die at once
