@@ -249,7 +249,13 @@ class CommitMetrics:
 
 
 class CommitStep:
-    """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key."""
+    """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key.
+
+    A row whose key and outcome the output already holds is dropped, not written again: Ray Data runs a commit
+    again when the process that ran it dies (its result is lost with the node), and the rows of that commit may
+    already be in the output. The step reads the committed keys when it starts (also after a restart) and adds
+    each batch's.
+    """
 
     def __init__(
         self,
@@ -262,15 +268,20 @@ class CommitStep:
         self.metadata = run_metadata
         self.frame_rate = frame_rate
         self.metrics = metrics()  # made here: an executor's metric objects live in the process that commits
+        self.committed = self.store.committed_keys()
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = unpack_batch(batch)
+        def key(r: dict[str, Any]) -> tuple[str, int, bool]:
+            return r["source_id"], int(r["segment_index"]), not r.get("error")
+
+        rows = [r for r in unpack_batch(batch) if r.get("deferred") or key(r) not in self.committed]
         done = [r for r in rows if not r.get("deferred")]
         keys = [
             (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in done
         ]
         if done:
             self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata)
+            self.committed.update(key(r) for r in done)
         failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
         summary = {
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),

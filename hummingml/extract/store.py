@@ -133,6 +133,14 @@ class OutputStore:
                 (p.ok_segments if ok else p.error_segments).add(segment)
         return out
 
+    def committed_keys(self) -> set[tuple[str, int, bool]]:
+        """``(source_id, segment_index, ok)`` of every row the committed batches hold (ok: a feature row)."""
+        return {
+            (source, segment, bool(ok))
+            for path in self._markers()
+            for source, segment, _, ok in self._read_marker(path)["rows"]
+        }
+
     def commit(self, tables: dict[str, pa.Table], rows: list[tuple[str, int, int, bool]], metadata: dict) -> str:
         """Write one batch exactly once.
 

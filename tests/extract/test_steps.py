@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, AudioReader, decode, resample, resampled_pieces
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import source_rows, unpack
+from hummingml.extract.record import pack_batch, source_rows, unpack
 from hummingml.extract.sources import Source
-from hummingml.extract.steps import DecodeStep
+from hummingml.extract.steps import CommitStep, DecodeStep
 from hummingml.testing.hostile import encode
 
 
@@ -98,3 +99,20 @@ def test_the_reader_names_the_hash_of_what_it_read(tmp_path) -> None:
         assert (source.size, source.sha256) == (len(data), hashlib.sha256(data).hexdigest())
         assert source.file.read() == data
     assert source.file.closed
+
+
+def test_a_commit_run_again_writes_no_row_twice(tmp_path) -> None:
+    """Ray Data re-runs a commit whose process died; rows already in the output must not be written again."""
+    def error_row(source: str) -> dict:
+        error = {"stage": "decode", "error_type": "DecodeError:corrupt", "message": "bad"}
+        return {"source_id": source, "segment_index": -1, "source_uri": f"/x/{source}.wav", "error": error}
+
+    cfg = ExtractConfig(output=str(tmp_path / "out"))
+    commit = CommitStep(cfg, {"models": []}, 86.13)
+    first = commit(pack_batch([error_row("a")]))
+    again = commit(pack_batch([error_row("a"), error_row("b")]))  # "a" delivered twice, "b" new
+    restarted = CommitStep(cfg, {"models": []}, 86.13)(pack_batch([error_row("b")]))  # a writer started anew
+    assert list(first["source_id"]) == ["a"] and list(again["source_id"]) == ["b"]
+    assert len(restarted["source_id"]) == 0
+    table = pads.dataset(str(tmp_path / "out" / "errors"), format="parquet").to_table()
+    assert sorted(table["source_id"].to_pylist()) == ["a", "b"]

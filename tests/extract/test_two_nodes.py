@@ -53,9 +53,12 @@ def keys(out: Path, name: str) -> list[tuple[str, int]]:
     return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))
 
 
-def test_second_node_dies_mid_run(tmp_path) -> None:
-    write_corpus(tmp_path / "corpus", n_songs=4, seed=3, seconds=4.0)
-    (tmp_path / "corpus" / "mix" / "junk.wav").write_bytes(b"not audio" * 10)
+ATTEMPTS = 3  # in some runs Ray places no pipeline actor on the second node, and the scenario needs one there
+
+
+def run_and_kill_the_second_node(root: Path, corpus: Path) -> tuple[str, Path] | None:
+    """Two nodes, the extraction of ``corpus`` into ``root/out``, the second node killed while pipeline actors run on
+    it; returns (job log, output), or None when Ray placed no pipeline actor there before the job ended."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     # token auth on, as in every documented setup; the nodes and the driver share the token
@@ -105,14 +108,14 @@ def test_second_node_dies_mid_run(tmp_path) -> None:
             env,
         )
         wait_for_nodes(address, 2, env)
-        out = tmp_path / "out"
+        out = root / "out"
         job = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "ray_jobs.extract",
                 "--input",
-                str(tmp_path / "corpus" / "mix"),
+                str(corpus / "mix"),
                 "--output",
                 str(out),
                 "--segment-s",
@@ -120,7 +123,7 @@ def test_second_node_dies_mid_run(tmp_path) -> None:
                 "--commit-rows",
                 "1",
                 "--models-cache-dir",
-                str(tmp_path / "models"),
+                str(corpus.parent / "models"),
             ],
             env={**env, "RAY_ADDRESS": address},
             stdout=subprocess.PIPE,
@@ -136,16 +139,32 @@ def test_second_node_dies_mid_run(tmp_path) -> None:
             if (on_second := actors_under_raylets(worker.pid)) > 0:
                 break
             time.sleep(0.2)
+        if not on_second:
+            job.kill()
+            job.communicate(timeout=60)
+            return None
         assert job.poll() is None, "the job was still running when the node was killed"
-        assert on_second > 0, "pipeline actors ran on the second node when it was killed"
         os.killpg(worker.pid, signal.SIGKILL)  # the second node and every worker on it die at once
         log, _ = job.communicate(timeout=600)
         assert job.returncode == 0, log[-4000:]
-        assert "5 inputs: 4 ok, 1 failed, 0 unaccounted" in log
-        features = keys(out, "audio-feature")
-        assert len(features) == len(set(features)) == 4 * 2  # four 4 s songs in 2 s segments, no duplicates
-        assert sorted(keys(out, "sine-audio-feature")) == sorted(features)
+        return log, out
     finally:
         for proc in (worker, head):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_second_node_dies_mid_run(tmp_path) -> None:
+    write_corpus(tmp_path / "corpus", n_songs=4, seed=3, seconds=4.0)
+    (tmp_path / "corpus" / "mix" / "junk.wav").write_bytes(b"not audio" * 10)
+    result = None
+    for attempt in range(ATTEMPTS):
+        result = run_and_kill_the_second_node(tmp_path / f"attempt{attempt}", tmp_path / "corpus")
+        if result is not None:
+            break
+    assert result is not None, f"no pipeline actor ran on the second node in {ATTEMPTS} runs"
+    log, out = result
+    assert "5 inputs: 4 ok, 1 failed, 0 unaccounted" in log
+    features = keys(out, "audio-feature")
+    assert len(features) == len(set(features)) == 4 * 2  # four 4 s songs in 2 s segments, no duplicates
+    assert sorted(keys(out, "sine-audio-feature")) == sorted(features)
