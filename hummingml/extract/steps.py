@@ -281,7 +281,7 @@ class CommitStep:
         ]
         if done:
             self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata)
-            self.committed.update(key(r) for r in done)
+            self.committed.update((source, segment, ok) for source, segment, _, ok in keys)
         failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
         summary = {
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),

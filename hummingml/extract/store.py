@@ -136,9 +136,10 @@ class OutputStore:
     def committed_keys(self) -> set[tuple[str, int, bool]]:
         """``(source_id, segment_index, ok)`` of every row the committed batches hold (ok: a feature row)."""
         return {
-            (source, segment, bool(ok))
-            for path in self._markers()
-            for source, segment, _, ok in self._read_marker(path)["rows"]
+            (source, segment, ok)
+            for source, p in self.progress().items()
+            for ok, segments in ((True, p.ok_segments), (False, p.error_segments))
+            for segment in segments
         }
 
     def commit(self, tables: dict[str, pa.Table], rows: list[tuple[str, int, int, bool]], metadata: dict) -> str:
