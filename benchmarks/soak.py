@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine
-from hummingml.extract.sources import source_id
+from hummingml.extract.sources import canonical_uri, source_id
+from hummingml.output import read_set
 from hummingml.testing.hostile import Expected, encode, write_hostile_corpus
 from hummingml.testing.signals import output_keys, sine
 
@@ -111,11 +112,10 @@ def run_job(inputs: Path, out: Path, models: Path, deadline: float, kill_every_s
 
 def check(out: Path, expected: dict[str, Expected]) -> dict[str, Any]:
     """The accounting: outcomes against expectations, and no repeated key in any set."""
-    import pyarrow.dataset as pads
-
-    by_id = {source_id(path): (path, e) for path, e in expected.items()}
+    by_id = {source_id(canonical_uri(str(path))): (path, e) for path, e in expected.items()}
     segments = Counter(sid for sid, _ in output_keys(out, "audio-feature"))
-    errors = pads.dataset(out / "errors", format="parquet").to_table().to_pylist() if (out / "errors").is_dir() else []
+    error_table = read_set(str(out), "errors")
+    errors = [] if error_table is None else error_table.to_pylist()
     error_of = {e["source_id"]: e for e in errors}
     wrong, missing = [], 0
     for sid, (path, e) in by_id.items():

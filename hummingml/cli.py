@@ -1,17 +1,31 @@
-"""The ``hummingml`` command: ``hummingml <subcommand> --help`` lists each subcommand's flags."""
+"""The ``hummingml`` command: ``hummingml <subcommand> --help`` lists each subcommand's flags.
+
+Invalid flag values are reported one line each on stderr (``hummingml extract: error: --limit must be >= 0``), with
+exit code 2, before anything is created or started.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from hummingml.config import add_flags, from_flags
-from hummingml.eval.config import add_eval_flags, add_generate_flags, eval_config_from_args
+from hummingml.config import ConfigError, above, add_flags, at_least, exit_on_config_error, from_flags
+from hummingml.eval.config import GenerateConfig, add_eval_flags, add_generate_flags, eval_config_from_args
 from hummingml.extract.config import ExtractConfig
 from hummingml.weights.cli import add_models_parser
+from hummingml.weights.config import ModelsConfig
+
+
+def _check_corpus_flags(args: argparse.Namespace) -> None:
+    """Raise :class:`ConfigError` on ``--songs``, ``--seconds`` or ``--seed`` values no corpus can have."""
+    problems = at_least("--songs", args.songs, 1) + above("--seconds", args.seconds, 0)
+    problems += at_least("--seed", args.seed, 0)
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _synth_corpus(args: argparse.Namespace) -> int:
+    _check_corpus_flags(args)
     from hummingml.testing.corpus import write_corpus
 
     infos = write_corpus(args.out, n_songs=args.songs, seed=args.seed, seconds=args.seconds)
@@ -26,15 +40,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    cfg = from_flags(ExtractConfig, args)
     from hummingml.extract.job import run  # imports Ray
 
-    cfg = from_flags(ExtractConfig, args)
-    if not cfg.input:
-        raise SystemExit("hummingml extract: --input is required")
     return 0 if run(cfg)["accounted"] else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _check_corpus_flags(args)
     from hummingml.extract.demo import run_demo
 
     summary = run_demo(args.out, songs=args.songs, seconds=args.seconds, seed=args.seed)
@@ -48,6 +61,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from_flags(GenerateConfig, args)  # the flags alone, before the checkpoint's recorded models are read
     from hummingml.eval.generate import config_from_args, run
 
     run(config_from_args(args))
@@ -105,9 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hummingml`` console script."""
+    """Entry point of the ``hummingml`` console script; exit 2 on a ``ConfigError``, one line per problem."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    prog = " ".join(["hummingml", args.command] + ([args.models_command] if args.command == "models" else []))
+    with exit_on_config_error(prog):
+        if args.command == "models" and args.models_command == "prepare":
+            from_flags(ModelsConfig, args)
+        return int(args.func(args))
 
 
 if __name__ == "__main__":

@@ -2,19 +2,81 @@
 
 A field ``segment_s`` becomes ``--segment-s``; a field of a nested dataclass ``models.kind`` becomes
 ``--models-kind``. Each field's help text is the comment after it in the class body, read with ``inspect``.
+
+Flags are checked before anything runs: :func:`from_flags` gathers every problem (a config that refuses its values,
+and the lines of the config's ``problems()``) into one :class:`ConfigError`, and :func:`exit_on_config_error` prints
+it as one ``PROG: error: ...`` line per problem on stderr and exits with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import math
 import re
+import sys
 import types
 import typing
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A problem with a job's flags or with the state of its output that the operator must fix.
+
+    The command-line entry points print it as one line (each line of the message is one problem) and exit with 2.
+    """
+
+
+def exit_on_problems(prog: str, problems: Sequence[str]) -> None:
+    """Print ``{prog}: error: {problem}`` on stderr for each problem, then exit with 2; return when there are none."""
+    if not problems:
+        return
+    for problem in problems:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+@contextlib.contextmanager
+def exit_on_config_error(prog: str) -> Iterator[None]:
+    """Turn a :class:`ConfigError` raised in the block into :func:`exit_on_problems` (one line per message line)."""
+    try:
+        yield
+    except ConfigError as exc:
+        exit_on_problems(prog, str(exc).splitlines() or [type(exc).__name__])
+
+
+def at_least(flag: str, value: float, low: float) -> list[str]:
+    """``[problem]`` when ``value`` is not a finite number ``>= low``, else ``[]``."""
+    if not math.isfinite(value):
+        return [f"{flag} must be a finite number (got {value!r})"]
+    return [] if value >= low else [f"{flag} must be >= {low:g} (got {value!r})"]
+
+
+def above(flag: str, value: float, low: float) -> list[str]:
+    """``[problem]`` when ``value`` is not a finite number ``> low``, else ``[]``."""
+    if not math.isfinite(value):
+        return [f"{flag} must be a finite number (got {value!r})"]
+    return [] if value > low else [f"{flag} must be > {low:g} (got {value!r})"]
+
+
+def within(flag: str, value: float, low: float, high: float) -> list[str]:
+    """``[problem]`` when ``value`` is not in ``[low, high]`` (NaN is not), else ``[]``."""
+    return [] if low <= value <= high else [f"{flag} must be in [{low:g}, {high:g}] (got {value!r})"]
+
+
+def names_in(flag: str, names: Sequence[str], allowed: Sequence[str]) -> list[str]:
+    """Problems of a list flag whose values must be distinct names out of ``allowed``."""
+    problems = []
+    if unknown := [n for n in names if n not in allowed]:
+        problems.append(f"{flag}: unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{flag}: {', '.join(map(repr, repeated))} given more than once")
+    return problems
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -76,7 +138,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> N
             continue
         dest = f"{prefix}{f.name}"
         flag = "--" + dest.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc, operator]
         text = f.metadata.get("help") or comments.get(f.name, "")
         help_text = f"{text} (default: {default!r})".strip()
         choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
@@ -89,9 +151,27 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> N
 
 
 def from_flags(cls: type[T], args: argparse.Namespace, prefix: str = "", base: T | None = None) -> T:
-    """Build ``cls`` from parsed flags; fields whose flag was not given keep ``base``'s (or the class default)."""
+    """Build ``cls`` from parsed flags; fields whose flag was not given keep ``base``'s (or the class default).
+
+    Raises:
+        ConfigError: one line per problem: a config (or sub-config) whose ``__post_init__`` refused the values, and
+            each line of the built config's ``problems()`` when it has that method (sub-configs are the parent's
+            ``problems()``'s to check). A refused sub-config is replaced by its ``base`` or default to look further.
+    """
+    problems: list[str] = []
+    cfg = _build(cls, args, prefix, base, problems)
+    if (check := getattr(cfg, "problems", None)) is not None:
+        problems += check(prefix.replace("_", "-")) if prefix else check()
+    if problems or cfg is None:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+def _build(cls: type[T], args: argparse.Namespace, prefix: str, base: T | None, problems: list[str]) -> T | None:
+    """``cls`` from flags, or None when it refused its values; refusals are appended to ``problems``."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
+    given_flags = []  # "--flag value" of each flag of this config that was given
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         hint = hints[f.name]
         current = getattr(base, f.name) if base is not None else None
@@ -100,17 +180,41 @@ def from_flags(cls: type[T], args: argparse.Namespace, prefix: str = "", base: T
                 if base is not None:
                     values[f.name] = current
                 continue
-            values[f.name] = from_flags(hint, args, prefix=f"{f.name}_", base=current)  # type: ignore[arg-type]
+            sub = _build(hint, args, f"{f.name}_", current, problems)  # type: ignore[arg-type]
+            if sub is None:  # refused: the base's or the default, so that the parent's problems() still runs
+                sub = current if current is not None else hint()  # type: ignore[operator]
+            values[f.name] = sub
             continue
         given = getattr(args, f"{prefix}{f.name}", None)
         if given is None:
             if base is not None:
                 values[f.name] = current
             continue
+        given_flags.append("--" + f"{prefix}{f.name}".replace("_", "-") + f" {given}")
         if _base_type(hint)[0] is tuple:
             given = tuple(s.strip() for s in str(given).split(",") if s.strip())
         values[f.name] = given
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, ZeroDivisionError) as exc:
+        problems.append(_name_flags(cls, prefix, str(exc), given_flags))
+        return None
+
+
+def _name_flags(cls: type, prefix: str, message: str, given_flags: list[str]) -> str:
+    """``message`` with the field names of ``cls`` it mentions (``n_heads``, ``--kind``) written as their flags
+    (``--model-n-heads``, ``--models-kind``). One that mentions none is prefixed with the flags given
+    (``--model-n-heads 0: integer modulo by zero``), else with ``--{prefix}*``."""
+    named = message
+    for f in dataclasses.fields(cls):
+        flag = "--" + f"{prefix}{f.name}".replace("_", "-")
+        pattern = rf"(?<![\w-])(?:--)?(?:{f.name}|{f.name.replace('_', '-')})(?![\w-])"
+        named = re.sub(pattern, flag, named)
+    if named != message:
+        return named
+    if given_flags:
+        return f"{' '.join(given_flags)}: {message}"
+    return f"--{prefix.replace('_', '-')}*: {message}" if prefix else message
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -21,25 +21,33 @@ import json
 import sys
 from dataclasses import asdict
 
+from hummingml.config import exit_on_config_error
 from hummingml.eval.config import EvalConfig, add_eval_flags, eval_config_from_args
+
+PROG = "ray_jobs.evaluate"
 
 
 def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
-    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.config.eval_config_from_args`."""
+    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.config.eval_config_from_args`.
+
+    Raises:
+        ConfigError: one line per invalid flag value (:meth:`EvalConfig.problems`).
+    """
     parser = argparse.ArgumentParser(
-        prog="ray_jobs.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_eval_flags(parser)
     return eval_config_from_args(parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate; write the JSON (and PNG) the flags name."""
-    from hummingml.eval.evaluate import run
+    """Evaluate; write the JSON (and PNG) the flags name. Exit 2 on a ``ConfigError``."""
+    with exit_on_config_error(PROG):
+        cfg, models_given = parse(argv)
+        from hummingml.eval.evaluate import run
 
-    cfg, models_given = parse(argv)
-    print(f"[evaluate] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
-    run(cfg, models_given)
+        print(f"[evaluate] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
+        run(cfg, models_given)
     return 0
 
 

@@ -9,7 +9,8 @@ On a cluster (from the repository root; the cluster's workers need the project i
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python -m ray_jobs.extract --input s3://bucket/audio/ --output s3://bucket/features/ --models-kind pretrained
 
-Every flag is generated from ``hummingml.extract.config.ExtractConfig``; ``--help`` lists them.
+Every flag is generated from ``hummingml.extract.config.ExtractConfig``; ``--help`` lists them. Invalid values are
+reported one line each on stderr, with exit code 2, before anything is created or started.
 """
 
 from __future__ import annotations
@@ -17,27 +18,32 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hummingml.config import add_flags, from_flags
+from hummingml.config import add_flags, exit_on_config_error, from_flags
 from hummingml.extract.config import ExtractConfig
+
+PROG = "ray_jobs.extract"
 
 
 def parse(argv: list[str] | None = None) -> ExtractConfig:
-    """Flags -> config."""
+    """Flags -> config.
+
+    Raises:
+        ConfigError: one line per invalid flag value (:meth:`ExtractConfig.problems`).
+    """
     parser = argparse.ArgumentParser(
-        prog="ray_jobs.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_flags(parser, ExtractConfig)
-    cfg = from_flags(ExtractConfig, parser.parse_args(argv))
-    if not cfg.input:
-        parser.error("--input is required")
-    return cfg
+    return from_flags(ExtractConfig, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; exit 0 when every input is accounted for, 1 otherwise."""
-    from hummingml.extract.job import run
+    """Run the job; exit 0 when every input is accounted for, 1 otherwise, 2 on a ``ConfigError``."""
+    with exit_on_config_error(PROG):
+        cfg = parse(argv)
+        from hummingml.extract.job import run
 
-    summary = run(parse(argv))
+        summary = run(cfg)
     return 0 if summary["accounted"] else 1
 
 

@@ -10,7 +10,8 @@ On a cluster, from the repository root::
         python -m ray_jobs.train --preset debug --data-features /shared/features --parallel-dp 2
 
 ``--preset`` sets the model, parallel and optimizer sub-configs; every other flag (``--help``) overrides one field.
-Rerunning with the same ``--name`` and ``--storage`` resumes from the newest checkpoint.
+Rerunning with the same ``--name`` and ``--storage`` resumes from the newest checkpoint. Invalid values are reported
+one line each on stderr, with exit code 2, before anything is created or started.
 """
 
 from __future__ import annotations
@@ -20,29 +21,36 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml.config import add_flags, from_flags
+from hummingml.config import add_flags, exit_on_config_error, from_flags
 from hummingml.train.config import PRESETS, TrainConfig, from_preset
+
+PROG = "ray_jobs.train"
 
 
 def parse(argv: list[str] | None = None) -> TrainConfig:
-    """Flags -> config: the preset first, then the overrides."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """Flags -> config: the preset first, then the overrides.
+
+    Raises:
+        ConfigError: one line per invalid flag value (:meth:`TrainConfig.problems`).
+    """
+    pre = argparse.ArgumentParser(prog=PROG, add_help=False)
     pre.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
     parser = argparse.ArgumentParser(
-        prog="ray_jobs.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_flags(parser, TrainConfig)
     return from_flags(TrainConfig, parser.parse_args(argv), base=from_preset(known.preset))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; print the final metrics and the checkpoint path."""
-    from hummingml.train.ray import fit
+    """Train; print the final metrics and the checkpoint path. Exit 2 on a ``ConfigError``."""
+    with exit_on_config_error(PROG):
+        cfg = parse(argv)
+        from hummingml.train.ray import fit
 
-    cfg = parse(argv)
-    print(f"[train] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
-    result = fit(cfg)
+        print(f"[train] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
+        result = fit(cfg)
     print(f"[train] final metrics: {json.dumps(result.metrics, default=str)}", flush=True)
     print(f"[train] checkpoint: {result.checkpoint.path if result.checkpoint else None}", flush=True)
     return 0 if result.error is None else 1

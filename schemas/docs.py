@@ -15,7 +15,25 @@ An extraction writes three Parquet sets (zstd) under its output root, keyed by (
 (the set's name), `hummingml.schema_version`, and `hummingml.run`: JSON with the run's config, the identity of
 every model (kind, name, sha256 of the weights file, library version, and whether the weights are random), library
 versions, and the creation time. Features made with random-weight models (`tiny`, `random-full`) say so there
-(`"random_weights": true`). A run also writes `summary.json` at the root (inputs, ok, failed, rows, timing).
+(`"random_weights": true`). A run also writes `summary.json` at the root: this run's inputs (ok, failed,
+unaccounted, changed) and, under `output`, the whole output rebuilt from the commit log (sources, complete, failed,
+incomplete, feature and error rows, superseded rows, committed sources the input no longer lists).
+
+**Identity.** `source_id` is the sha256 of the input's canonical URI (`source_uri`): a local file's absolute path
+with `.`/`..` removed and symlinks resolved (`file://` URIs understood), or `scheme://bucket/key` for an object store
+(without `?options`). Every spelling of a file (relative, absolute, through a symlinked folder, `file://`) is one
+source. `source_version` is the input's size and modification time when it was listed; a rerun that lists another
+value processes the input again.
+
+**Current rows.** The files hold every committed row; readers take the current ones through the commit log
+(`hummingml.output.read_set`, used by `inspect`, training and evaluation): the newest commit of a key wins, and a
+changed input's older rows are superseded. A plain `pyarrow.dataset` over a set's folder also sees superseded rows
+(none unless an input changed, a damaged marker was set aside, or the output predates version 2.0).
+
+**Version 2.0** (from 1.1): `source_id` hashes the canonical URI instead of the path as typed, `source_uri` holds
+that canonical URI, and `source_version` is new (in all three sets). Outputs written before keep their ids; an
+extraction into such an output is refused (an input named differently would be processed again under a new id)
+unless `--allow-config-change`. Readers read them as before, newest commit winning.
 
 DAC codes are stored as nested lists `(channels, n_codebooks, frames)` of int16; frame `k` covers samples
 `[256 k, 256 (k + 1))` of the segment at 22.05 kHz (86.13 frames/s).

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: sine-audio-feature.mono_variants
+SCHEMA_VERSION = "2.0"  # 1.1: sine-audio-feature.mono_variants; 2.0: canonical source ids, source_version
 
 
-URI_DOC = "the input's URI or path as given (bytes of a non-UTF-8 file name as \\xNN escapes)"
+URI_DOC = (
+    "the input's canonical URI: a local file's absolute path with symlinks resolved, or scheme://bucket/key "
+    "(bytes of a non-UTF-8 file name as \\xNN escapes)"
+)
+ID_DOC = "stable id of the input: sha256 of its canonical URI (source_uri, real bytes), first 32 hex digits"
+VERSION_DOC = (
+    "the input's size and modification time when it was listed ('<bytes>:<mtime ns>'); a rerun that lists "
+    "another value processes the input again and its older rows are superseded"
+)
 
 
 def _f(name: str, type_: pa.DataType, doc: str, unit: str = "", nullable: bool = False) -> pa.Field:
@@ -41,9 +49,10 @@ MELODY_STREAM = pa.struct(
 )
 
 PROVENANCE = [
-    _f("source_id", pa.string(), "stable id of the input: sha256 of its URI, first 32 hex digits"),
+    _f("source_id", pa.string(), ID_DOC),
     _f("segment_index", pa.int32(), "0-based index of the segment within the source"),
     _f("source_uri", pa.string(), URI_DOC),
+    _f("source_version", pa.string(), VERSION_DOC),
     _f("content_sha256", pa.string(), "sha256 of the input's bytes (hex)"),
     _f("source_sample_rate", pa.int32(), "sample rate of the decoded input", "Hz"),
     _f("source_channels", pa.int16(), "channel count of the decoded input"),
@@ -104,6 +113,7 @@ ERROR_SCHEMA = pa.schema(
         _f("source_id", pa.string(), "stable id of the input (as in the feature sets)"),
         _f("segment_index", pa.int32(), "segment that failed, or -1 when the whole source failed"),
         _f("source_uri", pa.string(), URI_DOC),
+        _f("source_version", pa.string(), VERSION_DOC),
         _f("stage", pa.string(), "stage that failed: read, decode, separate, pitch, codec"),
         _f("error_type", pa.string(), "exception class, with DecodeError's kind after a colon"),
         _f("message", pa.string(), "what went wrong, in words"),

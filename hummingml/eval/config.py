@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from hummingml.config import add_flags, from_flags
+from hummingml.config import above, add_flags, at_least, from_flags
 from hummingml.weights.config import ModelsConfig
 
 SPLITS = ("train", "unseen", "all")
@@ -44,6 +44,17 @@ class EvalConfig:
         """``checkpoint`` then ``compare``."""
         return tuple(c for c in (self.checkpoint, *self.compare) if c)
 
+    def problems(self) -> list[str]:
+        """Every value no evaluation can use, one line per problem naming its flag."""
+        problems = [] if self.checkpoints else ["--checkpoint is required"]
+        problems += at_least("--max-examples", self.max_examples, 1)
+        problems += at_least("--batch-size", self.batch_size, 1)
+        problems += at_least("--top-k", self.top_k, 1)
+        problems += at_least("--seed", self.seed, 0)
+        if not self.out:
+            problems.append("--out must not be empty")
+        return problems + self.models.problems("models-")
+
 
 def add_eval_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`EvalConfig` field (``--models-*`` included); list flags take values space- or
@@ -57,14 +68,16 @@ def add_eval_flags(parser: argparse.ArgumentParser) -> None:
 
 def eval_config_from_args(args: argparse.Namespace) -> tuple[EvalConfig, set[str]]:
     """Flags -> ``(config, names of the ModelsConfig fields given as --models-* flags)``; see
-    :func:`hummingml.eval.evaluate.run`."""
+    :func:`hummingml.eval.evaluate.run`.
+
+    Raises:
+        ConfigError: one line per invalid flag value (:meth:`EvalConfig.problems`).
+    """
     for name in LIST_FLAGS:
         value = getattr(args, name, None)
         if isinstance(value, list):
             setattr(args, name, ",".join(value))
     cfg = from_flags(EvalConfig, args)
-    if not cfg.checkpoints:
-        raise SystemExit("evaluate: --checkpoint is required")
     given = {f.name for f in dataclasses.fields(ModelsConfig) if getattr(args, f"models_{f.name}", None) is not None}
     return cfg, given
 
@@ -83,6 +96,18 @@ class GenerateConfig:
     timbre_seconds: float = 5.0  # timbre prompt length; capped by data.timbre_max_frames and max_seq_len
     batch_size: int = 16  # generation windows per forward pass
     models: ModelsConfig = field(default_factory=ModelsConfig)  # the DAC; unset flags follow the extraction record
+
+    def problems(self) -> list[str]:
+        """Every value no generation can use, one line per problem naming its flag."""
+        problems = [f"--{name} is required" for name in ("hum", "timbre", "checkpoint") if not getattr(self, name)]
+        if not self.output:
+            problems.append("--output must not be empty")
+        problems += at_least("--top-k", self.top_k, 1)
+        problems += above("--temperature", self.temperature, 0)
+        problems += at_least("--seed", self.seed, 0)
+        problems += above("--timbre-seconds", self.timbre_seconds, 0)
+        problems += at_least("--batch-size", self.batch_size, 1)
+        return problems + self.models.problems("models-")
 
 
 def add_generate_flags(parser: argparse.ArgumentParser) -> None:

@@ -29,12 +29,12 @@ from hummingml.config import from_flags
 from hummingml.eval.config import GenerateConfig
 from hummingml.model.batch import make_batch
 from hummingml.model.lm import packed_length
+from hummingml.output import set_files
 from hummingml.stages import codec
 from hummingml.stages.codec import CodecConfig, CodecTokens, encode_batch, receptive_field_frames
 from hummingml.stages.pitch import PitchDetector
 from hummingml.stages.synth import render_sine
 from hummingml.train.checkpoint import load_checkpoint, load_train_config
-from hummingml.train.data import feature_set
 from hummingml.weights.config import ModelIdentity, ModelsConfig
 from hummingml.weights.load import load_dac
 
@@ -55,21 +55,15 @@ class CodecMismatchError(ValueError):
 def extraction_record(features: str) -> dict[str, Any] | None:
     """The ``hummingml.run`` metadata (config, model identities) of an extraction output, or None if unreadable.
 
-    Read from the first Parquet file of ``<features>/audio-feature`` (local path or pyarrow URI).
+    Read from the newest committed Parquet file of ``<features>/audio-feature`` (local path or pyarrow URI).
     """
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     try:
-        if "://" in features and not features.startswith("file://"):
-            fs, root = pafs.FileSystem.from_uri(features)
-        else:
-            fs, root = pafs.LocalFileSystem(), features.removeprefix("file://")
-        infos = fs.get_file_info(pafs.FileSelector(feature_set(root, "audio-feature"), allow_not_found=True))
-        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+        fs, files, _ = set_files(features, "audio-feature")
         if not files:
             return None
-        with fs.open_input_file(files[0]) as f:
+        with fs.open_input_file(files[-1]) as f:
             metadata = pq.read_schema(f).metadata or {}
         return json.loads(metadata[b"hummingml.run"])
     except (OSError, KeyError, ValueError):

@@ -5,7 +5,6 @@ scores). An example whose audio cannot be found again says why (:class:`PartAudi
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, replace
 from typing import Any, TextIO
@@ -19,7 +18,7 @@ from hummingml.extract.config import ExtractConfig
 from hummingml.extract.record import source_rows, unpack
 from hummingml.extract.sources import Source
 from hummingml.extract.steps import DecodeStep, SeparateStep
-from hummingml.train.data import feature_set
+from hummingml.output import read_set
 from hummingml.weights.config import ModelsConfig
 
 # --- the parts' own audio (codec ceiling) --------------------------------------------------------------------------
@@ -36,15 +35,15 @@ class PartAudio:
 def _provenance(features: str, source_ids: set[str]) -> dict[tuple[str, int], dict[str, Any]]:
     """``(source_id, segment_index) -> {source_uri, content_sha256, n_segments}`` from the audio-feature set."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(features if "://" in features else os.path.abspath(features))
-    dataset = pads.dataset(feature_set(root, "audio-feature"), filesystem=fs, format="parquet")
-    table = dataset.to_table(
+    table = read_set(
+        features,
+        "audio-feature",
         columns=["source_id", "segment_index", "source_uri", "content_sha256", "n_segments"],
         filter=pc.field("source_id").isin(sorted(source_ids)),
     )
+    if table is None:
+        return {}
     return {(r["source_id"], int(r["segment_index"])): r for r in table.to_pylist()}
 
 

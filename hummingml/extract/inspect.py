@@ -9,27 +9,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-import pyarrow.dataset as pads
 
 from hummingml.audio import FEATURE_SAMPLE_RATE
-from hummingml.extract.store import OutputStore
+from hummingml.output import read_set
 from hummingml.stages.pitch import NoteEvent
 from hummingml.stages.synth import render_sine
 
 
-def _table(store: OutputStore, name: str, columns: list[str] | None = None) -> Any:
-    path = store.dataset_path(name)
+def _table(out: str, name: str, columns: list[str] | None = None) -> Any:
+    """The current rows of a set (the newest commit of each key), or None."""
     try:
-        return pads.dataset(path, format="parquet").to_table(columns=columns)
+        return read_set(out, name, columns)
     except (FileNotFoundError, ValueError):
         return None
 
 
 def describe(out: str) -> dict[str, Any]:
     """Counts, durations and error reasons of an output root."""
-    store = OutputStore(out)
-    audio = _table(store, "audio-feature", ["source_id", "segment_index", "segment_duration_s", "n_frames"])
-    errors = _table(store, "errors", ["source_id", "stage", "error_type"])
+    audio = _table(out, "audio-feature", ["source_id", "segment_index", "segment_duration_s", "n_frames"])
+    errors = _table(out, "errors", ["source_id", "stage", "error_type"])
     report: dict[str, Any] = {"output": out}
     if audio is not None and audio.num_rows:
         keys = list(zip(audio["source_id"].to_pylist(), audio["segment_index"].to_pylist(), strict=True))
@@ -47,7 +45,8 @@ def describe(out: str) -> dict[str, Any]:
     summary = Path(out) / "summary.json"
     if summary.exists():
         report["last_run"] = {k: v for k, v in json.loads(summary.read_text()).items()
-                              if k in ("inputs", "ok", "failed", "unaccounted", "wall_s", "random_weights")}
+                              if k in ("inputs", "ok", "failed", "unaccounted", "changed_inputs", "output", "wall_s",
+                                       "random_weights")}
     return report
 
 
@@ -59,10 +58,9 @@ def plot_report(out: str, png: str, n_examples: int = 2) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    store = OutputStore(out)
-    sine = _table(store, "sine-audio-feature", ["source_uri", "segment_index", "segment_duration_s", "mono_codes",
+    sine = _table(out, "sine-audio-feature", ["source_uri", "segment_index", "segment_duration_s", "mono_codes",
                                                 "melody"])
-    audio = _table(store, "audio-feature", ["source_uri", "segment_index", "channel_codes"])
+    audio = _table(out, "audio-feature", ["source_uri", "segment_index", "channel_codes"])
     if sine is None or sine.num_rows == 0:
         raise ValueError(f"{out} has no sine-audio-feature rows to plot")
     rows = sine.slice(0, n_examples).to_pylist()

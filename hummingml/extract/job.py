@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
 from typing import Any, TextIO
 
 from hummingml.cluster import connect
+from hummingml.config import ConfigError
 from hummingml.extract.config import ExtractConfig, run_metadata
 from hummingml.extract.ray import build_dataset, read_sql
-from hummingml.extract.sources import list_sources
-from hummingml.extract.store import OutputStore
+from hummingml.extract.sources import Source, list_sources
+from hummingml.extract.store import Lease, LeaseLost, OutputStore
+from hummingml.output import SourceState
 from hummingml.stages.codec import frame_rate
 from hummingml.weights.load import load_dac, prepare
 from schemas.features import SCHEMAS
@@ -27,9 +30,17 @@ def summarize(
     wall_s: float,
     run_audio_s: float,
     metadata: dict[str, Any],
+    listed: set[str],
+    changed: list[str],
 ) -> dict[str, Any]:
-    """Accounting over every input of this run, from the committed batches (they include earlier runs)."""
-    progress = store.progress()
+    """Accounting over this run's inputs and over the whole output, rebuilt from the commit log.
+
+    The top-level counts are over this run's inputs (after ``--limit``); ``output`` describes every source the
+    output holds: complete, failed, incomplete, superseded rows, and sources that ``listed`` (the whole listing of
+    this run's input) no longer names.
+    """
+    current = store.current()
+    progress = current.sources
     ok = failed = missing = 0
     segments = error_rows = 0
     for sid in source_ids:
@@ -43,6 +54,20 @@ def summarize(
             failed += 1
         else:
             ok += 1
+    not_listed = sorted(set(progress) - listed)
+    output = {
+        "sources": len(progress),
+        "complete_ok": sum(p.complete and not p.failed for p in progress.values()),
+        "complete_failed": sum(p.complete and p.failed for p in progress.values()),
+        "incomplete": sum(not p.complete for p in progress.values()),
+        "feature_rows": sum(len(p.ok_segments) for p in progress.values()),
+        "error_rows": sum(len(p.error_segments) for p in progress.values()),
+        "superseded_rows": current.superseded_rows,
+        "sources_with_superseded_rows": len(current.superseded_sources),
+        "not_in_input": len(not_listed),  # committed sources this run's input no longer lists (removed files)
+        "not_in_input_examples": not_listed[:20],
+        "batches": len(current.markers),
+    }
     return {
         "inputs": len(source_ids),
         "ok": ok,
@@ -51,6 +76,9 @@ def summarize(
         "accounted": ok + failed == len(source_ids),
         "feature_rows": segments,
         "error_rows": error_rows,
+        "changed_inputs": len(changed),  # inputs whose size or modification time changed: processed again
+        "changed_examples": changed[:20],
+        "output": output,
         "audio_hours_this_run": run_audio_s / 3600.0,
         "wall_s": wall_s,
         "audio_s_per_wall_s": run_audio_s / wall_s if wall_s > 0 else 0.0,
@@ -62,58 +90,125 @@ def summarize(
     }
 
 
+# fields that change how a run goes, not what its features are: a rerun may change them freely
+OPERATIONAL_FIELDS = (
+    "input", "output", "query", "uri_column", "extensions", "limit", "retry_errors", "read_retries", "read_backoff_s",
+    "commit_rows", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
+    "fail_after_commits", "models",
+)
+
+
+def fingerprint(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an output's features depend on: the config fields that shape them (flattened) and the models' sha256."""
+    flat: dict[str, Any] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "models":  # the sub-configs' models are the run's, recorded by identity below
+                    add(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = list(value) if isinstance(value, tuple | list) else value
+
+    add("", {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL_FIELDS})
+    for ident in identities:
+        flat[f"model.{ident['name']}"] = f"{ident['kind']} sha256={ident['sha256']}"
+    return flat
+
+
 def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
     """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
     identities = [i.to_dict() for i in prepare(cfg.models)]
     return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
 
 
-def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
-    """Run one extraction (resuming a previous one on the same output) and return the summary.
+def plan(
+    sources: list[Source], progress: dict[str, SourceState], retry_errors: bool
+) -> tuple[list[Source], dict[str, list[int]], list[str]]:
+    """(inputs to process, segments to skip per input, inputs that changed since their rows were committed).
 
-    Connects to the Ray cluster from ``RAY_ADDRESS`` or starts a local one.
+    An input whose listed version (size and modification time) differs from its committed rows' is processed
+    whole; its new rows supersede the old ones. A complete input of the same version is skipped (unless it failed
+    and ``retry_errors``); a partial one is resumed, skipping its committed segments.
     """
-    start = time.monotonic()
-    print(f"[extract] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", file=log, flush=True)
-    store = OutputStore(cfg.output)
-    dropped = store.recover()
-    if dropped:
-        print(f"[extract] dropped {dropped} uncommitted batch(es) left by an interrupted run", file=log, flush=True)
-    sources = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
-    if cfg.limit:
-        sources = sources[: cfg.limit]
-    progress = store.progress()
-    pending, skip = [], {}
+    pending, skip, changed = [], {}, []
     for s in sources:
         p = progress.get(s.source_id)
-        if p is not None and p.complete and not (cfg.retry_errors and p.failed):
+        if p is not None and p.version != s.version:
+            changed.append(s.uri)
+            pending.append(s)
+            continue
+        if p is not None and p.complete and not (retry_errors and p.failed):
             continue
         pending.append(s)
         if p is not None:
-            skip[s.source_id] = sorted(p.ok_segments if cfg.retry_errors else p.ok_segments | p.error_segments)
-    print(
-        f"[extract] {len(sources)} inputs, {len(sources) - len(pending)} already complete, {len(pending)} to process",
-        file=log,
-        flush=True,
-    )
+            skip[s.source_id] = sorted(p.ok_segments if retry_errors else p.ok_segments | p.error_segments)
+    return pending, skip, changed
 
+
+def _say(log: TextIO, text: str) -> None:
+    print(f"[extract] {text}", file=log, flush=True)
+
+
+def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
+    """Run one extraction (resuming a previous one on the same output) and return the summary.
+
+    Checks the config and lists the inputs (nothing is written before both succeed; a problem raises
+    :class:`~hummingml.config.ConfigError`), takes the output's lease (another driver
+    writing it is refused with :class:`~hummingml.extract.store.LeaseHeld`), checks the output's recorded config
+    fingerprint, recovers, then runs the pipeline on the Ray cluster from ``RAY_ADDRESS`` or a local one.
+    """
+    if problems := cfg.problems():
+        raise ConfigError("\n".join(problems))
+    start = time.monotonic()
+    _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
+    listing = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
+    sources = listing[: cfg.limit] if cfg.limit else listing
+    store = OutputStore(cfg.output, log=log)
+    lease = Lease.acquire(store, cfg.lease_timeout_s, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
+    lease.start_renewing()
+    try:
+        return _run_holding(cfg, store, lease, listing, sources, start, log)
+    finally:
+        lease.release()
+
+
+def _run_holding(
+    cfg: ExtractConfig,
+    store: OutputStore,
+    lease: Lease,
+    listing: list[Source],
+    sources: list[Source],
+    start: float,
+    log: TextIO,
+) -> dict[str, Any]:
     metadata, codec_frame_rate = models_for_run(cfg)
+    differences = store.check_record(fingerprint(cfg, metadata["models"]), cfg.allow_config_change)
+    if differences:
+        _say(log, f"warning: the output's config changed (--allow-config-change): {'; '.join(differences)}")
+    dropped = store.recover()
+    if dropped:
+        _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
+    pending, skip, changed = plan(sources, store.progress(), cfg.retry_errors)
+    _say(
+        log,
+        f"{len(sources)} inputs, {len(sources) - len(pending)} already complete, {len(pending)} to process"
+        + (f" ({len(changed)} changed since they were committed)" if changed else ""),
+    )
     for ident in metadata["models"]:
         label = "RANDOM WEIGHTS (features are not meaningful)" if ident.get("random_weights") else "pretrained"
-        print(
-            f"[extract] model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}",
-            file=log,
-            flush=True,
-        )
+        _say(log, f"model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}")
     run_audio_s = 0.0
     deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
     if pending:
         connect()
-        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log)
+        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log, lease=lease.token)
         done = errors = 0
         last = time.monotonic()
         try:
             for summary in ds.iter_batches(batch_size=None):
+                if lease.lost:
+                    raise LeaseLost(lease.lost)
                 unavailable = summary["deferred"].astype(bool)
                 reasons = zip(summary["source_id"][unavailable], summary["deferred"][unavailable], strict=True)
                 deferred.update((str(sid), str(reason)) for sid, reason in reasons)
@@ -123,36 +218,42 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
                 if time.monotonic() - last >= PROGRESS_EVERY_S:
                     last = time.monotonic()
                     elapsed = last - start
-                    print(
-                        f"[extract] {done} rows committed ({errors} errors, {len(deferred)} inputs deferred), "
+                    _say(
+                        log,
+                        f"{done} rows committed ({errors} errors, {len(deferred)} inputs deferred), "
                         f"{run_audio_s:.1f} s of audio, {run_audio_s / elapsed:.2f} audio-s/s",
-                        file=log,
-                        flush=True,
                     )
         except Exception as exc:
-            print(
-                f"[extract] the run stopped: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}\n"
+            _say(
+                log,
+                f"the run stopped: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}\n"
                 "[extract] every committed batch is kept; fix the cause and rerun the same command to resume",
-                file=log,
-                flush=True,
             )
             raise
-    summary = summarize(cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata)
+    summary = summarize(
+        cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata,
+        {s.source_id for s in listing}, changed,
+    )
     summary["deferred"] = len(deferred)
     summary["deferred_examples"] = sorted(deferred.values())[:20]
     store.write_summary(summary)
     if deferred:
-        print(
-            f"[extract] {len(deferred)} inputs could not be read for a transient reason (store outage, throttling) "
+        _say(
+            log,
+            f"{len(deferred)} inputs could not be read for a transient reason (store outage, throttling) "
             f"and were not committed; rerun the same command to process them. First: {next(iter(deferred.values()))}",
-            file=log,
-            flush=True,
         )
-    print(
-        f"[extract] {summary['inputs']} inputs: {summary['ok']} ok, {summary['failed']} failed, "
+    out = summary["output"]
+    if out["not_in_input"]:
+        _say(
+            log,
+            f"{out['not_in_input']} committed source(s) are not in this run's input (removed, or listed by another "
+            "input); their rows stay. See not_in_input_examples in summary.json",
+        )
+    _say(
+        log,
+        f"{summary['inputs']} inputs: {summary['ok']} ok, {summary['failed']} failed, "
         f"{summary['unaccounted']} unaccounted; {summary['feature_rows']} feature rows, "
         f"{summary['error_rows']} error rows; {summary['wall_s']:.1f} s",
-        file=log,
-        flush=True,
     )
     return summary

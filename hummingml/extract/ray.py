@@ -178,10 +178,12 @@ def build_dataset(
     metadata: dict[str, Any],
     frame_rate: float,
     log: TextIO | None = None,
+    lease: str = "",
 ) -> ray.data.Dataset:
     """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (one actor).
 
-    The pool plan is printed to ``log``.
+    The pool plan is printed to ``log``; ``lease`` is the driver's lease token, which the writer checks before each
+    commit.
     """
     cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
     present = ray.cluster_resources().get("CPU", 0.0)
@@ -212,7 +214,8 @@ def build_dataset(
         )
     return ds.map_batches(
         CommitStep,
-        fn_constructor_kwargs={"cfg": cfg, "run_metadata": metadata, "frame_rate": frame_rate, "metrics": RayMetrics},
+        fn_constructor_kwargs={"cfg": cfg, "run_metadata": metadata, "frame_rate": frame_rate, "metrics": RayMetrics,
+                              "lease": lease},
         compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=cfg.commit_rows,
         num_cpus=COMMIT_CPUS,

@@ -64,7 +64,9 @@ def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None)
         {
             "source_id": s.source_id,
             "segment_index": -1,
-            "source_uri": s.uri,
+            "source_uri": s.canonical or s.uri,  # the identity, stored in the output
+            "open_uri": s.uri,  # what to open (an object store's URI keeps its ?options)
+            "source_version": s.version,
             "metadata": s.metadata,
             "skip_segments": sorted((skip or {}).get(s.source_id, [])),
         }
@@ -82,6 +84,7 @@ PROVENANCE_KEYS = (
     "source_id",
     "segment_index",
     "source_uri",
+    "source_version",
     "content_sha256",
     "source_sample_rate",
     "source_channels",
@@ -106,6 +109,7 @@ def feature_tables(rows: list[dict[str, Any]], frame_rate: float) -> dict[str, p
                     "source_id": row["source_id"],
                     "segment_index": row["segment_index"],
                     "source_uri": printable(row["source_uri"]),
+                    "source_version": row.get("source_version", ""),
                     **row["error"],
                     "message": printable(row["error"]["message"]),
                 }

@@ -60,7 +60,7 @@ class DecodeStep:
         stage = "read"
         source = None
         try:
-            source = open_source(row["source_uri"], self.cfg.read_retries, self.cfg.read_backoff_s)
+            source = open_source(row.get("open_uri", row["source_uri"]), self.cfg.read_retries, self.cfg.read_backoff_s)
             row["content_sha256"] = source.sha256
             stage = "decode"
             reader = AudioReader(source.file, source.size)
@@ -87,7 +87,7 @@ class DecodeStep:
         seg_len = segment_length(self.cfg.segment_s)
         segments = n_segments(reader.frames, reader.sample_rate, self.cfg.segment_s)
         common = {
-            **{k: row[k] for k in ("source_id", "source_uri", "metadata", "content_sha256")},
+            **{k: row[k] for k in ("source_id", "source_uri", "source_version", "metadata", "content_sha256")},
             "source_sample_rate": reader.sample_rate,
             "source_channels": reader.channels,
             "source_duration_s": reader.frames / reader.sample_rate,
@@ -251,10 +251,12 @@ class CommitMetrics:
 class CommitStep:
     """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key.
 
-    A row whose key and outcome the output already holds is dropped, not written again: Ray Data runs a commit
-    again when the process that ran it dies (its result is lost with the node), and the rows of that commit may
-    already be in the output. The step reads the committed keys when it starts (also after a restart) and adds
-    each batch's.
+    A row whose key, source version and outcome the output already holds is dropped, not written again: Ray Data
+    runs a commit again when the process that ran it dies (its result is lost with the node), and the rows of that
+    commit may already be in the output. The step finishes committed batches and reads the committed keys when it
+    starts (also after a restart), and adds each batch's. With a ``lease`` token, a batch is committed only while the
+    output's lease names it. ``cfg.fail_after_commits`` ends the writer's process right after that many commit
+    markers, once per output (a fault-injection hook for tests).
     """
 
     def __init__(
@@ -263,25 +265,43 @@ class CommitStep:
         run_metadata: dict[str, Any],
         frame_rate: float,
         metrics: Callable[[], CommitMetrics] = CommitMetrics,
+        lease: str = "",
     ) -> None:
         self.store = OutputStore(cfg.output)
         self.metadata = run_metadata
         self.frame_rate = frame_rate
+        self.lease = lease
+        self.fail_after = cfg.fail_after_commits
+        self.commits = 0
         self.metrics = metrics()  # made here: an executor's metric objects live in the process that commits
+        self.store.finish_committed()  # a writer that died between a marker and its moves left them to do
         self.committed = self.store.committed_keys()
 
+    def _crash_now(self) -> bool:
+        """Whether this commit is the injected fault's (the first time the output reaches it)."""
+        if not self.fail_after or self.commits != self.fail_after:
+            return False
+        flag = f"{self.store.root}/_fault-after-commit-{self.fail_after}"
+        if self.store.read_bytes(flag) is not None:
+            return False
+        self.store.write_atomic(flag, b"")
+        return True
+
     def __call__(self, batch: Batch) -> Batch:
-        def key(r: dict[str, Any]) -> tuple[str, int, bool]:
-            return r["source_id"], int(r["segment_index"]), not r.get("error")
+        def key(r: dict[str, Any]) -> tuple[str, str, int, bool]:
+            return r["source_id"], r.get("source_version", ""), int(r["segment_index"]), not r.get("error")
 
         rows = [r for r in unpack_batch(batch) if r.get("deferred") or key(r) not in self.committed]
         done = [r for r in rows if not r.get("deferred")]
         keys = [
-            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error")) for r in done
+            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error"),
+             r.get("source_version", ""))
+            for r in done
         ]
         if done:
-            self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata)
-            self.committed.update((source, segment, ok) for source, segment, _, ok in keys)
+            self.commits += 1
+            self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata, self.lease, self._crash_now())
+            self.committed.update(key(r) for r in done)
         failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
         summary = {
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),

@@ -1,7 +1,8 @@
 """A corpus of hostile inputs, each with the outcome extraction must give it.
 
 ``write_hostile_corpus(root, segment_s)`` writes one file (or directory, link, FIFO) per kind under ``root`` and
-returns what each must become: feature rows for a number of segments, or one error row of a given type and stage.
+returns what each must become: feature rows for a number of segments, one error row of a given type and stage, or
+no rows of its own when it is another input under a second name (a link to it: one source, listed once).
 The reliability tests run the extraction job over it and check every kind; users can do the same against their own
 deployment (``hummingml.testing.hostile.write_hostile_corpus``).
 """
@@ -23,11 +24,12 @@ from hummingml.testing.signals import sine
 
 @dataclass(frozen=True)
 class Expected:
-    """What extraction must make of one input: ``segments`` feature rows, or one error row."""
+    """What extraction must make of one input: ``segments`` feature rows, one error row, or the rows of ``same_as``."""
 
     segments: int = 0  # feature rows (segments) when the input is good
     error_type: str = ""  # the error row's error_type, e.g. "DecodeError:truncated"; "" for a good input
     stage: str = ""  # the error row's stage: read or decode
+    same_as: str = ""  # the corpus path of the input this one is (same source, listed once); "" for its own source
 
     @property
     def ok(self) -> bool:
@@ -165,7 +167,8 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
         "directory named x.wav": ("dir.wav", lambda p: p.mkdir(), err("unreadable", "read")),
         "broken symlink": ("broken-link.wav", lambda p: os.symlink(p.parent / "nowhere.wav", p),
                            err("not_found", "read")),
-        "symlink to a good file": ("link-to-good.wav", lambda p: os.symlink(p.parent / "s16.wav", p), one),
+        "symlink to a good file": ("link-to-good.wav", lambda p: os.symlink(p.parent / "s16.wav", p),
+                                   Expected(same_as="s16.wav")),
         "FIFO named x.wav": ("fifo.wav", lambda p: os.mkfifo(p), err("unreadable", "read")),
         "unreadable file": ("unreadable.wav", _unreadable(wav16),
                             one if os.geteuid() == 0 else err("unreadable", "read")),
@@ -211,6 +214,8 @@ def markdown_table(segment_s: float = 2.0) -> str:
         name = name if len(name) < 40 else name[:12] + "…" + name[-8:]
         outcome = (f"error row: stage `{i.expected.stage}`, `{i.expected.error_type}`" if not i.expected.ok
                    else f"{i.expected.segments} feature row{'s' if i.expected.segments > 1 else ''}")
+        if i.expected.same_as:
+            outcome = f"same source as `{i.expected.same_as}` (listed once, no rows of its own)"
         if i.kind == "unreadable file":  # depends on who runs it; the table states both
             outcome = "1 feature row as root; error row: stage `read`, `DecodeError:unreadable` for other users"
         lines.append(f"| {i.kind} | `{name}` | {outcome} |")

@@ -35,11 +35,11 @@ def stereo_distinct(seconds: float = 1.0, sample_rate: int = 44_100) -> F32:
 
 
 def output_keys(output: str | os.PathLike[str], name: str) -> list[tuple[str, int]]:
-    """The ``(source_id, segment_index)`` of every row of one output set (``audio-feature``, ``errors``, ...)."""
-    import pyarrow.dataset as pads
+    """The ``(source_id, segment_index)`` of every current row of one output set (``audio-feature``, ``errors``, ...),
+    as every reader sees them (``hummingml.output.read_set``)."""
+    from hummingml.output import read_set
 
-    path = os.path.join(output, name)
-    if not os.path.isdir(path):
+    table = read_set(os.fspath(output), name, ["source_id", "segment_index"])
+    if table is None:
         return []
-    table = pads.dataset(path, format="parquet").to_table(columns=["source_id", "segment_index"])
     return list(zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True))

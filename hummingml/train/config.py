@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from hummingml.audio import STEMS
+from hummingml.config import above, at_least, names_in, within
 from hummingml.model.config import ModelConfig
 from hummingml.train.data import DataConfig
+
+# Tokens of one packed row beyond P timbre frames and 2T target frames (hummingml.model.lm.packed_length).
+_PACKED_EXTRA = {"humming": 3, "valle": 1}
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,13 @@ class ParallelConfig:
         if self.fsdp and self.zero1:
             raise ValueError("choose one of fsdp and zero1")
 
+    def problems(self, prefix: str = "") -> list[str]:
+        """Degrees below 1, and options the chosen backend ignores; flags named ``--{prefix}{field}``."""
+        problems = at_least(f"--{prefix}dp", self.dp, 1) + at_least(f"--{prefix}tp", self.tp, 1)
+        if self.compile and self.backend != "torch":
+            problems.append(f"--{prefix}compile applies to --{prefix}backend torch only")
+        return problems
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -48,6 +60,16 @@ class OptimConfig:
     def __post_init__(self) -> None:
         # The CLI layer turns tuples into strings ("0.9,0.95" -> ("0.9", "0.95")).
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def problems(self, prefix: str = "") -> list[str]:
+        """Values AdamW or the schedule cannot use; flags named ``--{prefix}{field}``."""
+        problems = above(f"--{prefix}lr", self.lr, 0) + at_least(f"--{prefix}warmup", self.warmup, 0)
+        problems += within(f"--{prefix}min-lr-ratio", self.min_lr_ratio, 0, 1)
+        problems += at_least(f"--{prefix}weight-decay", self.weight_decay, 0)
+        problems += at_least(f"--{prefix}grad-clip", self.grad_clip, 0)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"--{prefix}betas must be two numbers in [0, 1), e.g. 0.9,0.95 (got {self.betas})")
+        return problems + above(f"--{prefix}eps", self.eps, 0)
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,78 @@ class TrainConfig:
     def world_size(self) -> int:
         """Training workers: dp * tp."""
         return self.parallel.dp * self.parallel.tp
+
+    def problems(self) -> list[str]:
+        """Every value no run can use, one line per problem naming its flag (``--steps must be >= 1 ...``)."""
+        problems = [] if self.preset in PRESETS else [f"--preset must be one of {', '.join(PRESETS)}"]
+        if not self.name:
+            problems.append("--name must not be empty")
+        if not self.storage:
+            problems.append("--storage must not be empty")
+        problems += at_least("--steps", self.steps, 1)
+        problems += at_least("--batch-size", self.batch_size, 1)
+        problems += at_least("--checkpoint-every", self.checkpoint_every, 1)
+        problems += at_least("--keep-checkpoints", self.keep_checkpoints, 1)
+        problems += at_least("--max-failures", self.max_failures, 0)
+        problems += above("--cpus-per-worker", self.cpus_per_worker, 0)
+        problems += at_least("--peak-flops", self.peak_flops, 0)
+        problems += at_least("--seed", self.seed, 0)
+        problems += at_least("--fail-at-step", self.fail_at_step, 0)
+        problems += _data_problems(self.data, self.model)
+        problems += _model_problems(self.model)
+        problems += self.parallel.problems("parallel-") + _tp_problems(self.model, self.parallel)
+        return problems + self.optim.problems("optim-")
+
+
+def _data_problems(data: DataConfig, model: ModelConfig) -> list[str]:
+    """The ``--data-*`` flags' problems, and whether the longest example packs into ``model.max_seq_len``."""
+    problems = [] if data.features else ["--data-features must not be empty"]
+    if not data.parts:
+        problems.append("--data-parts must name at least one stem")
+    problems += names_in("--data-parts", data.parts, STEMS)
+    problems += at_least("--data-frames", data.frames, 1)
+    problems += at_least("--data-timbre-min-frames", data.timbre_min_frames, 1)
+    if data.timbre_max_frames < data.timbre_min_frames:
+        problems.append(
+            f"--data-timbre-max-frames ({data.timbre_max_frames}) must be >= --data-timbre-min-frames "
+            f"({data.timbre_min_frames})"
+        )
+    problems += within("--data-mono-noise", data.mono_noise, 0, 1)
+    problems += within("--data-mono-variant-prob", data.mono_variant_prob, 0, 1)
+    problems += at_least("--data-jitter-frames", data.jitter_frames, 0)
+    problems += at_least("--data-seed", data.seed, 0)
+    tokens = _PACKED_EXTRA.get(model.layout, 0) + data.timbre_max_frames + 2 * data.frames
+    if tokens > model.max_seq_len:
+        problems.append(
+            f"--data-frames {data.frames} and --data-timbre-max-frames {data.timbre_max_frames} pack "
+            f"into {tokens} tokens > --model-max-seq-len {model.max_seq_len}"
+        )
+    return problems
+
+
+def _model_problems(model: ModelConfig) -> list[str]:
+    """The ``--model-*`` flags' problems that ``ModelConfig.__post_init__`` lets through."""
+    problems = [] if model.layout in _PACKED_EXTRA else [f"--model-layout must be one of {', '.join(_PACKED_EXTRA)}"]
+    for name in ("n_layers", "d_model", "n_heads", "d_ff", "max_seq_len", "pad_multiple"):
+        problems += at_least("--model-" + name.replace("_", "-"), getattr(model, name), 1)
+    problems += at_least("--model-codebook-size", model.codebook_size, 2)
+    for name in ("rope_theta", "norm_eps", "init_std"):
+        problems += above("--model-" + name.replace("_", "-"), getattr(model, name), 0)
+    return problems
+
+
+def _tp_problems(model: ModelConfig, parallel: ParallelConfig) -> list[str]:
+    """What tensor parallelism splits must divide by tp (hummingml.train.parallel checks it again on the workers)."""
+    if parallel.tp < 1:
+        return []
+    problems = [
+        f"--model-{name.replace('_', '-')} {n} is not divisible by --parallel-tp {parallel.tp}"
+        for name, n in (("n_heads", model.n_heads), ("d_ff", model.d_ff), ("codebook_size", model.codebook_size))
+        if n % parallel.tp
+    ]
+    if parallel.sequence_parallel and model.pad_to_max and model.max_seq_len % parallel.tp:
+        problems.append(f"--model-max-seq-len {model.max_seq_len} is not divisible by --parallel-tp {parallel.tp}")
+    return problems
 
 
 def from_preset(preset: str, **overrides: Any) -> TrainConfig:

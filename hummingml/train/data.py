@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from hummingml.output import read_set, set_files
 
 
 @dataclass(frozen=True)
@@ -133,35 +134,28 @@ def examples_from_row(
 AUDIO_COLUMNS = ("source_id", "segment_index", "metadata", "stem_names", "stem_codes")  # what training reads
 
 
-def feature_set(features: str, name: str) -> str:
-    """The path of one feature set (``audio-feature`` or ``sine-audio-feature``) under an extraction output."""
-    return f"{features.rstrip('/')}/{name}"
-
-
 def sine_columns(features: str) -> list[str]:
     """The sine-audio-feature columns training reads; ``mono_variants`` only where the set has it (schema >= 1.1)."""
     import pyarrow.dataset as pads
-    import pyarrow.fs as pafs
 
-    path = feature_set(features, "sine-audio-feature")
-    fs, inner = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
-    names = pads.dataset(inner, filesystem=fs, format="parquet").schema.names
+    fs, files, _ = set_files(features, "sine-audio-feature")
+    names = pads.dataset(files, filesystem=fs, format="parquet").schema.names if files else []
     columns = ["source_id", "segment_index", "mono_codes", "melody"]
     return [*columns, "mono_variants"] if "mono_variants" in names else columns
 
 
 class JoinedRows:
-    """The two feature sets joined on (source_id, segment_index), sorted by that key, read in this process.
+    """The two feature sets' current rows joined on (source_id, segment_index), sorted by that key, read here.
 
     The rows :func:`hummingml.train.ray.read_joined` gives, without Ray: for runs in one process (tests, small
     local runs). Holds every row in memory.
     """
 
     def __init__(self, features: str) -> None:
-        import pyarrow.dataset as pads
-
         def rows(name: str, columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
-            table = pads.dataset(feature_set(features, name), format="parquet").to_table(columns=columns)
+            table = read_set(features, name, columns)
+            if table is None:
+                return {}
             return {(r["source_id"], r["segment_index"]): r for r in table.to_pylist()}
 
         audio = rows("audio-feature", list(AUDIO_COLUMNS))

@@ -24,15 +24,28 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from hummingml.cluster import connect
 from hummingml.config import from_dict
+from hummingml.output import set_files, superseded_filter
 from hummingml.train.config import TrainConfig
-from hummingml.train.data import AUDIO_COLUMNS, feature_set, sine_columns
+from hummingml.train.data import AUDIO_COLUMNS, sine_columns
 from hummingml.train.loop import WorkerContext, loop
 
 
+def _read_current(features: str, name: str, columns: list[str]) -> ray.data.Dataset:
+    """The current rows of one set (``hummingml.output``: the files its commit markers name, superseded rows out)."""
+    fs, files, superseded = set_files(features, name)
+    if not files:
+        raise FileNotFoundError(f"{features} has no committed {name} files")
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, include_paths=bool(superseded))
+    if not superseded:
+        return ds
+    keep = superseded_filter(superseded)
+    return ds.filter(lambda r: keep(r["path"], r["source_id"], r["segment_index"])).drop_columns(["path"])
+
+
 def read_joined(features: str, parallelism: int = 2) -> ray.data.Dataset:
-    """The two feature sets as one Ray Dataset, joined on (source_id, segment_index) and sorted by that key."""
-    audio = ray.data.read_parquet(feature_set(features, "audio-feature"), columns=list(AUDIO_COLUMNS))
-    sine = ray.data.read_parquet(feature_set(features, "sine-audio-feature"), columns=sine_columns(features))
+    """The two feature sets' current rows as one Ray Dataset, joined on (source_id, segment_index), sorted by it."""
+    audio = _read_current(features, "audio-feature", list(AUDIO_COLUMNS))
+    sine = _read_current(features, "sine-audio-feature", sine_columns(features))
     joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
     # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
     # the same rows when a later run resumes from it

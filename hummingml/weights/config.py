@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hummingml.config import above, at_least
+
 KINDS: tuple[str, ...] = ("tiny", "random-full", "pretrained")
 CACHE_ENV = "HUMMINGML_CACHE"  # environment variable that overrides the default cache directory
 DEFAULT_CACHE_DIR = "~/.cache/hummingml/models"
@@ -72,6 +74,15 @@ class ModelsConfig:
             value = getattr(self, name)
             if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower())):
                 raise ValueError(f"{name} must be 64 hex digits, got {value!r}")
+
+    def problems(self, prefix: str = "") -> list[str]:
+        """What ``__post_init__`` lets through but no run can use, one line per problem; flags named
+        ``--{prefix}{field}`` (``prefix="models-"`` inside a job config)."""
+        problems = at_least(f"--{prefix}seed", self.seed, 0)
+        problems += above(f"--{prefix}connect-timeout-s", self.connect_timeout_s, 0)
+        if not self.demucs_name:
+            problems.append(f"--{prefix}demucs-name must not be empty")
+        return problems
 
 
 @dataclass(frozen=True)

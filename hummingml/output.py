@@ -1,0 +1,270 @@
+"""An extraction output as readers see it: its commit log, which rows are current, and the current rows of a set.
+
+The output root holds one commit marker per batch (``_commits/<batch>.json``, see ``hummingml.extract.store``). A
+marker lists the batch's visible files and one entry per row: ``(source_id, segment_index, n_segments, ok,
+source_version)``. Readers trust the markers, not the folders: a file that no readable marker names is not part of
+the output (a batch whose marker was damaged counts as uncommitted and is processed again).
+
+The newest commit of a key wins. Markers are ordered by their commit time (older markers without one by the
+marker file's modification time), then by name. For each source, its *current version* is the ``source_version``
+of its newest row; rows of any other version are superseded (the input changed and was processed again). Among the
+current version's rows, the newest row of each ``segment_index`` wins, and a whole-source error row (segment -1) is
+superseded by any newer row of the source. Superseded rows stay in their files until they are rewritten; readers
+drop them with :func:`read_set` (or the ``superseded`` map of :class:`CurrentView`).
+
+This module imports only pyarrow, so every part (extraction, training, evaluation) reads outputs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+COMMITS = "_commits"
+QUARANTINE = "quarantine"  # under _commits: damaged markers, kept for inspection
+SETS = ("audio-feature", "sine-audio-feature", "errors")
+
+Key = tuple[str, int]  # (source_id, segment_index)
+
+
+class DamagedMarker(ValueError):
+    """A commit marker that is empty, not JSON, or lacks its fields."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row a commit marker accounts for."""
+
+    source_id: str
+    segment_index: int
+    n_segments: int  # the source's segment count (-1: unknown, the source failed as a whole)
+    ok: bool  # a feature row (in both feature sets) or an error row (in ``errors``)
+    version: str  # the source's size and modification time when it was listed ("" in outputs before format 2)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A parsed commit marker."""
+
+    path: str
+    batch: str
+    time_ns: int  # when the batch committed (ordering: the newest commit of a key wins)
+    files: dict[str, str]  # staged path -> visible path, both relative to the root
+    rows: tuple[Row, ...]
+    lease: str = ""  # the token of the lease its writer held ("" before format 2)
+
+
+def parse_marker(path: str, data: bytes, mtime_ns: int = 0) -> Marker:
+    """A marker from its bytes; raises :class:`DamagedMarker` for an empty or malformed one."""
+    try:
+        raw = json.loads(data)
+        rows = tuple(
+            Row(str(r[0]), int(r[1]), int(r[2]), bool(r[3]), str(r[4]) if len(r) > 4 else "") for r in raw["rows"]
+        )
+        return Marker(
+            path=path,
+            batch=str(raw["batch"]),
+            time_ns=int(raw.get("committed_unix_ns", mtime_ns)),
+            files={str(k): str(v) for k, v in raw["files"].items()},
+            rows=rows,
+            lease=str(raw.get("lease", "")),
+        )
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise DamagedMarker(f"{path}: {type(exc).__name__}: {exc}" if data else f"{path}: empty") from exc
+
+
+def open_root(root: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path in it) of an output root given as a local path, ``file://`` or any pyarrow URI."""
+    if "://" in root and not root.startswith("file://"):
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), os.path.abspath(root.removeprefix("file://"))
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` in a filesystem's path syntax."""
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def read_markers(
+    fs: pafs.FileSystem, root: str, log: TextIO | None = sys.stderr
+) -> tuple[list[Marker], list[str]]:
+    """Every readable marker, oldest first, and the paths of damaged ones (each reported on ``log``)."""
+    infos = fs.get_file_info(pafs.FileSelector(join(root, COMMITS), allow_not_found=True))
+    markers, damaged = [], []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".json") or ".tmp-" in info.path:
+            continue
+        with fs.open_input_stream(info.path) as f:
+            data = f.read()
+        try:
+            markers.append(parse_marker(info.path, data, info.mtime_ns or 0))
+        except DamagedMarker as exc:
+            damaged.append(info.path)
+            if log is not None:
+                print(f"[output] warning: damaged commit marker, its batch counts as uncommitted: {exc}", file=log)
+    markers.sort(key=lambda m: (m.time_ns, m.batch))
+    return markers, damaged
+
+
+@dataclass
+class SourceState:
+    """What the current rows of one source hold."""
+
+    version: str = ""
+    n_segments: int = -1  # -1 until a row says how many segments the source has
+    ok_segments: set[int] = field(default_factory=set)
+    error_segments: set[int] = field(default_factory=set)  # -1 = the whole source failed
+
+    @property
+    def complete(self) -> bool:
+        """Every segment is accounted for, or the source failed as a whole."""
+        if -1 in self.error_segments:
+            return True
+        return self.n_segments >= 0 and len(self.ok_segments | self.error_segments) >= self.n_segments
+
+    @property
+    def failed(self) -> bool:
+        """Some part of the source ended as an error row."""
+        return bool(self.error_segments)
+
+
+@dataclass
+class CurrentView:
+    """The current rows of an output, from its markers.
+
+    ``sources`` holds each source's current state; ``superseded`` maps a batch to the keys of its rows that a newer
+    commit replaced (usually empty); ``superseded_sources`` counts the sources that have superseded rows.
+    """
+
+    markers: list[Marker]
+    sources: dict[str, SourceState]
+    superseded: dict[str, set[Key]]
+    superseded_sources: set[str]
+
+    def files(self, name: str) -> list[str]:
+        """Visible paths (relative to the root) of the set ``name`` that the markers name, oldest commit first."""
+        prefix = f"{name}/"
+        return [final for m in self.markers for final in m.files.values() if final.startswith(prefix)]
+
+    @property
+    def superseded_rows(self) -> int:
+        """Rows that a newer commit replaced."""
+        return sum(len(keys) for keys in self.superseded.values())
+
+
+def current_view(markers: Iterable[Marker]) -> CurrentView:
+    """Which rows of ``markers`` (oldest first) are current; see the module docstring for the rule."""
+    markers = list(markers)
+    version: dict[str, str] = {}
+    for m in markers:
+        for r in m.rows:
+            version[r.source_id] = r.version  # the newest row's version is the current one
+    winner: dict[Key, str] = {}  # key -> batch of its newest row
+    newest_of_source: dict[str, int] = {}  # source -> position of the newest marker that holds a current row
+    rows_at: dict[Key, Row] = {}
+    for pos, m in enumerate(markers):
+        for r in m.rows:
+            if r.version == version[r.source_id]:
+                key = (r.source_id, r.segment_index)
+                winner[key] = m.batch
+                rows_at[key] = r
+                newest_of_source[r.source_id] = pos
+    positions = {m.batch: pos for pos, m in enumerate(markers)}
+    for key in [k for k in winner if k[1] == -1]:  # a whole-source error that a newer row of the source replaced
+        if newest_of_source[key[0]] > positions[winner[key]]:
+            del winner[key]
+    superseded: dict[str, set[Key]] = {}
+    for m in markers:
+        for r in m.rows:
+            key = (r.source_id, r.segment_index)
+            if winner.get(key) != m.batch:
+                superseded.setdefault(m.batch, set()).add(key)
+    sources: dict[str, SourceState] = {}
+    for key in winner:
+        r = rows_at[key]
+        s = sources.setdefault(r.source_id, SourceState(version=r.version))
+        s.n_segments = max(s.n_segments, r.n_segments)
+        (s.ok_segments if r.ok else s.error_segments).add(r.segment_index)
+    return CurrentView(markers, sources, superseded, {s for keys in superseded.values() for s, _ in keys})
+
+
+def batch_of(path: str) -> str:
+    """The batch id in a visible file's name (``<set>/part-<batch>.parquet``)."""
+    name = path.rsplit("/", 1)[-1]
+    return name.removeprefix("part-").removesuffix(".parquet")
+
+
+def view(root: str, log: TextIO | None = sys.stderr) -> CurrentView | None:
+    """The current view of the output at ``root``, or None when it has no commit log (not an extraction output)."""
+    fs, path = open_root(root)
+    if fs.get_file_info(join(path, COMMITS)).type != pafs.FileType.Directory:
+        return None
+    return current_view(read_markers(fs, path, log)[0])
+
+
+def set_files(root: str, name: str, log: TextIO | None = sys.stderr) -> tuple[pafs.FileSystem, list[str], dict]:
+    """(filesystem, paths, superseded) of the set ``name``: the files its markers name that exist.
+
+    A folder without a commit log (Parquet written by other tools) gives every ``.parquet`` file under it and no
+    superseded rows.
+    """
+    fs, path = open_root(root)
+    current = view(root, log)
+    if current is None:
+        infos = fs.get_file_info(pafs.FileSelector(join(path, name), allow_not_found=True, recursive=True))
+        return fs, sorted(i.path for i in infos if i.path.endswith(".parquet")), {}
+    files = [join(path, f) for f in current.files(name)]
+    present = [i.path for i in fs.get_file_info(files) if i.type == pafs.FileType.File]
+    return fs, present, current.superseded
+
+
+def read_set(
+    root: str,
+    name: str,
+    columns: list[str] | None = None,
+    filter: Any = None,
+    log: TextIO | None = sys.stderr,
+) -> pa.Table | None:
+    """The current rows of one set (``audio-feature``, ``sine-audio-feature``, ``errors``), or None if it has none.
+
+    Args:
+        root: the output root (local path or pyarrow URI).
+        name: the set.
+        columns: the columns to read (all when None).
+        filter: a ``pyarrow.compute`` expression applied while reading.
+        log: where a damaged marker is reported.
+    """
+    import pyarrow.dataset as pads
+
+    fs, files, superseded = set_files(root, name, log)
+    if not files:
+        return None
+    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    wanted = columns if columns is not None else dataset.schema.names
+    read = list(dict.fromkeys([*wanted, "source_id", "segment_index"]))
+    tables = []
+    for fragment in dataset.get_fragments():
+        table = fragment.to_table(columns=read, filter=filter, schema=dataset.schema)
+        drop = superseded.get(batch_of(fragment.path))
+        if drop:
+            keys = zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True)
+            table = table.filter(pa.array([(s, int(i)) not in drop for s, i in keys]))
+        tables.append(table.select(wanted))
+    return pa.concat_tables(tables)
+
+
+def superseded_filter(superseded: dict[str, set[Key]]) -> Any:
+    """A row predicate ``(path, source_id, segment_index) -> keep`` for readers that see rows with their file path."""
+
+    def keep(path: str, source_id: str, segment_index: int) -> bool:
+        drop = superseded.get(batch_of(path))
+        return not drop or (source_id, int(segment_index)) not in drop
+
+    return keep
