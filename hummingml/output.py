@@ -158,6 +158,25 @@ class CurrentView:
         """Rows that a newer commit replaced."""
         return sum(len(keys) for keys in self.superseded.values())
 
+    def describe(self, listed: set[str] | None = None) -> dict[str, Any]:
+        """The whole output in numbers; with ``listed`` (the source ids an input lists), the sources it lacks."""
+        states = self.sources.values()
+        out = {
+            "sources": len(self.sources),
+            "complete_ok": sum(p.complete and not p.failed for p in states),
+            "complete_failed": sum(p.complete and p.failed for p in states),
+            "incomplete": sum(not p.complete for p in states),
+            "feature_rows": sum(len(p.ok_segments) for p in states),
+            "error_rows": sum(len(p.error_segments) for p in states),
+            "superseded_rows": self.superseded_rows,
+            "sources_with_superseded_rows": len(self.superseded_sources),
+            "batches": len(self.markers),
+        }
+        if listed is not None:  # committed sources the input no longer lists (removed files)
+            not_listed = sorted(set(self.sources) - listed)
+            out.update(not_in_input=len(not_listed), not_in_input_examples=not_listed[:20])
+        return out
+
 
 def current_view(markers: Iterable[Marker]) -> CurrentView:
     """Which rows of ``markers`` (oldest first) are current; see the module docstring for the rule."""

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from hummingml.audio import FEATURE_SAMPLE_RATE
-from hummingml.output import read_set
+from hummingml.output import read_set, view
 from hummingml.stages.pitch import NoteEvent
 from hummingml.stages.synth import render_sine
 
@@ -39,14 +39,16 @@ def describe(out: str) -> dict[str, Any]:
     else:
         report.update(feature_rows=0, duplicate_keys=0, sources_with_features=0, audio_hours=0.0, frames=0)
     report["error_rows"] = 0 if errors is None else errors.num_rows
+    current = view(out, log=None)
+    if current is not None:
+        report["commit_log"] = current.describe()  # the whole output from its markers, right after any crash
     if errors is not None:
         reasons = Counter(zip(errors["stage"].to_pylist(), errors["error_type"].to_pylist(), strict=True))
         report["errors_by_stage_and_type"] = {f"{s} / {t}": n for (s, t), n in reasons.most_common()}
     summary = Path(out) / "summary.json"
     if summary.exists():
-        report["last_run"] = {k: v for k, v in json.loads(summary.read_text()).items()
-                              if k in ("inputs", "ok", "failed", "unaccounted", "changed_inputs", "output", "wall_s",
-                                       "random_weights")}
+        wanted = ("inputs", "ok", "failed", "unaccounted", "changed_inputs", "wall_s", "random_weights")
+        report["last_run"] = {k: v for k, v in json.loads(summary.read_text()).items() if k in wanted}
     return report
 
 

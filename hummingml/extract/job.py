@@ -54,20 +54,6 @@ def summarize(
             failed += 1
         else:
             ok += 1
-    not_listed = sorted(set(progress) - listed)
-    output = {
-        "sources": len(progress),
-        "complete_ok": sum(p.complete and not p.failed for p in progress.values()),
-        "complete_failed": sum(p.complete and p.failed for p in progress.values()),
-        "incomplete": sum(not p.complete for p in progress.values()),
-        "feature_rows": sum(len(p.ok_segments) for p in progress.values()),
-        "error_rows": sum(len(p.error_segments) for p in progress.values()),
-        "superseded_rows": current.superseded_rows,
-        "sources_with_superseded_rows": len(current.superseded_sources),
-        "not_in_input": len(not_listed),  # committed sources this run's input no longer lists (removed files)
-        "not_in_input_examples": not_listed[:20],
-        "batches": len(current.markers),
-    }
     return {
         "inputs": len(source_ids),
         "ok": ok,
@@ -78,7 +64,7 @@ def summarize(
         "error_rows": error_rows,
         "changed_inputs": len(changed),  # inputs whose size or modification time changed: processed again
         "changed_examples": changed[:20],
-        "output": output,
+        "output": current.describe(listed),
         "audio_hours_this_run": run_audio_s / 3600.0,
         "wall_s": wall_s,
         "audio_s_per_wall_s": run_audio_s / wall_s if wall_s > 0 else 0.0,

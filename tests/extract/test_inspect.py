@@ -21,6 +21,9 @@ def test_demo_then_inspect(ray_local, tmp_path, monkeypatch) -> None:
     report = describe(str(tmp_path / "demo" / "features"))
     assert report["feature_rows"] == 1 and report["duplicate_keys"] == 0 and report["error_rows"] == 1
     assert report["errors_by_stage_and_type"] == {"decode / DecodeError:truncated": 1}
+    log_view = report["commit_log"]
+    assert (log_view["sources"], log_view["complete_ok"], log_view["complete_failed"]) == (2, 1, 1)
+    assert (log_view["feature_rows"], log_view["error_rows"], log_view["superseded_rows"]) == (1, 1, 0)
     png = tmp_path / "report.png"
     out = io.StringIO()
     assert main(str(tmp_path / "demo" / "features"), str(png), log=out) == 0
