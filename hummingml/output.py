@@ -12,7 +12,8 @@ current version's rows, the newest row of each ``segment_index`` wins, and a who
 superseded by any newer row of the source. Superseded rows stay in their files until they are rewritten; readers
 drop them with :func:`read_set` (or the ``superseded`` map of :class:`CurrentView`).
 
-This module imports only pyarrow, so every part (extraction, training, evaluation) reads outputs the same way.
+This module imports only pyarrow and the schemas, so every part (extraction, training, evaluation) reads outputs the
+same way.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import pyarrow.fs as pafs
 
 COMMITS = "_commits"
 QUARANTINE = "quarantine"  # under _commits: damaged markers, kept for inspection
-SETS = ("audio-feature", "sine-audio-feature", "errors")
 
 Key = tuple[str, int]  # (source_id, segment_index)
 
@@ -140,7 +140,7 @@ class CurrentView:
     """The current rows of an output, from its markers.
 
     ``sources`` holds each source's current state; ``superseded`` maps a batch to the keys of its rows that a newer
-    commit replaced (usually empty); ``superseded_sources`` counts the sources that have superseded rows.
+    commit replaced (usually empty); ``superseded_sources`` holds the sources that have superseded rows.
     """
 
     markers: list[Marker]
@@ -148,10 +148,10 @@ class CurrentView:
     superseded: dict[str, set[Key]]
     superseded_sources: set[str]
 
-    def files(self, name: str) -> list[str]:
-        """Visible paths (relative to the root) of the set ``name`` that the markers name, oldest commit first."""
+    def files(self, name: str) -> list[tuple[str, str]]:
+        """``(visible, staged)`` paths (relative to the root) of the set ``name``'s files, oldest commit first."""
         prefix = f"{name}/"
-        return [final for m in self.markers for final in m.files.values() if final.startswith(prefix)]
+        return [(final, staged) for m in self.markers for staged, final in m.files.items() if final.startswith(prefix)]
 
     @property
     def superseded_rows(self) -> int:
@@ -215,9 +215,9 @@ def current_view(markers: Iterable[Marker]) -> CurrentView:
 
 
 def batch_of(path: str) -> str:
-    """The batch id in a visible file's name (``<set>/part-<batch>.parquet``)."""
-    name = path.rsplit("/", 1)[-1]
-    return name.removeprefix("part-").removesuffix(".parquet")
+    """The batch id of a set's file: ``<set>/part-<batch>.parquet``, or ``_staging/<batch>/<set>.parquet``."""
+    parent, name = path.rsplit("/", 2)[-2:]
+    return name.removeprefix("part-").removesuffix(".parquet") if name.startswith("part-") else parent
 
 
 def view(root: str, log: TextIO | None = sys.stderr) -> CurrentView | None:
@@ -229,18 +229,27 @@ def view(root: str, log: TextIO | None = sys.stderr) -> CurrentView | None:
 
 
 def set_files(root: str, name: str, log: TextIO | None = sys.stderr) -> tuple[pafs.FileSystem, list[str], dict]:
-    """(filesystem, paths, superseded) of the set ``name``: the files its markers name that exist.
+    """(filesystem, paths, superseded) of the set ``name``: the files its markers name.
 
-    A folder without a commit log (Parquet written by other tools) gives every ``.parquet`` file under it and no
-    superseded rows.
+    A committed file not yet moved into its set (its writer stopped between the marker and the moves) is read from
+    staging; one that exists in neither place is reported on ``log``. A folder without a commit log (Parquet written
+    by other tools) gives every ``.parquet`` file under it and no superseded rows.
     """
     fs, path = open_root(root)
     current = view(root, log)
     if current is None:
         infos = fs.get_file_info(pafs.FileSelector(join(path, name), allow_not_found=True, recursive=True))
         return fs, sorted(i.path for i in infos if i.path.endswith(".parquet")), {}
-    files = [join(path, f) for f in current.files(name)]
-    present = [i.path for i in fs.get_file_info(files) if i.type == pafs.FileType.File]
+    pairs = [(join(path, final), join(path, staged)) for final, staged in current.files(name)]
+    finals = fs.get_file_info([f for f, _ in pairs])
+    present = []
+    for (final, staged), info in zip(pairs, finals, strict=True):
+        if info.type == pafs.FileType.File:
+            present.append(final)
+        elif fs.get_file_info(staged).type == pafs.FileType.File:
+            present.append(staged)
+        elif log is not None:
+            print(f"[output] warning: a committed file is missing; rerun the extraction to redo it: {final}", file=log)
     return fs, present, current.superseded
 
 
@@ -262,10 +271,13 @@ def read_set(
     """
     import pyarrow.dataset as pads
 
+    from schemas.features import SCHEMAS
+
     fs, files, superseded = set_files(root, name, log)
     if not files:
         return None
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
+    # the set's schema, not the first file's: an output extended across schema versions reads as the newest
+    dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=SCHEMAS.get(name))
     wanted = columns if columns is not None else dataset.schema.names
     read = list(dict.fromkeys([*wanted, "source_id", "segment_index"]))
     tables = []

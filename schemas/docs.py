@@ -32,8 +32,10 @@ changed input's older rows are superseded. A plain `pyarrow.dataset` over a set'
 
 **Version 2.0** (from 1.1): `source_id` hashes the canonical URI instead of the path as typed, `source_uri` holds
 that canonical URI, and `source_version` is new (in all three sets). Outputs written before keep their ids; an
-extraction into such an output is refused (an input named differently would be processed again under a new id)
-unless `--allow-config-change`. Readers read them as before, newest commit winning.
+extraction into such an output is refused unless `--allow-config-change`. Extract into a new output instead: with
+the flag, every older source counts as changed (its rows have no version), and an older source whose path was not
+typed in canonical form keeps its rows under its old id beside the new ones (and is reported as not in the input).
+Readers read older outputs as before, newest commit winning.
 
 DAC codes are stored as nested lists `(channels, n_codebooks, frames)` of int16; frame `k` covers samples
 `[256 k, 256 (k + 1))` of the segment at 22.05 kHz (86.13 frames/s).

@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.audio": set(),
     "hummingml.config": set(),
     "hummingml.cluster": set(),
-    "hummingml.output": {"hummingml.config"},
+    "hummingml.output": {"schemas"},
     "schemas": set(),
     "hummingml.model": set(),
     "hummingml.weights": {"hummingml.audio", "hummingml.config"},

@@ -10,6 +10,6 @@
 - ``job``: one extraction run, with its accounting; ``inspect`` and ``demo``: the ``hummingml inspect``/``demo``
   commands.
 
-May import ``hummingml.audio``, ``config``, ``cluster``, ``stages``, ``weights``, ``testing`` (the demo's corpus)
-and ``schemas``; nothing from ``model``, ``train`` or ``eval``.
+May import ``hummingml.audio``, ``config``, ``cluster``, ``stages``, ``weights``, ``output``, ``testing`` (the demo's
+corpus) and ``schemas``; nothing from ``model``, ``train`` or ``eval``.
 """

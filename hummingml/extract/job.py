@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, TextIO
 
 from hummingml.cluster import connect
@@ -82,6 +83,9 @@ OPERATIONAL_FIELDS = (
     "commit_rows", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
     "fail_after_commits", "models",
 )
+# sub-config fields that change where or how fast a model runs, not its output
+OPERATIONAL_SUBFIELDS = ("separate.device", "separate.batch_size", "codec.device", "codec.batch_size",
+                         "pitch.windows_per_call")
 
 
 def fingerprint(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +101,8 @@ def fingerprint(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[st
             flat[prefix] = list(value) if isinstance(value, tuple | list) else value
 
     add("", {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL_FIELDS})
+    for name in OPERATIONAL_SUBFIELDS:
+        flat.pop(name, None)
     for ident in identities:
         flat[f"model.{ident['name']}"] = f"{ident['kind']} sha256={ident['sha256']}"
     return flat
@@ -114,13 +120,14 @@ def plan(
     """(inputs to process, segments to skip per input, inputs that changed since their rows were committed).
 
     An input whose listed version (size and modification time) differs from its committed rows' is processed
-    whole; its new rows supersede the old ones. A complete input of the same version is skipped (unless it failed
-    and ``retry_errors``); a partial one is resumed, skipping its committed segments.
+    whole; its new rows supersede the old ones. A listing that could not stat an input (version "") says nothing
+    about a change. A complete input of the same version is skipped (unless it failed and ``retry_errors``); a
+    partial one is resumed, skipping its committed segments.
     """
     pending, skip, changed = [], {}, []
     for s in sources:
         p = progress.get(s.source_id)
-        if p is not None and p.version != s.version:
+        if p is not None and s.version and p.version != s.version:
             changed.append(s.uri)
             pending.append(s)
             continue
@@ -150,6 +157,8 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
     listing = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
     sources = listing[: cfg.limit] if cfg.limit else listing
+    if "://" not in cfg.output:  # the writer actors open the same root whatever their working directory
+        cfg = replace(cfg, output=os.path.abspath(cfg.output))
     store = OutputStore(cfg.output, log=log)
     lease = Lease.acquire(store, cfg.lease_timeout_s, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
     lease.start_renewing()
@@ -172,7 +181,8 @@ def _run_holding(
     differences = store.check_record(fingerprint(cfg, metadata["models"]), cfg.allow_config_change)
     if differences:
         _say(log, f"warning: the output's config changed (--allow-config-change): {'; '.join(differences)}")
-    dropped = store.recover()
+    # staging of a holder whose lease expired may still be written to: only older staging is dropped
+    dropped = store.recover(staging_min_age_s=cfg.lease_timeout_s if lease.took_over_live else 0.0)
     if dropped:
         _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
     pending, skip, changed = plan(sources, store.progress(), cfg.retry_errors)
@@ -186,6 +196,16 @@ def _run_holding(
         _say(log, f"model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}")
     run_audio_s = 0.0
     deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
+
+    def summary_now(completed: bool) -> dict[str, Any]:
+        summary = summarize(
+            cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata,
+            {s.source_id for s in listing}, changed,
+        )
+        summary.update(completed=completed, deferred=len(deferred), deferred_examples=sorted(deferred.values())[:20])
+        store.write_summary(summary)
+        return summary
+
     if pending:
         connect()
         ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log, lease=lease.token)
@@ -215,14 +235,10 @@ def _run_holding(
                 f"the run stopped: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}\n"
                 "[extract] every committed batch is kept; fix the cause and rerun the same command to resume",
             )
+            with contextlib.suppress(Exception):  # the summary of what is committed, if the output can take it
+                summary_now(completed=False)
             raise
-    summary = summarize(
-        cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata,
-        {s.source_id for s in listing}, changed,
-    )
-    summary["deferred"] = len(deferred)
-    summary["deferred_examples"] = sorted(deferred.values())[:20]
-    store.write_summary(summary)
+    summary = summary_now(completed=True)
     if deferred:
         _say(
             log,

@@ -8,6 +8,7 @@ them in one process (tests, baselines).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -277,15 +278,17 @@ class CommitStep:
         self.store.finish_committed()  # a writer that died between a marker and its moves left them to do
         self.committed = self.store.committed_keys()
 
-    def _crash_now(self) -> bool:
-        """Whether this commit is the injected fault's (the first time the output reaches it)."""
-        if not self.fail_after or self.commits != self.fail_after:
-            return False
+    def _fault(self) -> Callable[[], None] | None:
+        """The injected fault for this commit, if it is the one (the first time the output reaches it)."""
         flag = f"{self.store.root}/_fault-after-commit-{self.fail_after}"
-        if self.store.read_bytes(flag) is not None:
-            return False
-        self.store.write_atomic(flag, b"")
-        return True
+        if not self.fail_after or self.commits != self.fail_after or self.store.read_bytes(flag) is not None:
+            return None
+
+        def crash() -> None:
+            self.store.write_atomic(flag, b"")  # the fault fired: a restarted writer does not fire it again
+            os._exit(17)
+
+        return crash
 
     def __call__(self, batch: Batch) -> Batch:
         def key(r: dict[str, Any]) -> tuple[str, str, int, bool]:
@@ -300,7 +303,7 @@ class CommitStep:
         ]
         if done:
             self.commits += 1
-            self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata, self.lease, self._crash_now())
+            self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata, self.lease, self._fault())
             self.committed.update(key(r) for r in done)
         failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
         summary = {

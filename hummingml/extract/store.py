@@ -13,18 +13,19 @@ Layout under the output root::
     _commits/quarantine/<batch>.json          damaged markers, set aside with a warning
 
 A batch is committed when its marker exists. Its files are written and checked (each file's Parquet footer is read
-back and its row count compared; on local disks the files are fsynced), then the marker is written to a temporary
-name, fsynced and renamed into place (atomic on POSIX filesystems; on object stores a single PUT is atomic). After
-the marker, staged files are moved into the visible sets. ``recover()`` (run at every start, under the lease)
-finishes the moves of committed batches and deletes staging left by batches that never committed, so a crash at any
-point leaves either the whole batch or none of it. A batch's name is a hash of its rows' keys, source versions and
-outcomes: committing the same rows again rewrites the same marker and files instead of adding a copy.
+back and its row count compared; on local disks the files and their folder are fsynced), then the marker is written
+to a temporary name, fsynced and renamed into place (atomic on POSIX filesystems; on object stores the marker
+appears whole, as a copy of a complete object). After the marker, staged files are moved into the visible sets.
+``recover()`` (run at every start, under the lease) finishes the moves of committed batches and deletes staging left
+by batches that never committed, so a crash at any point leaves either the whole batch or none of it. A batch's name
+is a hash of its rows' keys, source versions and outcomes: the same rows committed again are not written twice.
 
 Readers see the output through the markers (``hummingml.output``): the newest commit of a key wins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,8 +34,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 import pyarrow as pa
@@ -51,6 +53,7 @@ from hummingml.output import (
     current_view,
     join,
     open_root,
+    parse_marker,
     read_markers,
 )
 from schemas.features import SCHEMA_VERSION, SCHEMAS
@@ -86,6 +89,7 @@ class OutputStore:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.uri = root
         self.log = log
+        self.newest_ns = 0  # the newest commit time this store has seen or written (commit times only grow)
         self.fs.create_dir(self.root, recursive=True)
 
     def _path(self, *parts: str) -> str:
@@ -120,48 +124,68 @@ class OutputStore:
         self.fs.move(tmp, path)
         self._fsync(os.path.dirname(path))
 
-    def _finish(self, marker: Marker) -> None:
-        """Move a committed batch's staged files into place (idempotent)."""
+    def _finish(self, marker: Marker) -> bool:
+        """Move a committed batch's staged files into place (idempotent); False if a file exists nowhere."""
+        whole = True
         for staged, final in marker.files.items():
             staged_path, final_path = self._path(staged), self._path(final)
             if self._exists(staged_path):
                 self.fs.create_dir(os.path.dirname(final_path), recursive=True)
                 self.fs.move(staged_path, final_path)
-        if self._exists(self._path(STAGING, marker.batch)):
+                self._fsync(os.path.dirname(final_path))
+            elif not self._exists(final_path):
+                whole = False
+        if whole and self._exists(self._path(STAGING, marker.batch)):
             self.fs.delete_dir(self._path(STAGING, marker.batch))
+        return whole
 
     def markers(self) -> list[Marker]:
         """Every readable commit marker, oldest first (damaged ones are reported and skipped)."""
-        return read_markers(self.fs, self.root, self.log)[0]
+        markers = read_markers(self.fs, self.root, self.log)[0]
+        self.newest_ns = max([self.newest_ns, *(m.time_ns for m in markers)])
+        return markers
+
+    def _quarantine(self, path: str, why: str) -> None:
+        if self.log is not None:
+            print(f"[output] warning: {why}; its batch counts as uncommitted: {path}", file=self.log)
+        self.fs.create_dir(self._path(COMMITS, QUARANTINE), recursive=True)
+        self.fs.move(path, self._path(COMMITS, QUARANTINE, os.path.basename(path)))
 
     def finish_committed(self) -> list[Marker]:
-        """Finish the moves of every committed batch (never deletes anything a live writer stages); the markers."""
+        """Finish the moves of every committed batch (a writer that died between its marker and its moves); returns
+        the markers. Deletes only the staging folders of batches whose files are all in place."""
         markers = self.markers()
         for marker in markers:
             self._finish(marker)
         return markers
 
-    def recover(self) -> int:
-        """Quarantine damaged markers, finish committed batches, drop uncommitted staging and stray temporary markers.
+    def recover(self, staging_min_age_s: float = 0.0) -> int:
+        """Quarantine damaged markers and markers whose files exist nowhere, finish committed batches, and drop
+        uncommitted staging (older than ``staging_min_age_s``) and stray temporary files.
 
         Run only by the lease holder: staging that no marker names belongs to a writer that is gone. Returns the
         number of uncommitted batches dropped.
         """
-        markers, damaged = read_markers(self.fs, self.root, self.log)
+        markers, damaged = read_markers(self.fs, self.root, None)
         for path in damaged:
-            self.fs.create_dir(self._path(COMMITS, QUARANTINE), recursive=True)
-            self.fs.move(path, self._path(COMMITS, QUARANTINE, os.path.basename(path)))
-        committed = {m.batch for m in markers}
+            self._quarantine(path, "damaged commit marker (empty or not JSON)")
+        committed = set()
         for marker in markers:
-            self._finish(marker)
+            if self._finish(marker):
+                committed.add(marker.batch)
+            else:
+                self._quarantine(marker.path, "commit marker names files that exist nowhere")
         dropped = 0
+        now = time.time()
         for info in self.fs.get_file_info(pafs.FileSelector(self._path(STAGING), allow_not_found=True)):
-            if os.path.basename(info.path) not in committed:
+            young = info.mtime is not None and now - info.mtime.timestamp() < staging_min_age_s
+            if os.path.basename(info.path) not in committed and not young:
                 self.fs.delete_dir(info.path)
                 dropped += 1
-        for info in self.fs.get_file_info(pafs.FileSelector(self._path(COMMITS), allow_not_found=True)):
-            if ".tmp-" in os.path.basename(info.path):
-                self.fs.delete_file(info.path)
+        for folder in (self._path(COMMITS), self.root):
+            for info in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+                if ".tmp-" in os.path.basename(info.path) or ".stale-" in os.path.basename(info.path):
+                    self.fs.delete_file(info.path)
         return dropped
 
     def current(self) -> CurrentView:
@@ -183,12 +207,12 @@ class OutputStore:
 
     def check_lease(self, token: str) -> None:
         """Raise :class:`LeaseLost` unless the lease at the root still names ``token``."""
-        data = self.read_bytes(self._path(LEASE))
-        holder = _parse_lease(data)
+        holder = _parse_lease(self.read_bytes(self._path(LEASE)))
         if holder.get("token") != token:
+            who = f"host {holder.get('host')} pid {holder.get('pid')}" if holder else "nobody (the record is gone)"
             raise LeaseLost(
-                f"the lease on {self.uri} was taken over by {describe_holder(holder)}; this writer stops without "
-                "committing (its rows are processed again by the holder's run)"
+                f"the lease on {self.uri} is now held by {who}; this writer stops without committing (the holder's "
+                "run processes its rows)"
             )
 
     def commit(
@@ -197,7 +221,7 @@ class OutputStore:
         rows: list[CommitRow],
         metadata: dict,
         lease: str = "",
-        crash_after_marker: bool = False,
+        after_marker: Callable[[], None] | None = None,
     ) -> str:
         """Write one batch exactly once.
 
@@ -207,12 +231,16 @@ class OutputStore:
             rows: one ``(source_id, segment_index, n_segments, ok, source_version)`` per key the batch accounts for.
             metadata: JSON-able run information stored in every file's metadata under ``hummingml.run``.
             lease: the writer's lease token; when given, the marker is written only while the lease names it.
-            crash_after_marker: fault injection: end this process right after the marker is written.
+            after_marker: called right after the marker is written, before the moves (fault injection).
 
         Returns:
-            The batch id.
+            The batch id. A batch whose marker exists already (the same rows, committed before) is not written again.
         """
         batch = batch_id(rows)
+        marker_path = self._path(COMMITS, f"{batch}.json")
+        if self._exists(marker_path):
+            self._finish(parse_marker(marker_path, self.read_bytes(marker_path) or b""))
+            return batch
         files = {}
         for name, table in tables.items():
             if table.num_rows == 0:
@@ -236,10 +264,13 @@ class OutputStore:
             if written != table.num_rows:
                 raise OSError(f"{staged} holds {written} rows after writing {table.num_rows}; not committed")
             files[staged] = f"{name}/part-{batch}.parquet"
+        if files:
+            self._fsync(self._path(STAGING, batch))
+        self.newest_ns = max(time.time_ns(), self.newest_ns + 1)  # after every commit this store knows of
         marker = {
             "format": FORMAT,
             "batch": batch,
-            "committed_unix_ns": time.time_ns(),
+            "committed_unix_ns": self.newest_ns,
             "lease": lease,
             "files": files,
             "rows": [list(r) for r in rows],
@@ -247,14 +278,15 @@ class OutputStore:
         self.fs.create_dir(self._path(COMMITS), recursive=True)
         if lease:
             self.check_lease(lease)
-        self.write_atomic(self._path(COMMITS, f"{batch}.json"), json.dumps(marker).encode())
-        if crash_after_marker:
-            os._exit(17)
-        self._finish(Marker("", batch, 0, files, ()))
+        self.write_atomic(marker_path, json.dumps(marker).encode())
+        if after_marker is not None:
+            after_marker()
+        self._finish(Marker(marker_path, batch, 0, files, ()))
         return batch
 
     def dataset_path(self, name: str) -> str:
-        """Path (or URI) of a visible set, for ``pyarrow.dataset``/``ray.data.read_parquet``/pandas."""
+        """Path (or URI) of a visible set's folder. Read a set with ``hummingml.output.read_set``: the folder also
+        holds superseded rows."""
         if self.uri.startswith(("/", "file://")) or "://" not in self.uri:
             return self._path(name)
         base, _, query = self.uri.partition("?")
@@ -307,9 +339,22 @@ def _parse_lease(data: bytes | None) -> dict[str, Any]:
         return {}
 
 
+def process_identity() -> str:
+    """This process's host, boot and pid namespace: two processes with equal identities share a pid space."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(path).read_text().strip() if "boot_id" in path else str(os.stat(path).st_ino))
+        except OSError:
+            parts.append("?")
+    return "/".join(parts)
+
+
 def _holder_died_here(holder: dict[str, Any]) -> bool:
-    """Whether the holder ran on this host and its process is gone (its lease needs no timeout to expire)."""
-    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+    """Whether the holder ran in this host's pid space (same boot, same namespace) and its process is gone."""
+    if holder.get("process_space") != process_identity() or "?" in str(holder.get("process_space")):
+        return False
+    if not isinstance(holder.get("pid"), int):
         return False
     try:
         os.kill(holder["pid"], 0)
@@ -320,30 +365,28 @@ def _holder_died_here(holder: dict[str, Any]) -> bool:
     return False
 
 
-def _mtime_s(store: OutputStore, path: str) -> float:
-    """A file's modification time (an unreadable lease record ages from its last write)."""
-    mtime = store.fs.get_file_info(path).mtime
-    return mtime.timestamp() if mtime is not None else 0.0
-
-
-def describe_holder(holder: dict[str, Any]) -> str:
+def describe_holder(holder: dict[str, Any], age_s: float) -> str:
     """``host H pid P (Ray job J), renewed N s ago`` for a lease record."""
     if not holder:
-        return "an unreadable lease record"
-    age = time.time() - float(holder.get("renewed_unix_s", 0))
+        return f"a lease record being written (or unreadable), {age_s:.0f} s old"
     job = f" (Ray job {holder['ray_job']})" if holder.get("ray_job") else ""
-    return f"host {holder.get('host')} pid {holder.get('pid')}{job}, renewed {age:.0f} s ago"
+    return f"host {holder.get('host')} pid {holder.get('pid')}{job}, renewed {age_s:.0f} s ago"
 
 
 @dataclass
 class Lease:
     """The one-writer lease of an output root: ``_lease.json`` naming its holder, renewed while the holder runs.
 
-    Taking it: on a local filesystem the record is created exclusively (``O_CREAT | O_EXCL``); on an object store,
-    which has no exclusive create, it is written and read back after ``SETTLE_S``, and the writer whose token is
-    there holds it. A lease not renewed for ``timeout_s`` belongs to a dead holder and may be taken over, as may one
-    whose holder ran on this host and whose process is gone; a holder that finds another token at its next renewal
-    or commit stops (:class:`LeaseLost`).
+    On a local (or shared POSIX) filesystem the record is created exclusively (``O_CREAT | O_EXCL``) and never
+    rewritten: the holder renews it by touching the file it opened and found its token in (its modification time is
+    the renewal time), so a late renewal can only touch a record that was already taken away. A takeover renames
+    the expired record aside and checks that it moved the record it judged expired (else it puts it back). On an
+    object store, which has no exclusive create, the record is written and read back after ``SETTLE_S`` and the
+    writer whose token is there holds it; renewals rewrite it after checking the token.
+
+    A lease not renewed for ``timeout_s`` belongs to a dead holder and may be taken over, as may one whose holder
+    ran in this host's pid space (same boot, same pid namespace) and whose process is gone. A holder that finds
+    another token at its next renewal or commit stops (:class:`LeaseLost`).
     """
 
     store: OutputStore
@@ -351,6 +394,7 @@ class Lease:
     timeout_s: float
     ray_job: str = ""
     lost: str = ""  # why the lease was lost, set by the renewal thread
+    took_over_live: bool = False  # taken over from a holder that may still be running (its lease expired)
     _stop: threading.Event | None = None
 
     SETTLE_S = 1.0  # object stores: wait between writing the record and reading it back
@@ -358,65 +402,113 @@ class Lease:
     @classmethod
     def acquire(cls, store: OutputStore, timeout_s: float, ray_job: str = "") -> Lease:
         """Take the lease or raise :class:`LeaseHeld` naming the holder and how to take over."""
-        path = store._path(LEASE)
-        lease = cls(store, uuid.uuid4().hex, timeout_s)
-        holder = _parse_lease(store.read_bytes(path))
-        if holder or store._exists(path):
-            renewed = float(holder.get("renewed_unix_s", 0)) if holder else _mtime_s(store, path)
-            if time.time() - renewed < timeout_s and not _holder_died_here(holder):
-                raise LeaseHeld(
-                    f"{store.uri} is being written by another driver: {describe_holder(holder)}. Wait for it to "
-                    f"finish or stop it; if it is dead, rerun {timeout_s:.0f} s after its last renewal to take over "
-                    f"(--lease-timeout-s), or delete {path} if you are sure no driver is writing"
-                )
-            stale = f"{path}.stale-{lease.token}"
-            try:
-                store.fs.move(path, stale)  # one of several drivers taking over at once wins this rename
-            except OSError as exc:
-                raise LeaseHeld(f"{store.uri}: another driver took over the expired lease at the same time") from exc
-            store.fs.delete_file(stale)
-        record = lease._record(ray_job)
+        lease = cls(store, uuid.uuid4().hex, timeout_s, ray_job)
+        holder, age = lease._holder()
+        if holder is not None:
+            died_here = _holder_died_here(holder)
+            if age < timeout_s and not died_here:
+                raise lease._held(holder, age)
+            lease._take_over(holder)
+            lease.took_over_live = not died_here
+        record = lease._record()
         if store.local:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(lease.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError as exc:
-                holder = _parse_lease(store.read_bytes(path))
-                raise LeaseHeld(f"{store.uri} is being written by another driver: {describe_holder(holder)}") from exc
+                time.sleep(0.2)  # the winner may be writing its record
+                raise lease._held(*lease._holder()) from exc
             with os.fdopen(fd, "wb") as f:
                 f.write(record)
                 f.flush()
                 os.fsync(f.fileno())
+            store._fsync(store.root)
         else:
-            with store.fs.open_output_stream(path) as f:
+            with store.fs.open_output_stream(lease.path) as f:
                 f.write(record)
             time.sleep(cls.SETTLE_S)
-            holder = _parse_lease(store.read_bytes(path))
-            if holder.get("token") != lease.token:
-                raise LeaseHeld(f"{store.uri} is being written by another driver: {describe_holder(holder)}")
-        lease.ray_job = ray_job
+            holder, age = lease._holder()
+            if (holder or {}).get("token") != lease.token:
+                raise lease._held(holder, age)
         return lease
 
-    def _record(self, ray_job: str) -> bytes:
-        now = time.time()
+    @property
+    def path(self) -> str:
+        """The lease record's path."""
+        return self.store._path(LEASE)
+
+    def _holder(self) -> tuple[dict[str, Any] | None, float]:
+        """(the record, or None when there is none; seconds since its holder renewed it)."""
+        info = self.store.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
+            return None, 0.0
+        holder = _parse_lease(self.store.read_bytes(self.path))
+        if self.store.local or not holder:
+            renewed = info.mtime.timestamp() if info.mtime is not None else 0.0
+        else:
+            renewed = float(holder.get("renewed_unix_s", 0))
+        return holder, time.time() - renewed
+
+    def _held(self, holder: dict[str, Any] | None, age_s: float) -> LeaseHeld:
+        return LeaseHeld(
+            f"{self.store.uri} is being written by another driver: {describe_holder(holder or {}, age_s)}. Wait for "
+            f"it to finish or stop it; a dead holder's lease is taken over {self.timeout_s:.0f} s after its last "
+            f"renewal (--lease-timeout-s), or delete {self.path} if you are sure no driver is writing"
+        )
+
+    def _take_over(self, expired: dict[str, Any]) -> None:
+        """Move the expired record aside; raise :class:`LeaseHeld` if another driver renewed or replaced it first."""
+        stale = f"{self.path}.stale-{self.token}"
+        try:
+            self.store.fs.move(self.path, stale)
+        except OSError as exc:  # another driver moved it first
+            raise self._held(*self._holder()) from exc
+        moved = _parse_lease(self.store.read_bytes(stale))
+        if moved.get("token") != expired.get("token"):  # a newer holder's record: put it back unless replaced
+            if self.store.local:
+                with contextlib.suppress(FileExistsError):
+                    os.link(stale, self.path)
+            self.store.fs.delete_file(stale)
+            raise self._held(moved, 0.0)
+        self.store.fs.delete_file(stale)
+
+    def _record(self) -> bytes:
         return json.dumps(
             {
                 "token": self.token,
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "ray_job": ray_job,
-                "renewed_unix_s": now,
+                "process_space": process_identity(),
+                "ray_job": self.ray_job,
+                "renewed_unix_s": time.time(),
                 "timeout_s": self.timeout_s,
             }
         ).encode()
 
     def renew(self) -> None:
-        """Write a new renewal time, if the lease is still ours; else record why it was lost."""
+        """Renew the lease if it is still ours; else record why it was lost."""
+        if self.store.local:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                self.lost = f"the lease record {self.path} is gone"
+                return
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as f:
+                    token = _parse_lease(f.read()).get("token")
+                if token == self.token:
+                    os.utime(fd)  # the file this fd opened: a record renamed away meanwhile is not ours any more
+                    return
+            finally:
+                os.close(fd)
+            holder, age = self._holder()
+            self.lost = f"the lease on {self.store.uri} was taken over by {describe_holder(holder or {}, age)}"
+            return
         try:
             self.store.check_lease(self.token)
         except LeaseLost as exc:
             self.lost = str(exc)
             return
-        self.store.write_atomic(self.store._path(LEASE), self._record(self.ray_job))
+        self.store.write_atomic(self.path, self._record())
 
     def start_renewing(self) -> None:
         """Renew every quarter of the timeout in a daemon thread until :meth:`release`."""
@@ -440,4 +532,4 @@ class Lease:
             self.store.check_lease(self.token)
         except LeaseLost:
             return
-        self.store.fs.delete_file(self.store._path(LEASE))
+        self.store.fs.delete_file(self.path)

@@ -7,6 +7,7 @@
 - ``loop``: the training loop, with no Ray in it; ``ray``: the Ray Train adapter (the only module here that imports
   ``ray`` directly).
 
-May import ``hummingml.model``, ``hummingml.config``, ``hummingml.cluster`` and ``hummingml.audio``; nothing from
+May import ``hummingml.model``, ``hummingml.config``, ``hummingml.cluster``, ``hummingml.audio`` and
+``hummingml.output`` (the current rows of an extraction output); nothing from
 ``extract``.
 """

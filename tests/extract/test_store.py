@@ -163,11 +163,10 @@ def test_a_second_lease_is_refused_naming_the_holder(tmp_path) -> None:
 def test_an_expired_lease_is_taken_over_and_its_old_holder_can_no_longer_commit(tmp_path) -> None:
     store = OutputStore(str(tmp_path))
     old = Lease.acquire(store, timeout_s=60)
-    record = json.loads((tmp_path / LEASE).read_text())
-    record["renewed_unix_s"] = time.time() - 61
-    (tmp_path / LEASE).write_text(json.dumps(record))
+    past = time.time() - 61
+    os.utime(tmp_path / LEASE, (past, past))  # the holder stopped renewing a minute ago
     new = Lease.acquire(OutputStore(str(tmp_path)), timeout_s=60)
-    with pytest.raises(LeaseLost, match="taken over"):
+    with pytest.raises(LeaseLost, match="is now held by host"):
         store.commit({"errors": error_table(("a", -1))}, [("a", -1, -1, False, "v1")], {}, lease=old.token)
     assert not list((tmp_path / COMMITS).glob("*.json"))
     old.renew()
@@ -184,3 +183,53 @@ def test_a_config_change_is_refused_with_the_differences_named(tmp_path) -> None
         store.check_record({"segment_s": 10.0}, allow_change=False)
     assert store.check_record({"segment_s": 10.0}, allow_change=True) == ["segment_s: 30.0 -> 10.0"]
     assert store.check_record({"segment_s": 10.0}, allow_change=False) == []
+
+
+def test_a_late_renewal_of_a_taken_over_lease_does_not_bring_it_back(tmp_path) -> None:
+    old = Lease.acquire(OutputStore(str(tmp_path)), timeout_s=60)
+    past = time.time() - 61
+    os.utime(tmp_path / LEASE, (past, past))
+    new = Lease.acquire(OutputStore(str(tmp_path)), timeout_s=60)
+    old.renew()
+    assert old.lost and json.loads((tmp_path / LEASE).read_text())["token"] == new.token
+    old.release()  # not its record: left in place
+    assert json.loads((tmp_path / LEASE).read_text())["token"] == new.token
+    with pytest.raises(LeaseHeld, match="renewed 0 s ago"):
+        Lease.acquire(OutputStore(str(tmp_path)), timeout_s=60)
+
+
+def test_the_lease_of_a_process_that_is_gone_from_this_host_is_taken_over_at_once(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = "from hummingml.extract.store import Lease, OutputStore; Lease.acquire(OutputStore(%r), timeout_s=600)"
+    subprocess.run([sys.executable, "-c", code % str(tmp_path)], check=True)  # exits holding the lease
+    assert (tmp_path / LEASE).exists()
+    Lease.acquire(OutputStore(str(tmp_path)), timeout_s=600).release()
+
+
+def test_a_marker_whose_files_exist_nowhere_is_quarantined_and_its_batch_redone(tmp_path) -> None:
+    store = OutputStore(str(tmp_path))
+    store.commit({"errors": error_table(("a", -1))}, [("a", -1, -1, False, "v1")], {})
+    next((tmp_path / "errors").glob("*.parquet")).unlink()  # e.g. staging deleted under a paused writer
+    log = io.StringIO()
+    OutputStore(str(tmp_path), log=log).recover()
+    assert "names files that exist nowhere" in log.getvalue()
+    assert OutputStore(str(tmp_path)).progress() == {}
+
+
+def test_readers_read_a_committed_batch_that_was_not_moved_yet_from_staging(tmp_path) -> None:
+    store = OutputStore(str(tmp_path))
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop  # the writer stops between its marker and its moves
+
+    with pytest.raises(Stop):
+        store.commit({"errors": error_table(("a", -1))}, [("a", -1, -1, False, "v1")], {}, after_marker=stop)
+    assert not (tmp_path / "errors").exists()
+    assert read_set(str(tmp_path), "errors")["source_id"].to_pylist() == ["a"]
+    store.finish_committed()
+    assert len(list((tmp_path / "errors").glob("*.parquet"))) == 1 and not any((tmp_path / STAGING).iterdir())
