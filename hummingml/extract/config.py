@@ -44,6 +44,7 @@ class ExtractConfig:
     read_retries: int = 4  # retries of an input read that failed for a transient reason (network, throttling, 5xx)
     read_backoff_s: float = 1.0  # wait before the first read retry; it doubles with every retry
     commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
+    writers: int = 0  # writer actors committing batches in parallel (0: one per 16 planned CPUs, at least 1)
     actor_threads: int = 1  # torch threads per model actor; 1 does the most work per core, more: fewer actors, less RAM
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
     wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
@@ -85,6 +86,7 @@ class ExtractConfig:
         problems += at_least("--read-retries", self.read_retries, 0)
         problems += at_least("--read-backoff-s", self.read_backoff_s, 0)
         problems += at_least("--commit-rows", self.commit_rows, 1)
+        problems += at_least("--writers", self.writers, 0)
         problems += at_least("--actor-threads", self.actor_threads, 1)
         problems += at_least("--plan-cpus", self.plan_cpus, 0)
         problems += at_least("--wait-for-cpus-s", self.wait_for_cpus_s, 0)

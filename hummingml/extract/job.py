@@ -80,7 +80,7 @@ def summarize(
 # fields that change how a run goes, not what its features are: a rerun may change them freely
 OPERATIONAL_FIELDS = (
     "input", "output", "query", "uri_column", "extensions", "limit", "retry_errors", "read_retries", "read_backoff_s",
-    "commit_rows", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
+    "commit_rows", "writers", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
     "fail_after_commits", "models",
 )
 # sub-config fields that change where or how fast a model runs, not its output

@@ -37,6 +37,7 @@ from hummingml.extract.steps import (
 DECODE_CPUS = 0.0
 COMMIT_CPUS = 0.0
 DECODE_TASKS_PER_CPU = 1
+CPUS_PER_WRITER = 16  # writer actors by default: one per this many planned CPUs (a writer commits ~1 batch/s)
 MIN_ACTOR_CPUS = 0.1  # the smallest CPU reservation of a model actor
 # The actors reserve this share of the CPUs: when a node is lost, Ray restarts its actors on the others, which then
 # still have room for them (up to half of the cluster lost). Reservations are not thread counts: threads are set apart.
@@ -166,6 +167,15 @@ def cluster_cpus(cfg: ExtractConfig, poll_s: float = 5.0) -> float:
     return cfg.plan_cpus or have
 
 
+def writers(cfg: ExtractConfig, cpus: float) -> int:
+    """Writer actors: ``cfg.writers``, or one per ``CPUS_PER_WRITER`` planned CPUs (at least one).
+
+    Writers commit independently: each batch is atomic and named by its rows, so a batch retried on another writer
+    is not written twice (``hummingml.extract.store``).
+    """
+    return cfg.writers or max(1, round(cpus / CPUS_PER_WRITER))
+
+
 def _decode(batch: Batch, cfg: ExtractConfig) -> Iterator[Batch]:
     """One output block per segment, as decoded: Ray Data backpressure then bounds a long file's memory."""
     yield from DecodeStep(cfg).batches(batch)
@@ -180,7 +190,7 @@ def build_dataset(
     log: TextIO | None = None,
     lease: str = "",
 ) -> ray.data.Dataset:
-    """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (one actor).
+    """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (writer pool).
 
     The pool plan is printed to ``log``; ``lease`` is the driver's lease token, which the writer checks before each
     commit.
@@ -193,7 +203,8 @@ def build_dataset(
     if log is not None:
         pools = ", ".join(f"{s} {p.size} x {p.threads} thread(s) ({p.num_cpus} CPU, {p.num_gpus} GPU)"
                           for s, p in plans.items())
-        print(f"[extract] actor pools for {cpus:g} CPUs, {gpus:g} GPUs: {pools}", file=log, flush=True)
+        print(f"[extract] actor pools for {cpus:g} CPUs, {gpus:g} GPUs: {pools}; {writers(cfg, cpus)} writer(s)",
+              file=log, flush=True)
     first = source_rows(sources, skip)
     items = [
         {"source_id": s, "segment_index": i, "payload": p}
@@ -216,7 +227,7 @@ def build_dataset(
         CommitStep,
         fn_constructor_kwargs={"cfg": cfg, "run_metadata": metadata, "frame_rate": frame_rate, "metrics": RayMetrics,
                               "lease": lease},
-        compute=ray.data.ActorPoolStrategy(size=1),
+        compute=ray.data.ActorPoolStrategy(size=writers(cfg, cpus)),
         batch_size=cfg.commit_rows,
         num_cpus=COMMIT_CPUS,
     )

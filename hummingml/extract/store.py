@@ -272,6 +272,7 @@ class OutputStore:
             "batch": batch,
             "committed_unix_ns": self.newest_ns,
             "lease": lease,
+            "writer": f"{socket.gethostname()}:{os.getpid()}",
             "files": files,
             "rows": [list(r) for r in rows],
         }
