@@ -211,7 +211,7 @@ def test_a_rerun_with_another_config_is_refused_unless_allowed(clean, corpus, tm
 
 def test_several_writers_commit_at_once_without_a_conflict_or_a_lost_row(clean, corpus, tmp_path) -> None:
     out = tmp_path / "out"
-    summary, log = run(config(corpus, out, writers=2, commit_rows=1))
+    summary, log = run(dataclasses.replace(config(corpus, out, writers=2), commit_rows=1))
     assert "2 writer(s)" in log and summary["accounted"]
     writers = {json.loads(m.read_text())["writer"] for m in (out / COMMITS).glob("*.json")}
     assert len(writers) == 2, writers  # both writers committed batches
