@@ -28,6 +28,7 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
         ("long_file_memory", ["-m", "benchmarks.long_file_memory", "--minutes", "1"]),
         ("generate_speed", ["-m", "benchmarks.generate_speed", "--presets", "debug", "--frames", "16",
                             "--timbre-frames", "16", "--repeats", "1"]),
+        ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "100"]),
     ],
     "full": [
         ("stage_costs", ["benchmarks/stage_costs.py"]),
@@ -40,6 +41,7 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
         ("train_scaling_cpu", ["-m", "benchmarks.train_scaling"]),
         ("long_file_memory", ["-m", "benchmarks.long_file_memory", "--minutes", "10,30,60"]),
         ("generate_speed", ["-m", "benchmarks.generate_speed"]),
+        ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "1000,10000,100000"]),
         ("soak", ["-m", "benchmarks.soak", "--files", "200", "--fault-rate", "0.1", "--kill-every-s", "30",
                   "--time-limit-s", "1500", "--work", "/tmp/soak-work"]),
     ],
