@@ -155,6 +155,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
         raise ConfigError("\n".join(problems))
     start = time.monotonic()
     _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
+    Lease.refuse_if_held(cfg.output, cfg.lease_timeout_s)  # at once, not after listing a large corpus
     listing = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
     sources = listing[: cfg.limit] if cfg.limit else listing
     if "://" not in cfg.output:  # the writer actors open the same root whatever their working directory

@@ -84,13 +84,14 @@ class LeaseLost(RuntimeError):
 class OutputStore:
     """The output root of one extraction, on a local path or any pyarrow filesystem URI."""
 
-    def __init__(self, root: str, log: TextIO | None = sys.stderr) -> None:
+    def __init__(self, root: str, log: TextIO | None = sys.stderr, create: bool = True) -> None:
         self.fs, self.root = open_root(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.uri = root
         self.log = log
         self.newest_ns = 0  # the newest commit time this store has seen or written (commit times only grow)
-        self.fs.create_dir(self.root, recursive=True)
+        if create:
+            self.fs.create_dir(self.root, recursive=True)
 
     def _path(self, *parts: str) -> str:
         return join(self.root, *parts)
@@ -399,6 +400,15 @@ class Lease:
     _stop: threading.Event | None = None
 
     SETTLE_S = 1.0  # object stores: wait between writing the record and reading it back
+
+    @classmethod
+    def refuse_if_held(cls, root: str, timeout_s: float) -> None:
+        """Raise :class:`LeaseHeld` if a live driver holds the lease of ``root``; creates nothing (a first check,
+        before a long listing: :meth:`acquire` decides)."""
+        lease = cls(OutputStore(root, log=None, create=False), "", timeout_s)
+        holder, age = lease._holder()
+        if holder is not None and age < timeout_s and not _holder_died_here(holder):
+            raise lease._held(holder, age)
 
     @classmethod
     def acquire(cls, store: OutputStore, timeout_s: float, ray_job: str = "") -> Lease:

@@ -233,3 +233,13 @@ def test_readers_read_a_committed_batch_that_was_not_moved_yet_from_staging(tmp_
     assert read_set(str(tmp_path), "errors")["source_id"].to_pylist() == ["a"]
     store.finish_committed()
     assert len(list((tmp_path / "errors").glob("*.parquet"))) == 1 and not any((tmp_path / STAGING).iterdir())
+
+
+def test_a_held_lease_is_seen_without_creating_anything(tmp_path) -> None:
+    Lease.refuse_if_held(str(tmp_path / "nothing-here"), timeout_s=60)
+    assert not (tmp_path / "nothing-here").exists()
+    lease = Lease.acquire(OutputStore(str(tmp_path / "out")), timeout_s=60)
+    with pytest.raises(LeaseHeld, match="being written by another driver"):
+        Lease.refuse_if_held(str(tmp_path / "out"), timeout_s=60)
+    lease.release()
+    Lease.refuse_if_held(str(tmp_path / "out"), timeout_s=60)
