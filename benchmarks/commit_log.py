@@ -2,9 +2,10 @@
 
     python -m benchmarks.commit_log --batches 1000,10000,100000 --out benchmarks/results/commit_log.json
 
-For each size a fresh output root on local disk gets that many commit markers of ``--rows`` rows each (synthetic
-keys, written as ``OutputStore.commit`` writes them, without Parquet files). A fresh process then reads them and
-builds the current view (``OutputStore.current``); its wall time and peak resident memory are reported.
+For each size a fresh output root on local disk gets that many commit markers of ``--rows`` rows each, for sources
+of ``--segments`` segments (synthetic keys, written as ``OutputStore.commit`` writes them, without Parquet files).
+A fresh process then reads them and builds the current view (``OutputStore.current``); its wall time and peak
+resident memory are reported.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_ma
 """
 
 
-def write_markers(root: Path, batches: int, rows: int) -> None:
-    """``batches`` markers of ``rows`` rows (30 s segments of distinct sources), as the store writes them."""
+def write_markers(root: Path, batches: int, rows: int, segments: int) -> None:
+    """``batches`` markers of ``rows`` rows, sources of ``segments`` segments each, as the store writes them."""
     commits = root / "_commits"
     commits.mkdir(parents=True)
     now = time.time_ns()
@@ -43,7 +44,8 @@ def write_markers(root: Path, batches: int, rows: int) -> None:
             "lease": "bench",
             "files": {f"_staging/{b:024x}/{name}.parquet": f"{name}/part-{b:024x}.parquet"
                       for name in ("audio-feature", "sine-audio-feature")},
-            "rows": [[f"{b * rows + r:032x}", 0, 1, True, "1000:1"] for r in range(rows)],
+            "rows": [[f"{(b * rows + r) // segments:032x}", (b * rows + r) % segments, segments, True, "1000:1"]
+                     for r in range(rows)],
         }
         (commits / f"{b:024x}.json").write_text(json.dumps(marker))
 
@@ -55,15 +57,16 @@ def timed(root: Path) -> dict[str, Any]:
     return {"sources": int(n), "seconds": round(float(seconds), 3), "peak_rss_mib": round(int(rss_kib) / 1024, 1)}
 
 
-def run(batches: list[int], rows: int, work: Path) -> dict[str, Any]:
+def run(batches: list[int], rows: int, segments: int, work: Path) -> dict[str, Any]:
     """The reading time and memory per size."""
     results = []
     for n in batches:
         root = work / f"out-{n}"
-        write_markers(root, n, rows)
+        write_markers(root, n, rows, segments)
         results.append({"batches": n, "rows": n * rows, **timed(root)})
         print(json.dumps(results[-1]), flush=True)
-    return {"benchmark": "commit_log", "machine": machine(), "rows_per_batch": rows, "results": results}
+    return {"benchmark": "commit_log", "machine": machine(), "rows_per_batch": rows, "segments_per_source": segments,
+            "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", default="1000,10000", help="comma-separated marker counts")
     p.add_argument("--rows", type=int, default=32, help="rows per marker (the default --commit-rows)")
+    p.add_argument("--segments", type=int, default=10, help="segments per source (10: a 5 min song in 30 s segments)")
     p.add_argument("--out", default="benchmarks/results/commit_log.json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
-        report = run([int(b) for b in args.batches.split(",")], args.rows, Path(work))
+        report = run([int(b) for b in args.batches.split(",")], args.rows, args.segments, Path(work))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -28,4 +28,4 @@ def test_quick_mode_runs_every_benchmark_and_writes_its_json() -> None:
     assert [(c["dp"], c["tp"]) for c in scaling["cases"]] == [(1, 1), (1, 2)]
     assert all(c["tokens_per_s"] > 0 for c in scaling["cases"])
     log = json.loads((ROOT / "benchmarks/results/quick/commit_log.json").read_text())
-    assert [(r["batches"], r["sources"]) for r in log["results"]] == [(100, 3200)]
+    assert [(r["batches"], r["sources"]) for r in log["results"]] == [(100, 320)]  # 10 segments per source
