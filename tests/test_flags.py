@@ -110,6 +110,11 @@ def test_extract_reports_every_problem_at_once(work: Path) -> None:
     assert {FLAG.findall(line)[0] for line in lines} == {"--limit", "--segment-s"}
 
 
+def test_extract_refuses_an_input_that_does_not_exist_before_creating_anything(work: Path) -> None:
+    lines = run_extract(work, "--input", str(work / "in" / "nope"))
+    assert len(lines) == 1 and "--input" in lines[0] and "does not exist" in lines[0], lines
+
+
 def test_extract_requires_an_input(work: Path) -> None:
     lines = run_cli(work, ["ray_jobs.extract", "--output", str(work / "out")])
     assert_one_line_naming(lines, "ray_jobs.extract", "--input", _options(ExtractConfig))

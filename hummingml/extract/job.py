@@ -154,7 +154,6 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     if problems := cfg.problems():
         raise ConfigError("\n".join(problems))
     start = time.monotonic()
-    _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
     Lease.refuse_if_held(cfg.output, cfg.lease_timeout_s)  # at once, not after listing a large corpus
     listing = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
     sources = listing[: cfg.limit] if cfg.limit else listing
@@ -163,6 +162,7 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     store = OutputStore(cfg.output, log=log)
     lease = Lease.acquire(store, cfg.lease_timeout_s, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
     lease.start_renewing()
+    _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
     try:
         return _run_holding(cfg, store, lease, listing, sources, start, log)
     finally:

@@ -321,7 +321,7 @@ def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReade
         raise ConfigError(f"only sqlite:///PATH databases are built in, got {url!r}; use a manifest for others")
     db_path = url[len("sqlite:///") :]  # sqlite:///rel.db or sqlite:////abs.db
     if not Path(db_path).is_file():
-        raise FileNotFoundError(f"no sqlite database at {db_path}")
+        raise ConfigError(f"no sqlite database at {db_path}")
     if not query:
         raise ConfigError('a database input needs --query, e.g. "SELECT uri FROM tracks"')
     checked = read_only_query(query)
@@ -360,7 +360,7 @@ def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list
         elif os.path.lexists(path):
             return [make_source(path)]
         else:
-            raise FileNotFoundError(f"input {uri!r} does not exist")
+            raise ConfigError(f"--input {printable(uri)} does not exist")
         paths = sorted(str(p) for p in found if p.name.lower().endswith(exts))
         return sorted(_unique(_make_sources(paths, None, ["{}"] * len(paths))), key=lambda s: s.uri)
     import pyarrow.fs as pafs
@@ -374,7 +374,7 @@ def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list
         canonical = canonical_uri(uri)
         return [Source(uri, source_id(canonical), "{}", canonical, _remote_version(info))]
     if info.type != pafs.FileType.Directory:
-        raise FileNotFoundError(f"input {uri!r} does not exist")
+        raise ConfigError(f"--input {printable(uri)} does not exist")
     infos = sorted(fs.get_file_info(pafs.FileSelector(base, recursive=True)), key=lambda i: i.path)
     sources = []
     for i in infos:

@@ -53,7 +53,7 @@ def test_glob_and_single_file(tree) -> None:
 
 
 def test_missing_input_is_an_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="does not exist"):
         list_sources(str(tmp_path / "nope"))
 
 
