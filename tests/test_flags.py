@@ -115,6 +115,11 @@ def test_extract_refuses_an_input_that_does_not_exist_before_creating_anything(w
     assert len(lines) == 1 and "--input" in lines[0] and "does not exist" in lines[0], lines
 
 
+def test_inspect_of_a_folder_that_holds_no_output_is_refused_and_creates_nothing(work: Path) -> None:
+    lines = run_cli(work, ["hummingml.cli", "inspect", str(work / "nothing-here")])
+    assert len(lines) == 1 and lines[0].startswith("hummingml inspect: error: ") and "no extraction output" in lines[0]
+
+
 def test_extract_requires_an_input(work: Path) -> None:
     lines = run_cli(work, ["ray_jobs.extract", "--output", str(work / "out")])
     assert_one_line_naming(lines, "ray_jobs.extract", "--input", _options(ExtractConfig))

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from hummingml.audio import FEATURE_SAMPLE_RATE
+from hummingml.config import ConfigError
 from hummingml.output import read_set, view
 from hummingml.stages.pitch import NoteEvent
 from hummingml.stages.synth import render_sine
@@ -95,7 +96,13 @@ def plot_report(out: str, png: str, n_examples: int = 2) -> str:
 
 
 def main(out: str, png: str | None = None, log: TextIO = sys.stdout) -> int:
-    """Print the description as JSON and, if ``png`` is given, write the plot report there."""
+    """Print the description as JSON and, if ``png`` is given, write the plot report there.
+
+    Raises:
+        ConfigError: ``out`` holds no extraction output (it has no commit log); nothing is created.
+    """
+    if view(out, log=None) is None:
+        raise ConfigError(f"{out} holds no extraction output (no _commits folder)")
     print(json.dumps(describe(out), indent=2), file=log)
     if png:
         print(f"report written to {plot_report(out, png)}", file=log)
