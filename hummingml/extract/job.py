@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from typing import Any, TextIO
@@ -139,6 +140,57 @@ def plan(
     return pending, skip, changed
 
 
+class Progress:
+    """What the driver knows of a run as commit summaries arrive: inputs done of the total, rows, audio, rate, ETA.
+
+    An input is done when every segment it had left has a committed row, when it failed as a whole, or when it was
+    deferred (its read failed for a transient reason).
+    """
+
+    def __init__(self, pending: list[Source], skip: dict[str, list[int]], start: float) -> None:
+        self.total = len(pending)
+        self.skipped = {sid: len(segments) for sid, segments in skip.items()}
+        self.start = start
+        self.committed: dict[str, int] = {}  # source -> rows committed this run
+        self.done = self.rows = self.errors = 0
+        self.audio_s = 0.0
+        self.deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
+        self.lock = threading.Lock()
+
+    def add(self, summary: dict[str, Any]) -> None:
+        """Count one commit summary (``hummingml.extract.steps.CommitStep``'s return value)."""
+        with self.lock:
+            columns = ("source_id", "segment_index", "n_segments", "ok", "deferred", "audio_s")
+            for sid, segment, n, ok, deferred, audio_s in zip(*(summary[c] for c in columns), strict=True):
+                if deferred:
+                    self.deferred[str(sid)] = str(deferred)
+                    self.done += 1
+                    continue
+                self.rows += 1
+                self.errors += not ok
+                self.audio_s += float(audio_s)
+                count = self.committed[sid] = self.committed.get(sid, 0) + 1
+                if segment == -1 or n < 0 or count + self.skipped.get(sid, 0) == n:
+                    self.done += 1
+
+    def line(self, now: float) -> str:
+        """One progress line: ``3/10 inputs done, 14 rows committed (1 errors, 0 deferred), ..., ETA 2m05s``."""
+        with self.lock:
+            elapsed = max(now - self.start, 1e-9)
+            eta = "unknown" if not self.done else _duration(elapsed / self.done * (self.total - self.done))
+            return (
+                f"{self.done}/{self.total} inputs done, {self.rows} rows committed ({self.errors} errors, "
+                f"{len(self.deferred)} deferred), {self.audio_s / 3600:.3f} audio-hours, "
+                f"{self.audio_s / elapsed:.2f} audio-s/s, ETA {eta}"
+            )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def _say(log: TextIO, text: str) -> None:
     print(f"[extract] {text}", file=log, flush=True)
 
@@ -195,12 +247,12 @@ def _run_holding(
     for ident in metadata["models"]:
         label = "RANDOM WEIGHTS (features are not meaningful)" if ident.get("random_weights") else "pretrained"
         _say(log, f"model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}")
-    run_audio_s = 0.0
-    deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
+    progress = Progress(pending, skip, start)
+    deferred = progress.deferred
 
     def summary_now(completed: bool) -> dict[str, Any]:
         summary = summarize(
-            cfg, store, [s.source_id for s in sources], time.monotonic() - start, run_audio_s, metadata,
+            cfg, store, [s.source_id for s in sources], time.monotonic() - start, progress.audio_s, metadata,
             {s.source_id for s in listing}, changed,
         )
         summary.update(completed=completed, deferred=len(deferred), deferred_examples=sorted(deferred.values())[:20])
@@ -210,26 +262,18 @@ def _run_holding(
     if pending:
         connect()
         ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log, lease=lease.token)
-        done = errors = 0
-        last = time.monotonic()
+        stop = threading.Event()
+
+        def report() -> None:
+            while not stop.wait(PROGRESS_EVERY_S):
+                _say(log, progress.line(time.monotonic()))
+
+        threading.Thread(target=report, name="hummingml-progress", daemon=True).start()
         try:
             for summary in ds.iter_batches(batch_size=None):
                 if lease.lost:
                     raise LeaseLost(lease.lost)
-                unavailable = summary["deferred"].astype(bool)
-                reasons = zip(summary["source_id"][unavailable], summary["deferred"][unavailable], strict=True)
-                deferred.update((str(sid), str(reason)) for sid, reason in reasons)
-                done += int((~unavailable).sum())
-                errors += int((~summary["ok"] & ~unavailable).sum())
-                run_audio_s += float(summary["audio_s"].sum())
-                if time.monotonic() - last >= PROGRESS_EVERY_S:
-                    last = time.monotonic()
-                    elapsed = last - start
-                    _say(
-                        log,
-                        f"{done} rows committed ({errors} errors, {len(deferred)} inputs deferred), "
-                        f"{run_audio_s:.1f} s of audio, {run_audio_s / elapsed:.2f} audio-s/s",
-                    )
+                progress.add(summary)
         except Exception as exc:
             _say(
                 log,
@@ -239,6 +283,9 @@ def _run_holding(
             with contextlib.suppress(Exception):  # the summary of what is committed, if the output can take it
                 summary_now(completed=False)
             raise
+        finally:
+            stop.set()
+        _say(log, progress.line(time.monotonic()))
     summary = summary_now(completed=True)
     if deferred:
         _say(

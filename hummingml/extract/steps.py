@@ -309,6 +309,7 @@ class CommitStep:
         summary = {
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),
             "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
+            "n_segments": np.array([int(r.get("n_segments", -1)) for r in rows], dtype=np.int64),
             "ok": ~np.array(failed, dtype=bool),
             "deferred": np.array([r.get("deferred", "") for r in rows], dtype=object),
             "stage": np.array([(r.get("error") or {}).get("stage", "") for r in rows], dtype=object),
