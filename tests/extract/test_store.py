@@ -243,3 +243,26 @@ def test_a_held_lease_is_seen_without_creating_anything(tmp_path) -> None:
         Lease.refuse_if_held(str(tmp_path / "out"), timeout_s=60)
     lease.release()
     Lease.refuse_if_held(str(tmp_path / "out"), timeout_s=60)
+
+
+def _commit_many(root: str, first: int, count: int) -> None:
+    store = OutputStore(root)
+    for i in range(first, first + count):
+        store.commit({"errors": error_table((f"s{i}", -1))}, [(f"s{i}", -1, -1, False, "v1")], {})
+
+
+def test_several_writers_commit_at_once_without_a_conflict_or_a_lost_row(tmp_path) -> None:
+    """Two processes commit 30 batches each at the same time; 10 of them are the same rows in both."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_commit_many, args=(str(tmp_path), first, 30)) for first in (0, 20)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0
+    assert set(OutputStore(str(tmp_path)).progress()) == {f"s{i}" for i in range(50)}
+    assert sorted(read_set(str(tmp_path), "errors")["source_id"].to_pylist()) == sorted(f"s{i}" for i in range(50))
+    assert len(list((tmp_path / COMMITS).glob("*.json"))) == 50  # a batch both wrote is one batch
+    assert not any((tmp_path / STAGING).glob("*"))

@@ -209,11 +209,11 @@ def test_a_rerun_with_another_config_is_refused_unless_allowed(clean, corpus, tm
     assert summary["accounted"]
 
 
-def test_several_writers_commit_at_once_without_a_conflict_or_a_lost_row(clean, corpus, tmp_path) -> None:
+def test_a_pool_of_writers_gives_the_rows_of_a_clean_run(clean, corpus, tmp_path) -> None:
     out = tmp_path / "out"
     summary, log = run(dataclasses.replace(config(corpus, out, writers=2), commit_rows=1))
     assert "2 writer(s)" in log and summary["accounted"]
-    writers = {json.loads(m.read_text())["writer"] for m in (out / COMMITS).glob("*.json")}
-    assert len(writers) == 2, writers  # both writers committed batches
+    # which writer gets a batch is Ray Data's choice; tests/extract/test_store.py commits from two processes at once
+    assert all(json.loads(m.read_text())["writer"] for m in (out / COMMITS).glob("*.json"))
     assert all_keys(out) == all_keys(clean)
     assert_no_key_twice(out)
