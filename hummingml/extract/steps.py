@@ -275,8 +275,8 @@ class CommitStep:
         self.fail_after = cfg.fail_after_commits
         self.commits = 0
         self.metrics = metrics()  # made here: an executor's metric objects live in the process that commits
-        self.store.finish_committed()  # a writer that died between a marker and its moves left them to do
-        self.committed = self.store.committed_keys()
+        # a writer that died between a marker and its moves left them to do; the markers read once serve both
+        self.committed = self.store.committed_keys(self.store.finish_committed())
 
     def _fault(self) -> Callable[[], None] | None:
         """The injected fault for this commit, if it is the one (the first time the output reaches it)."""

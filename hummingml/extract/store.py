@@ -197,11 +197,13 @@ class OutputStore:
         """Per source, what its current rows hold."""
         return self.current().sources
 
-    def committed_keys(self) -> set[tuple[str, str, int, bool]]:
-        """``(source_id, source_version, segment_index, ok)`` of every current row (ok: a feature row)."""
+    def committed_keys(self, markers: list[Marker] | None = None) -> set[tuple[str, str, int, bool]]:
+        """``(source_id, source_version, segment_index, ok)`` of every current row (ok: a feature row), from
+        ``markers`` when the caller has just read them, else from the output's."""
+        states = current_view(markers).sources if markers is not None else self.progress()
         return {
             (source, p.version, segment, ok)
-            for source, p in self.progress().items()
+            for source, p in states.items()
             for ok, segments in ((True, p.ok_segments), (False, p.error_segments))
             for segment in segments
         }
