@@ -29,6 +29,7 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
         ("generate_speed", ["-m", "benchmarks.generate_speed", "--presets", "debug", "--frames", "16",
                             "--timbre-frames", "16", "--repeats", "1"]),
         ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "100"]),
+        ("scale", ["-m", "benchmarks.scale", "--inputs", "300", "--distinct", "30", "--job-flags=--writers 2"]),
     ],
     "full": [
         ("stage_costs", ["benchmarks/stage_costs.py"]),
@@ -42,6 +43,7 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
         ("long_file_memory", ["-m", "benchmarks.long_file_memory", "--minutes", "10,30,60"]),
         ("generate_speed", ["-m", "benchmarks.generate_speed"]),
         ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "1000,10000,100000"]),
+        ("scale", ["-m", "benchmarks.scale", "--inputs", "10000,100000,1000000"]),
         ("soak", ["-m", "benchmarks.soak", "--files", "200", "--fault-rate", "0.1", "--kill-every-s", "30",
                   "--time-limit-s", "1500", "--work", "/tmp/soak-work"]),
     ],

@@ -50,6 +50,8 @@ class ExtractConfig:
     wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
     lease_timeout_s: float = 120.0  # another driver may take over the output when its lease is this old (seconds)
     allow_config_change: bool = False  # write into an output made with a different extraction config or models
+    stages: Literal["models", "null"] = "models"  # models: Demucs, Basic Pitch, DAC; null: stand-ins of the right
+    # shapes and no cost (hummingml.stages.null), to measure the engine alone: benchmarks and tests only
     fail_after_commits: int = 0  # fault injection: the writer exits right after its Nth commit marker, once per
     # output (0 = never); tests use it
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -91,6 +93,8 @@ class ExtractConfig:
         problems += at_least("--plan-cpus", self.plan_cpus, 0)
         problems += at_least("--wait-for-cpus-s", self.wait_for_cpus_s, 0)
         problems += at_least("--lease-timeout-s", self.lease_timeout_s, MIN_LEASE_TIMEOUT_S)
+        if self.stages not in ("models", "null"):
+            problems.append(f"--stages must be models or null (got {self.stages!r})")
         problems += at_least("--fail-after-commits", self.fail_after_commits, 0)
         problems += self.models.problems("models-")
         return problems + _pitch_problems(self.pitch) + _separate_problems(self.separate) + _codec_problems(self.codec)

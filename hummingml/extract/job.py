@@ -11,14 +11,15 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, TextIO
 
+from hummingml.audio import FRAME_RATE
 from hummingml.cluster import connect
 from hummingml.config import ConfigError
 from hummingml.extract.config import ExtractConfig, run_metadata
-from hummingml.extract.ray import build_dataset, read_sql
-from hummingml.extract.sources import Source, list_sources
+from hummingml.extract.ray import Listing, account_run, build_dataset, list_input, plan_run
+from hummingml.extract.sources import listing
 from hummingml.extract.store import Lease, LeaseLost, OutputStore
-from hummingml.output import SourceState
 from hummingml.stages.codec import frame_rate
+from hummingml.stages.null import null_identities
 from hummingml.weights.load import load_dac, prepare
 from schemas.features import SCHEMAS
 
@@ -26,47 +27,34 @@ PROGRESS_EVERY_S = 10.0  # seconds between progress lines in the driver log
 
 
 def summarize(
-    cfg: ExtractConfig,
     store: OutputStore,
-    source_ids: list[str],
+    accounted: dict[str, Any],
+    output: dict[str, Any],
+    planned: dict[str, Any],
     wall_s: float,
     run_audio_s: float,
     metadata: dict[str, Any],
-    listed: set[str],
-    changed: list[str],
 ) -> dict[str, Any]:
-    """Accounting over this run's inputs and over the whole output, rebuilt from the commit log.
-
-    The top-level counts are over this run's inputs (after ``--limit``); ``output`` describes every source the
-    output holds: complete, failed, incomplete, superseded rows, and sources that ``listed`` (the whole listing of
-    this run's input) no longer names.
-    """
-    current = store.current()
-    progress = current.sources
-    ok = failed = missing = 0
-    segments = error_rows = 0
-    for sid in source_ids:
-        p = progress.get(sid)
-        if p is None or not p.complete:
-            missing += 1
-            continue
-        segments += len(p.ok_segments)
-        error_rows += len(p.error_segments)
-        if p.failed:
-            failed += 1
-        else:
-            ok += 1
+    """The run's summary: what became of this run's inputs (after ``--limit``; ``accounted``, from
+    ``hummingml.extract.ray.account_run``), the whole output (``output``: complete, failed, incomplete, superseded
+    rows, and the committed sources this run's listing no longer names) and the plan's counts (``planned``)."""
     return {
-        "inputs": len(source_ids),
-        "ok": ok,
-        "failed": failed,
-        "unaccounted": missing,
-        "accounted": ok + failed == len(source_ids),
-        "feature_rows": segments,
-        "error_rows": error_rows,
-        "changed_inputs": len(changed),  # inputs whose size or modification time changed: processed again
-        "changed_examples": changed[:20],
-        "output": current.describe(listed),
+        "inputs": accounted["inputs"],
+        "ok": accounted["ok"],
+        "failed": accounted["failed"],
+        "unaccounted": accounted["unaccounted"],
+        "accounted": accounted["unaccounted"] == 0,
+        "feature_rows": accounted["feature_rows"],
+        "error_rows": accounted["error_rows"],
+        "listed": planned["listed"],
+        "repeated_listings": planned["repeated"],  # further spellings of inputs already listed: not processed twice
+        "changed_inputs": planned["changed"],  # inputs whose size or modification time changed: processed again
+        "changed_examples": planned["changed_examples"],
+        "output": {
+            **output,
+            "not_in_input": accounted["not_in_input"],
+            "not_in_input_examples": accounted["not_in_input_examples"],
+        },
         "audio_hours_this_run": run_audio_s / 3600.0,
         "wall_s": wall_s,
         "audio_s_per_wall_s": run_audio_s / wall_s if wall_s > 0 else 0.0,
@@ -110,48 +98,28 @@ def fingerprint(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[st
 
 
 def models_for_run(cfg: ExtractConfig) -> tuple[dict[str, Any], float]:
-    """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate."""
+    """Make the run's models available; return the run metadata (with their identities) and the DAC frame rate.
+
+    With ``cfg.stages == "null"`` no model is loaded: the identities are the null stages'.
+    """
+    if cfg.stages == "null":
+        return run_metadata(cfg, null_identities()), FRAME_RATE
     identities = [i.to_dict() for i in prepare(cfg.models)]
     return run_metadata(cfg, identities), frame_rate(load_dac(cfg.models)[0])
-
-
-def plan(
-    sources: list[Source], progress: dict[str, SourceState], retry_errors: bool
-) -> tuple[list[Source], dict[str, list[int]], list[str]]:
-    """(inputs to process, segments to skip per input, inputs that changed since their rows were committed).
-
-    An input whose listed version (size and modification time) differs from its committed rows' is processed
-    whole; its new rows supersede the old ones. A listing that could not stat an input (version "") says nothing
-    about a change. A complete input of the same version is skipped (unless it failed and ``retry_errors``); a
-    partial one is resumed, skipping its committed segments.
-    """
-    pending, skip, changed = [], {}, []
-    for s in sources:
-        p = progress.get(s.source_id)
-        if p is not None and s.version and p.version != s.version:
-            changed.append(s.uri)
-            pending.append(s)
-            continue
-        if p is not None and p.complete and not (retry_errors and p.failed):
-            continue
-        pending.append(s)
-        if p is not None:
-            skip[s.source_id] = sorted(p.ok_segments if retry_errors else p.ok_segments | p.error_segments)
-    return pending, skip, changed
 
 
 class Progress:
     """What the driver knows of a run as commit summaries arrive: inputs done of the total, rows, audio, rate, ETA.
 
-    An input is done when every segment it had left has a committed row, when it failed as a whole, or when it was
-    deferred (its read failed for a transient reason).
+    An input is done when every segment it had left has a committed row (each summary row says how many of its
+    source's segments an earlier run committed), when it failed as a whole, or when it was deferred (its read failed
+    for a transient reason). Memory holds the inputs in flight only.
     """
 
-    def __init__(self, pending: list[Source], skip: dict[str, list[int]], start: float) -> None:
-        self.total = len(pending)
-        self.skipped = {sid: len(segments) for sid, segments in skip.items()}
+    def __init__(self, total: int, start: float) -> None:
+        self.total = total
         self.start = start
-        self.committed: dict[str, int] = {}  # source -> rows committed this run
+        self.committed: dict[str, int] = {}  # source in flight -> rows committed this run (dropped when done)
         self.done = self.rows = self.errors = 0
         self.audio_s = 0.0
         self.deferred: dict[str, str] = {}  # source_id -> why its read failed for a transient reason
@@ -160,8 +128,8 @@ class Progress:
     def add(self, summary: dict[str, Any]) -> None:
         """Count one commit summary (``hummingml.extract.steps.CommitStep``'s return value)."""
         with self.lock:
-            columns = ("source_id", "segment_index", "n_segments", "ok", "deferred", "audio_s")
-            for sid, segment, n, ok, deferred, audio_s in zip(*(summary[c] for c in columns), strict=True):
+            columns = ("source_id", "segment_index", "n_segments", "n_skipped", "ok", "deferred", "audio_s")
+            for sid, segment, n, skipped, ok, deferred, audio_s in zip(*(summary[c] for c in columns), strict=True):
                 if deferred:
                     self.deferred[str(sid)] = str(deferred)
                     self.done += 1
@@ -169,9 +137,11 @@ class Progress:
                 self.rows += 1
                 self.errors += not ok
                 self.audio_s += float(audio_s)
-                count = self.committed[sid] = self.committed.get(sid, 0) + 1
-                if segment == -1 or n < 0 or count + self.skipped.get(sid, 0) == n:
+                count = self.committed.pop(sid, 0) + 1
+                if segment == -1 or n < 0 or count + skipped == n:
                     self.done += 1
+                else:
+                    self.committed[sid] = count
 
     def line(self, now: float) -> str:
         """One progress line: ``3/10 inputs done, 14 rows committed (1 errors, 0 deferred), ..., ETA 2m05s``."""
@@ -198,37 +168,34 @@ def _say(log: TextIO, text: str) -> None:
 def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """Run one extraction (resuming a previous one on the same output) and return the summary.
 
-    Checks the config and lists the inputs (nothing is written before both succeed; a problem raises
-    :class:`~hummingml.config.ConfigError`), takes the output's lease (another driver
-    writing it is refused with :class:`~hummingml.extract.store.LeaseHeld`), checks the output's recorded config
-    fingerprint, recovers, then runs the pipeline on the Ray cluster from ``RAY_ADDRESS`` or a local one.
+    Checks the config and the input (nothing is written before both succeed; a problem raises
+    :class:`~hummingml.config.ConfigError`), connects to the Ray cluster from ``RAY_ADDRESS`` (or starts a local one)
+    and lists the input there, takes the output's lease (another driver writing it is refused with
+    :class:`~hummingml.extract.store.LeaseHeld`), checks the output's recorded config fingerprint, recovers, plans
+    (the listing joined with what is committed, in tasks) and runs the pipeline. The driver holds counts and object
+    refs, never the listing.
     """
     if problems := cfg.problems():
         raise ConfigError("\n".join(problems))
     start = time.monotonic()
     Lease.refuse_if_held(cfg.output, cfg.lease_timeout_s)  # at once, not after listing a large corpus
-    listing = list_sources(cfg.input, cfg.query, cfg.uri_column, cfg.extensions, read_sql)
-    sources = listing[: cfg.limit] if cfg.limit else listing
+    chunks = listing(cfg.input, cfg.query, cfg.uri_column, cfg.extensions)  # checks the input
     if "://" not in cfg.output:  # the writer actors open the same root whatever their working directory
         cfg = replace(cfg, output=os.path.abspath(cfg.output))
+    connect()
+    listed = list_input(chunks)
     store = OutputStore(cfg.output, log=log)
     lease = Lease.acquire(store, cfg.lease_timeout_s, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
     lease.start_renewing()
     _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
     try:
-        return _run_holding(cfg, store, lease, listing, sources, start, log)
+        return _run_holding(cfg, store, lease, listed, start, log)
     finally:
         lease.release()
 
 
 def _run_holding(
-    cfg: ExtractConfig,
-    store: OutputStore,
-    lease: Lease,
-    listing: list[Source],
-    sources: list[Source],
-    start: float,
-    log: TextIO,
+    cfg: ExtractConfig, store: OutputStore, lease: Lease, listed: Listing, start: float, log: TextIO
 ) -> dict[str, Any]:
     metadata, codec_frame_rate = models_for_run(cfg)
     differences = store.check_record(fingerprint(cfg, metadata["models"]), cfg.allow_config_change)
@@ -238,30 +205,32 @@ def _run_holding(
     dropped = store.recover(staging_min_age_s=cfg.lease_timeout_s if lease.took_over_live else 0.0)
     if dropped:
         _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
-    pending, skip, changed = plan(sources, store.progress(), cfg.retry_errors)
+    blocks, planned = plan_run(cfg, listed)
+    in_run, pending = planned["in_run"], planned["pending"]
     _say(
         log,
-        f"{len(sources)} inputs, {len(sources) - len(pending)} already complete, {len(pending)} to process"
-        + (f" ({len(changed)} changed since they were committed)" if changed else ""),
+        f"{in_run} inputs, {in_run - pending} already complete, {pending} to process"
+        + (f" ({planned['changed']} changed since they were committed)" if planned["changed"] else "")
+        + (f"; {planned['repeated']} repeated listing(s) of the same files skipped" if planned["repeated"] else ""),
     )
     for ident in metadata["models"]:
         label = "RANDOM WEIGHTS (features are not meaningful)" if ident.get("random_weights") else "pretrained"
+        if ident["kind"] == "null":
+            label = "NULL STAGE (no model; features carry no information)"
         _say(log, f"model {ident['name']} ({ident['kind']}, {label}) sha256={ident['sha256'][:12]}")
-    progress = Progress(pending, skip, start)
+    progress = Progress(pending, start)
     deferred = progress.deferred
 
     def summary_now(completed: bool) -> dict[str, Any]:
-        summary = summarize(
-            cfg, store, [s.source_id for s in sources], time.monotonic() - start, progress.audio_s, metadata,
-            {s.source_id for s in listing}, changed,
-        )
+        accounted, output = account_run(cfg, listed)
+        summary = summarize(store, accounted, output, planned, time.monotonic() - start, progress.audio_s, metadata)
         summary.update(completed=completed, deferred=len(deferred), deferred_examples=sorted(deferred.values())[:20])
         store.write_summary(summary)
         return summary
 
-    if pending:
-        connect()
-        ds = build_dataset(cfg, pending, skip, metadata, codec_frame_rate, log, lease=lease.token)
+    if blocks:
+        ds = build_dataset(cfg, blocks, metadata, codec_frame_rate, log, lease=lease.token)
+        del blocks  # the dataset holds them now
         stop = threading.Event()
 
         def report() -> None:

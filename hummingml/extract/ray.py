@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 import ray
 import ray.data
 
-from hummingml import cluster
 from hummingml.audio import STEMS
+from hummingml.config import ConfigError
+from hummingml.extract import plan
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import Batch, source_rows
-from hummingml.extract.sources import Source
+from hummingml.extract.record import Batch, batch_table, source_rows
+from hummingml.extract.sources import Chunk, describe
 from hummingml.extract.steps import (
     COMMIT_METRICS,
     CodecStep,
@@ -37,6 +38,10 @@ from hummingml.extract.steps import (
 DECODE_CPUS = 0.0
 COMMIT_CPUS = 0.0
 DECODE_TASKS_PER_CPU = 1
+# Decoded audio per block between the steps. A 30 s stereo segment with its mono mix is 8 MB: a block of its own, as
+# before; a 1 s one is 265 KB, and 16 travel together, paying Ray Data's per-block cost once.
+BLOCK_BYTES = 4 * 2**20
+SOURCES_PER_BLOCK = 256  # at most this many listed sources per input block (one decode task's work)
 CPUS_PER_WRITER = 16  # writer actors by default: one per this many planned CPUs (a writer commits ~1 batch/s)
 MIN_ACTOR_CPUS = 0.1  # the smallest CPU reservation of a model actor
 # The actors reserve this share of the CPUs: when a node is lost, Ray restarts its actors on the others, which then
@@ -177,14 +182,126 @@ def writers(cfg: ExtractConfig, cpus: float) -> int:
 
 
 def _decode(batch: Batch, cfg: ExtractConfig) -> Iterator[Batch]:
-    """One output block per segment, as decoded: Ray Data backpressure then bounds a long file's memory."""
-    yield from DecodeStep(cfg).batches(batch)
+    """Output blocks of about ``BLOCK_BYTES`` of decoded audio, as decoded: one 30 s segment is a block of its own
+    (Ray Data's backpressure then bounds a long file's memory); short segments travel many to a block."""
+    yield from DecodeStep(cfg).batches(batch, BLOCK_BYTES)
+
+
+
+LISTING_IN_FLIGHT_PER_CPU = 4  # listing tasks submitted ahead of the finished ones, per CPU
+
+
+def _get(refs: Any) -> Any:
+    """``ray.get``, with a task's :class:`~hummingml.config.ConfigError` raised as itself (one line for the user)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, ConfigError):
+            raise exc.cause from None
+        raise
+
+
+def _describe_chunk(chunk: Chunk, number: int, parts: int) -> tuple[Any, ...]:
+    listed = describe(chunk)
+    return (*plan.split_listing(listed, number, parts), len(listed))
+
+
+def _committed(root: str, parts: int) -> tuple[Any, ...]:
+    from hummingml.output import current_view, view
+
+    current = view(root, log=None) or current_view([])  # an output with no commit log has nothing committed
+    return (*plan.split_state(current, parts), current.describe())
+
+
+def _plan_part(
+    state: dict[str, Any], retry_errors: bool, below: int, per_block: int, *listed: list[plan.Listed]
+) -> Iterator[Any]:
+    pending, skip, counts = plan.plan_part(list(listed), state, retry_errors, below)
+    for start in range(0, len(pending), per_block):
+        yield batch_table(source_rows(pending[start : start + per_block], skip))
+    yield counts
+
+
+def _account_part(state: dict[str, Any], below: int, *listed: list[plan.Listed]) -> dict[str, Any]:
+    return plan.account_part(list(listed), state, below)
+
+
+@dataclass
+class Listing:
+    """A listed input, held in Ray's object store: ``parts[p]`` are the refs of part ``p`` of each listing chunk
+    (``hummingml.extract.plan``), ``counts`` the inputs of each chunk in listing order."""
+
+    parts: list[list[ray.ObjectRef]]
+    counts: list[int]
+
+    @property
+    def total(self) -> int:
+        """Inputs listed (a repeated one counted each time)."""
+        return sum(self.counts)
+
+
+def list_input(chunks: Iterator[Chunk]) -> Listing:
+    """Describe the chunks of a listing (``hummingml.extract.sources.listing``) in tasks, a few ahead of the finished
+    ones, each task's sources cut into parts by source id; the driver holds their refs and counts.
+
+    Raises:
+        ConfigError: a manifest or query row has no URI.
+    """
+    cpus = max(1.0, ray.cluster_resources().get("CPU", 1.0))
+    parts = max(2, min(64, math.ceil(cpus)))
+    describe_task = ray.remote(_describe_chunk).options(num_returns=parts + 1, num_cpus=0.5)
+    listing = Listing([[] for _ in range(parts)], [])
+    count_refs: list[ray.ObjectRef] = []
+    for number, chunk in enumerate(chunks):
+        refs = describe_task.remote(chunk, number, parts)
+        for p in range(parts):
+            listing.parts[p].append(refs[p])
+        count_refs.append(refs[parts])
+        ahead = len(count_refs) - int(cpus * LISTING_IN_FLIGHT_PER_CPU)
+        if ahead > 0:
+            ray.wait(count_refs[:ahead], num_returns=ahead)
+    listing.counts = _get(count_refs)
+    return listing
+
+
+def _state(root: str, parts: int) -> tuple[list[ray.ObjectRef], dict[str, Any]]:
+    """The output's committed state cut into parts (refs), read by a task, and the whole output's description."""
+    refs = ray.remote(_committed).options(num_returns=parts + 1).remote(root, parts)
+    return refs[:parts], _get(refs[parts])
+
+
+def plan_run(cfg: ExtractConfig, listing: Listing) -> tuple[list[ray.ObjectRef], dict[str, Any]]:
+    """The blocks of the inputs this run processes (refs of the pipeline's first blocks), and the plan's counts
+    (``hummingml.extract.plan.plan_part``, summed): one task per part joins its listing with its committed state."""
+    parts = len(listing.parts)
+    state, _ = _state(cfg.output, parts)
+    below = plan.cutoff(listing.counts, cfg.limit)
+    cpus = cfg.plan_cpus or ray.cluster_resources().get("CPU", 1.0)
+    decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
+    per_block = max(1, min(SOURCES_PER_BLOCK, -(-listing.total // (decode_tasks * 4))))  # several per decode task
+    task = ray.remote(_plan_part).options(num_returns="streaming")
+    generators = [task.remote(state[p], cfg.retry_errors, below, per_block, *listing.parts[p]) for p in range(parts)]
+    blocks, counts = [], []
+    for generator in generators:
+        refs = list(generator)
+        blocks += refs[:-1]
+        counts.append(_get(refs[-1]))
+    return blocks, plan.add_counts(counts)
+
+
+def account_run(cfg: ExtractConfig, listing: Listing) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What became of this run's inputs (``hummingml.extract.plan.account_part``, summed) and the whole output's
+    description, from the output's committed state now."""
+    parts = len(listing.parts)
+    state, output = _state(cfg.output, parts)
+    below = plan.cutoff(listing.counts, cfg.limit)
+    task = ray.remote(_account_part)
+    return plan.add_counts(_get([task.remote(state[p], below, *listing.parts[p]) for p in range(parts)])), output
 
 
 def build_dataset(
     cfg: ExtractConfig,
-    sources: list[Source],
-    skip: dict[str, list[int]],
+    blocks: list[ray.ObjectRef],
     metadata: dict[str, Any],
     frame_rate: float,
     log: TextIO | None = None,
@@ -192,8 +309,8 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """read -> decode/segment (tasks) -> separate -> pitch + sine -> codec (actor pools) -> commit (writer pool).
 
-    The pool plan is printed to ``log``; ``lease`` is the driver's lease token, which the writer checks before each
-    commit.
+    ``blocks`` are the first blocks (``plan_run``). The pool plan is printed to ``log``; ``lease`` is the driver's
+    lease token, which the writer checks before each commit.
     """
     cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
     present = ray.cluster_resources().get("CPU", 0.0)
@@ -205,14 +322,10 @@ def build_dataset(
                           for s, p in plans.items())
         print(f"[extract] actor pools for {cpus:g} CPUs, {gpus:g} GPUs: {pools}; {writers(cfg, cpus)} writer(s)",
               file=log, flush=True)
-    first = source_rows(sources, skip)
-    items = [
-        {"source_id": s, "segment_index": i, "payload": p}
-        for s, i, p in zip(first["source_id"], first["segment_index"], first["payload"], strict=True)
-    ]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))  # one source per block: spreads work
-    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=1, num_cpus=DECODE_CPUS,
-                        concurrency=max(1, math.floor(cpus * DECODE_TASKS_PER_CPU)))
+    decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
+    ds = ray.data.from_arrow_refs(blocks)
+    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=None, num_cpus=DECODE_CPUS,
+                        concurrency=decode_tasks)
     for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
         plan = plans[stage]
         ds = ds.map_batches(
@@ -244,9 +357,3 @@ class RayMetrics(CommitMetrics):
     def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
         """Add ``value`` to the Ray counter ``metric``."""
         self.counters[metric].inc(value, tags=tags)
-
-
-def read_sql(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
-    """The rows of ``query`` read with ``ray.data.read_sql`` (``connect`` opens a DB-API connection)."""
-    cluster.connect()
-    return ray.data.read_sql(query, connect).take_all()

@@ -48,6 +48,15 @@ def pack_batch(rows: list[dict[str, Any]]) -> Batch:
     }
 
 
+def batch_table(batch: Batch) -> pa.Table:
+    """A packed batch as an Arrow table (a Ray Data block): key columns, and each row's pickled payload as binary."""
+    return pa.table({
+        "source_id": pa.array(list(batch["source_id"]), pa.string()),
+        "segment_index": pa.array(batch["segment_index"], pa.int64()),
+        "payload": pa.array(list(batch["payload"]), pa.binary()),
+    })
+
+
 def fail_row(row: dict[str, Any], stage: str, exc: BaseException) -> None:
     """Turn ``row`` into an error row of ``stage`` in place (its audio arrays dropped)."""
     kind = f":{exc.kind}" if isinstance(exc, DecodeError) else ""

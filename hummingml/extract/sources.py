@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -32,6 +32,7 @@ from hummingml.config import ConfigError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+LISTING_CHUNK = 2048  # inputs per listing chunk: one task stats (or asks the object store about) that many
 T = TypeVar("T")
 
 
@@ -44,6 +45,38 @@ class Source:
     metadata: str = "{}"
     canonical: str = ""  # the identity: a local real path, or scheme://bucket/key (no ?query)
     version: str = ""  # "<size>:<mtime_ns>" as listed; "" when it could not be stat'ed (missing, broken link)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A part of an input's listing that one task turns into sources (:func:`describe`); exactly one of ``rows``,
+    ``paths``, ``prefix`` and ``sources`` is set."""
+
+    rows: pa.Table | None = None  # manifest or query rows
+    first_row: int = 1  # the number of rows[0] in the manifest or query result, for messages
+    base_dir: str | None = None  # the folder relative local URIs in ``rows`` are relative to
+    where: str = ""  # how messages name the input
+    fix: str = ""  # what messages tell the user to do
+    uri_column: str = "uri"
+    paths: tuple[str, ...] = ()  # local paths found by a walk or a glob
+    prefix: str = ""  # an object-store folder (URI with its ?options), listed recursively by the task
+    extensions: tuple[str, ...] = ()  # with ``prefix``: the file name endings picked
+    sources: tuple[Source, ...] = ()  # sources already described where the listing ran
+
+
+def describe(chunk: Chunk) -> list[Source]:
+    """The sources of one listing chunk, in its order: URIs made canonical, files stat'ed for their version.
+
+    Raises:
+        ConfigError: a manifest or query row has no URI.
+    """
+    if chunk.rows is not None:
+        return _from_table(chunk.rows, chunk.uri_column, chunk.base_dir, chunk.where, chunk.fix, chunk.first_row)
+    if chunk.paths:
+        return _make_sources(list(chunk.paths), None, ["{}"] * len(chunk.paths))
+    if chunk.prefix:
+        return _list_remote(chunk.prefix, chunk.extensions)
+    return list(chunk.sources)
 
 
 def source_id(canonical: str) -> str:
@@ -177,11 +210,13 @@ def _unique(sources: Iterable[Source]) -> list[Source]:
     return list(unique.values())
 
 
-def _from_table(table: pa.Table, uri_column: str, base_dir: str | None, where: str, fix: str) -> list[Source]:
+def _from_table(
+    table: pa.Table, uri_column: str, base_dir: str | None, where: str, fix: str, first_row: int = 1
+) -> list[Source]:
     if uri_column not in table.column_names:
         raise ConfigError(f"{where}: no {uri_column!r} column (columns: {table.column_names}); {fix}")
     uris, metadata = [], []
-    for n, row in enumerate(table.to_pylist(), start=1):
+    for n, row in enumerate(table.to_pylist(), start=first_row):
         value = row.pop(uri_column)
         uri = os.fsdecode(value) if isinstance(value, bytes) else "" if value is None else str(value)
         if not uri.strip():
@@ -199,20 +234,69 @@ def read_manifest(path: str, uri_column: str = "uri") -> list[Source]:
     Raises:
         ConfigError: the manifest has no ``uri_column``, or a row's value is null or empty.
     """
+    return [s for chunk in _manifest_chunks(path, uri_column, LISTING_CHUNK) for s in describe(chunk)]
+
+
+def _open_input(path: str) -> BinaryIO:
+    """A local path, ``file://`` or object-store URI opened for reading (a seekable file)."""
+    import pyarrow.fs as pafs
+
+    if _is_remote(path):
+        fs, key = pafs.FileSystem.from_uri(path)
+        return fs.open_input_file(key)
+    return open(_local(path), "rb")
+
+
+def _manifest_chunks(path: str, uri_column: str, size: int) -> Iterator[Chunk]:
+    """The manifest's rows, ``size`` at a time, read as a stream (memory holds one chunk).
+
+    Raises (on the first ``next``):
+        ConfigError: the manifest cannot be opened, or it has no ``uri_column``.
+    """
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet as pq
 
     lower = path.lower()
-    local = _local(path)
-    if lower.endswith(".parquet"):
-        table = pq.read_table(local)
-    elif lower.endswith(".csv"):
-        table = pyarrow.csv.read_csv(local)
-    else:
-        table = pyarrow.json.read_json(local)
-    base_dir = None if _is_remote(path) else os.path.dirname(os.path.abspath(local))
-    return _from_table(table, uri_column, base_dir, printable(path), "fix the manifest")
+    base_dir = None if _is_remote(path) else os.path.dirname(os.path.abspath(_local(path)))
+    where, fix = printable(path), "fix the manifest"
+    try:
+        f = _open_input(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"manifest {where} cannot be read: {exc}") from exc
+    with f:
+        if lower.endswith(".parquet"):
+            batches: Iterable[pa.Table] = (
+                pa.Table.from_batches([b]) for b in pq.ParquetFile(f).iter_batches(batch_size=size)
+            )
+        elif lower.endswith(".csv"):
+            # the column types come from the whole file, as a reader of it expects: read it at once
+            batches = pyarrow.csv.read_csv(f).to_batches(max_chunksize=size)
+            batches = (pa.Table.from_batches([b]) for b in batches)
+        else:
+            batches = _json_line_chunks(f, size)
+        first_row = 1
+        for table in batches:
+            if uri_column not in table.column_names:
+                raise ConfigError(f"{where}: no {uri_column!r} column (columns: {table.column_names}); {fix}")
+            yield Chunk(rows=table, first_row=first_row, base_dir=base_dir, where=where, fix=fix,
+                        uri_column=uri_column)
+            first_row += table.num_rows
+
+
+def _json_line_chunks(f: BinaryIO, size: int) -> Iterator[pa.Table]:
+    """A JSON-lines file as tables of ``size`` lines each (blank lines skipped)."""
+    import pyarrow.json
+
+    lines: list[bytes] = []
+    for line in iter(f.readline, b""):
+        if line.strip():
+            lines.append(line if line.endswith(b"\n") else line + b"\n")
+        if len(lines) == size:
+            yield pyarrow.json.read_json(pa.BufferReader(b"".join(lines)))
+            lines = []
+    if lines:
+        yield pyarrow.json.read_json(pa.BufferReader(b"".join(lines)))
 
 
 SqlReader = Callable[[str, Callable[[], Any]], list[dict[str, Any]]]  # (query, connect) -> rows
@@ -299,23 +383,11 @@ def read_only_query(query: str) -> str:
     return cleaned
 
 
-def _read_sql_here(query: str, connect: Callable[[], Any]) -> list[dict[str, Any]]:
-    """The rows of ``query`` as dicts, read in this process (``connect`` opens a sqlite3 connection)."""
-    with contextlib.closing(connect()) as connection:
-        cursor = connection.execute(query)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReader | None = None) -> list[Source]:
-    """Sources from a read-only SQL query; ``url`` is ``sqlite:///path/to.db``.
-
-    ``read_sql(query, connect)`` runs the query: the extraction job passes Ray Data's reader
-    (``hummingml.extract.ray.read_sql``); None reads in this process. ``connect`` is a picklable callable that opens
-    the database read-only (:func:`connect_read_only`). Relative local URIs are relative to the database's folder.
+def _database(url: str, query: str) -> tuple[str, str]:
+    """(absolute database path, checked query) of a database input.
 
     Raises:
-        ConfigError: the query is not a single SELECT (see :func:`read_only_query`), or a row has no URI.
+        ConfigError: not a sqlite:/// URL, no database there, no query, or not a single read-only SELECT.
     """
     if not url.startswith("sqlite:///"):
         raise ConfigError(f"only sqlite:///PATH databases are built in, got {url!r}; use a manifest for others")
@@ -324,10 +396,48 @@ def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReade
         raise ConfigError(f"no sqlite database at {db_path}")
     if not query:
         raise ConfigError('a database input needs --query, e.g. "SELECT uri FROM tracks"')
-    checked = read_only_query(query)
-    rows = (read_sql or _read_sql_here)(checked, functools.partial(connect_read_only, os.path.abspath(db_path)))
-    base_dir = os.path.dirname(os.path.abspath(db_path))
+    return os.path.abspath(db_path), read_only_query(query)
+
+
+def read_query(url: str, query: str, uri_column: str = "uri", read_sql: SqlReader | None = None) -> list[Source]:
+    """Sources from a read-only SQL query; ``url`` is ``sqlite:///path/to.db``.
+
+    ``read_sql(query, connect)`` runs the query (for example Ray Data's reader, ``hummingml.extract.ray.read_sql``);
+    None reads in this process. ``connect`` is a picklable callable that opens the database read-only
+    (:func:`connect_read_only`). Relative local URIs are relative to the database's folder.
+
+    Raises:
+        ConfigError: the query is not a single SELECT (see :func:`read_only_query`), or a row has no URI.
+    """
+    if read_sql is None:
+        return [s for chunk in _query_chunks(url, query, uri_column, LISTING_CHUNK) for s in describe(chunk)]
+    db_path, checked = _database(url, query)
+    rows = read_sql(checked, functools.partial(connect_read_only, db_path))
+    base_dir = os.path.dirname(db_path)
     return _from_table(pa.Table.from_pylist(rows), uri_column, base_dir, f"{url} --query", "fix the query or the table")
+
+
+def _query_chunks(url: str, query: str, uri_column: str, size: int) -> Iterator[Chunk]:
+    """The query's rows, fetched ``size`` at a time from a read-only connection (memory holds one chunk).
+
+    Raises:
+        ConfigError: as :func:`read_query`, at once.
+    """
+    db_path, checked = _database(url, query)
+    where, fix = f"{url} --query", "fix the query or the table"
+
+    def chunks() -> Iterator[Chunk]:
+        with contextlib.closing(connect_read_only(db_path)) as connection:
+            cursor = connection.execute(checked)
+            names = [d[0] for d in cursor.description]
+            first_row = 1
+            while rows := cursor.fetchmany(size):
+                table = pa.Table.from_pylist([dict(zip(names, row, strict=True)) for row in rows])
+                yield Chunk(rows=table, first_row=first_row, base_dir=os.path.dirname(db_path), where=where,
+                            fix=fix, uri_column=uri_column)
+                first_row += len(rows)
+
+    return chunks()
 
 
 def _glob_local(pattern: str) -> Iterable[Path]:
@@ -343,6 +453,102 @@ def _glob_local(pattern: str) -> Iterable[Path]:
         raise ConfigError(f"input {printable(pattern)!r}: {exc}") from exc
 
 
+def _walk(folder: str, exts: tuple[str, ...]) -> Iterator[str]:
+    """Entries under ``folder`` whose names end with ``exts`` (any type: a directory or a broken link named like
+    audio is kept, to become an error row), depth first, each folder's entries sorted; symlinked folders are not
+    entered, so a link loop lists nothing twice."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.lower().endswith(exts):
+            yield entry.path
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path, exts)
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _file_chunks(uri: str, extensions: tuple[str, ...], size: int) -> Iterator[Chunk]:
+    """Chunks of the audio files under a directory, matching a glob, or a single file (see :func:`list_files`).
+
+    Raises:
+        ConfigError: the input does not exist (at once, not on the first ``next``).
+    """
+    exts = tuple(e.lower() for e in extensions)
+    if _is_remote(uri):
+        return _remote_chunks(uri, exts, size)
+    path = _local(uri)
+    if glob.has_magic(path):
+        found: Iterable[str] = sorted(str(p) for p in _glob_local(path) if p.name.lower().endswith(exts))
+    elif os.path.isdir(path):
+        found = _walk(os.path.realpath(path), exts)
+    elif os.path.lexists(path):
+        found = [path]
+    else:
+        raise ConfigError(f"--input {printable(uri)} does not exist")
+    return (Chunk(paths=tuple(paths)) for paths in _batched(found, size))
+
+
+def _remote_chunks(uri: str, exts: tuple[str, ...], size: int) -> Iterator[Chunk]:
+    """An object-store file, or a folder: its own files described here, each subfolder one chunk listed by a task."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        canonical = canonical_uri(uri)
+        return iter([Chunk(sources=(Source(uri, source_id(canonical), "{}", canonical, _remote_version(info)),))])
+    if info.type != pafs.FileType.Directory:
+        raise ConfigError(f"--input {printable(uri)} does not exist")
+    top = sorted(fs.get_file_info(pafs.FileSelector(base, recursive=False)), key=lambda i: i.path)
+    files = [i for i in top if i.type != pafs.FileType.Directory and i.path.lower().endswith(exts)]
+    folders = [_remote_uri(uri, i.path) for i in top if i.type == pafs.FileType.Directory]
+
+    def chunks() -> Iterator[Chunk]:
+        for batch in _batched(files, size):
+            yield Chunk(sources=tuple(_remote_source(uri, i) for i in batch))
+        for folder in folders:
+            yield Chunk(prefix=folder, extensions=exts)
+
+    return chunks()
+
+
+def _remote_uri(input_uri: str, path: str) -> str:
+    """The URI of ``path`` on ``input_uri``'s filesystem, with its ``?options``; keys with spaces or % open as
+    themselves."""
+    scheme = input_uri.split("://", 1)[0].lower()
+    query = "?" + input_uri.split("?", 1)[1] if "?" in input_uri else ""
+    return f"{scheme}://{urllib.parse.quote(path)}{query}"
+
+
+def _remote_source(input_uri: str, info: Any) -> Source:
+    canonical = f"{input_uri.split('://', 1)[0].lower()}://{info.path}"
+    return Source(_remote_uri(input_uri, info.path), source_id(canonical), "{}", canonical, _remote_version(info))
+
+
+def _list_remote(uri: str, exts: tuple[str, ...]) -> list[Source]:
+    """Every file under the object-store folder ``uri`` whose name ends with ``exts``, sorted by key."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    infos = sorted(fs.get_file_info(pafs.FileSelector(base, recursive=True)), key=lambda i: i.path)
+    return [
+        _remote_source(uri, i) for i in infos if i.type != pafs.FileType.Directory and i.path.lower().endswith(exts)
+    ]
+
+
 def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list[Source]:
     """Audio files under a directory, matching a glob, or a single file; local or any pyarrow filesystem URI.
 
@@ -350,39 +556,40 @@ def list_files(uri: str, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> list
     symlinked file is listed as its target. Directories named like audio files and broken links are kept: they
     become error rows, never vanish. Sorted by URI, one source per identity.
     """
-    exts = tuple(e.lower() for e in extensions)
-    if not _is_remote(uri):
-        path = _local(uri)
-        if glob.has_magic(path):
-            found: Iterable[Path] = _glob_local(path)
-        elif os.path.isdir(path):
-            found = Path(os.path.realpath(path)).rglob("*")
-        elif os.path.lexists(path):
-            return [make_source(path)]
-        else:
-            raise ConfigError(f"--input {printable(uri)} does not exist")
-        paths = sorted(str(p) for p in found if p.name.lower().endswith(exts))
-        return sorted(_unique(_make_sources(paths, None, ["{}"] * len(paths))), key=lambda s: s.uri)
-    import pyarrow.fs as pafs
+    sources = [s for chunk in _file_chunks(uri, extensions, LISTING_CHUNK) for s in describe(chunk)]
+    return sorted(_unique(sources), key=lambda s: s.uri)
 
-    fs, base = pafs.FileSystem.from_uri(uri)
-    scheme = uri.split("://", 1)[0].lower()
-    # options such as ?endpoint_override=...&region=... stay on every listed URI, so each can be opened alone
-    query = "?" + uri.split("?", 1)[1] if "?" in uri else ""
-    info = fs.get_file_info(base)
-    if info.type == pafs.FileType.File:
-        canonical = canonical_uri(uri)
-        return [Source(uri, source_id(canonical), "{}", canonical, _remote_version(info))]
-    if info.type != pafs.FileType.Directory:
-        raise ConfigError(f"--input {printable(uri)} does not exist")
-    infos = sorted(fs.get_file_info(pafs.FileSelector(base, recursive=True)), key=lambda i: i.path)
-    sources = []
-    for i in infos:
-        if i.path.lower().endswith(exts):
-            canonical = f"{scheme}://{i.path}"
-            listed = f"{scheme}://{urllib.parse.quote(i.path)}{query}"  # keys with spaces or % open as themselves
-            sources.append(Source(listed, source_id(canonical), "{}", canonical, _remote_version(i)))
-    return sources
+
+def listing(
+    input_uri: str, query: str = "", uri_column: str = "uri", extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+    size: int = LISTING_CHUNK,
+) -> Iterator[Chunk]:
+    """The listing of ``input_uri`` as a stream of chunks of about ``size`` inputs, for tasks to :func:`describe`.
+
+    The input is checked now; the chunks are read as they are asked for, so memory holds one chunk whatever the
+    input's size. A manifest is streamed row by row (a CSV one is read whole, so that its column types are the whole
+    file's); a query's rows are fetched ``size`` at a time; a local directory is walked in order, each folder's
+    entries sorted; an object-store folder yields its own files and one chunk per subfolder, listed by a task; a
+    glob is matched whole.
+
+    Raises:
+        ConfigError: the input does not exist, a database query is not a read-only SELECT, or a manifest has no
+            ``uri_column``.
+    """
+    if input_uri.startswith("sqlite://"):
+        return _query_chunks(input_uri, query, uri_column, size)
+    if input_uri.lower().endswith(MANIFEST_EXTENSIONS):
+        if not _is_remote(input_uri) and not os.path.isfile(_local(input_uri)):
+            raise ConfigError(f"--input {printable(input_uri)} does not exist")
+        chunks = _manifest_chunks(input_uri, uri_column, size)
+        first = next(chunks, None)  # checks the manifest's columns now
+        return iter([]) if first is None else _prepend(first, chunks)
+    return _file_chunks(input_uri, extensions, size)
+
+
+def _prepend(first: T, rest: Iterator[T]) -> Iterator[T]:
+    yield first
+    yield from rest
 
 
 def list_sources(
@@ -395,12 +602,13 @@ def list_sources(
     """All inputs named by ``input_uri`` (see ``ExtractConfig.input``), one per identity (``Source.canonical``).
 
     The first occurrence of an identity wins; the order is the listing's (sorted for files, the rows' for a manifest
-    or query). ``read_sql`` runs the query of a database input (see :func:`read_query`).
+    or query). ``read_sql`` runs the query of a database input (see :func:`read_query`). This holds the whole
+    listing; the extraction job streams it instead (:func:`listing`).
     """
     if input_uri.startswith("sqlite://"):
         sources = read_query(input_uri, query, uri_column, read_sql)
     elif input_uri.lower().endswith(MANIFEST_EXTENSIONS):
-        sources = read_manifest(input_uri, uri_column)
+        sources = [s for chunk in listing(input_uri, query, uri_column, extensions) for s in describe(chunk)]
     else:
         sources = list_files(input_uri, extensions)
     return _unique(sources)

@@ -32,6 +32,7 @@ from hummingml.extract.sources import SourceUnavailable, open_source, printable
 from hummingml.extract.store import OutputStore
 from hummingml.stages import augment
 from hummingml.stages.codec import Codec
+from hummingml.stages.null import NullCodec, NullDetector, NullSeparator
 from hummingml.stages.pitch import PitchDetector, notes_to_midi
 from hummingml.stages.separate import Separator
 from hummingml.stages.synth import render_sine
@@ -51,11 +52,20 @@ class DecodeStep:
     def __call__(self, batch: Batch) -> Batch:
         return pack_batch([out for row in unpack_batch(batch) for out in self._segments(row)])
 
-    def batches(self, batch: Batch) -> Iterator[Batch]:
-        """One single-row batch per output row, as they are decoded."""
+    def batches(self, batch: Batch, block_bytes: int = 0) -> Iterator[Batch]:
+        """The output rows in batches, as they are decoded: each batch holds rows until their arrays reach
+        ``block_bytes`` (0: one row per batch), so memory holds about one batch whatever the sources' lengths."""
+        rows: list[dict[str, Any]] = []
+        size = 0
         for row in unpack_batch(batch):
             for out in self._segments(row):
-                yield pack_batch([out])
+                rows.append(out)
+                size += sum(v.nbytes for v in out.values() if isinstance(v, np.ndarray))
+                if size >= block_bytes:
+                    yield pack_batch(rows)
+                    rows, size = [], 0
+        if rows:
+            yield pack_batch(rows)
 
     def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         stage = "read"
@@ -93,6 +103,7 @@ class DecodeStep:
             "source_channels": reader.channels,
             "source_duration_s": reader.frames / reader.sample_rate,
             "n_segments": segments,
+            "n_skipped": len(row["skip_segments"]),  # segments an earlier run committed: the run's progress counts them
         }
         skip = set(row["skip_segments"])
         done = 0  # segments handled so far
@@ -158,7 +169,7 @@ class SeparateStep(_ModelStep):
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         self._set_threads(threads)
-        self.separator = Separator(cfg.separate_config(), model=model)
+        self.separator = NullSeparator() if cfg.stages == "null" else Separator(cfg.separate_config(), model=model)
 
     def process(self, row: dict[str, Any]) -> None:
         row["stems"] = self.separator.separate(row["audio"], FEATURE_SAMPLE_RATE).as_dict()
@@ -172,7 +183,7 @@ class PitchStep(_ModelStep):
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         self._set_threads(threads)
         self.cfg = cfg
-        self.detector = PitchDetector(cfg.pitch, model=model)
+        self.detector = NullDetector() if cfg.stages == "null" else PitchDetector(cfg.pitch, model=model)
 
     def process(self, row: dict[str, Any]) -> None:
         streams = {"mono": row["mono"]}
@@ -194,7 +205,9 @@ class CodecStep(_ModelStep):
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         self._set_threads(threads)
         self.cfg = cfg
-        self.codec = Codec(cfg.codec_config(), model=model)
+        self.codec = (
+            NullCodec(cfg.codec.n_codebooks) if cfg.stages == "null" else Codec(cfg.codec_config(), model=model)
+        )
 
     def process(self, row: dict[str, Any]) -> None:
         def encode(audio: np.ndarray) -> np.ndarray:
@@ -310,6 +323,7 @@ class CommitStep:
             "source_id": np.array([r["source_id"] for r in rows], dtype=object),
             "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
             "n_segments": np.array([int(r.get("n_segments", -1)) for r in rows], dtype=np.int64),
+            "n_skipped": np.array([int(r.get("n_skipped", 0)) for r in rows], dtype=np.int64),
             "ok": ~np.array(failed, dtype=bool),
             "deferred": np.array([r.get("deferred", "") for r in rows], dtype=object),
             "stage": np.array([(r.get("error") or {}).get("stage", "") for r in rows], dtype=object),
