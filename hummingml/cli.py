@@ -1,7 +1,8 @@
 """The ``hummingml`` command: ``hummingml <subcommand> --help`` lists each subcommand's flags.
 
 Invalid flag values are reported one line each on stderr (``hummingml extract: error: --limit must be >= 0``), with
-exit code 2, before anything is created or started.
+exit code 2, before anything is created or started. ``hummingml decode`` also reports a failure to load or decode
+as one line, with exit code 1.
 """
 
 from __future__ import annotations
@@ -9,8 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hummingml import __version__
 from hummingml.config import ConfigError, above, add_flags, at_least, exit_on_config_error, from_flags
-from hummingml.eval.config import GenerateConfig, add_eval_flags, add_generate_flags, eval_config_from_args
+from hummingml.eval.config import (
+    DecodeConfig,
+    GenerateConfig,
+    add_decode_flags,
+    add_eval_flags,
+    add_generate_flags,
+    eval_config_from_args,
+)
 from hummingml.extract.config import ExtractConfig
 from hummingml.weights.cli import add_models_parser
 from hummingml.weights.config import ModelsConfig
@@ -68,6 +77,24 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decode(args: argparse.Namespace) -> int:
+    cfg = from_flags(DecodeConfig, args)  # the flags alone, before the output is opened
+    import pyarrow as pa
+
+    from hummingml.eval.decode import run
+    from hummingml.weights.config import ModelError
+
+    try:
+        run(cfg)
+    except ConfigError:
+        raise  # exit 2: no such output, source, segment or stream
+    except (ModelError, OSError, ValueError, pa.ArrowException) as exc:  # weights, codec mismatch, unreadable data
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"hummingml decode: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from hummingml.eval.evaluate import run
 
@@ -79,6 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth-corpus", help="write a small deterministic synthesized corpus (mix, six stems, notes)")
@@ -103,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the extraction's output root")
     p.add_argument("--png", default=None, help="also write a plot report (notes, sine, code maps) to this PNG")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("decode", help="the DAC codes of one stored stream of one segment -> a WAV to listen to")
+    add_decode_flags(p)
+    p.set_defaults(func=_decode)
 
     p = sub.add_parser("generate", help="hum + timbre clip + checkpoint -> instrument audio (WAV, 44.1 kHz)")
     add_generate_flags(p)

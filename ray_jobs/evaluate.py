@@ -21,6 +21,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from hummingml import __version__
 from hummingml.config import exit_on_config_error
 from hummingml.eval.config import EvalConfig, add_eval_flags, eval_config_from_args
 
@@ -36,6 +37,7 @@ def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
     add_eval_flags(parser)
     return eval_config_from_args(parser.parse_args(argv))
 

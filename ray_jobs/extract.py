@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hummingml import __version__
 from hummingml.config import add_flags, exit_on_config_error, from_flags
 from hummingml.extract.config import ExtractConfig
 
@@ -33,6 +34,7 @@ def parse(argv: list[str] | None = None) -> ExtractConfig:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
     add_flags(parser, ExtractConfig)
     return from_flags(ExtractConfig, parser.parse_args(argv))
 

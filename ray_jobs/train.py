@@ -21,6 +21,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from hummingml import __version__
 from hummingml.config import add_flags, exit_on_config_error, from_flags
 from hummingml.train.config import PRESETS, TrainConfig, from_preset
 
@@ -39,6 +40,7 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
     add_flags(parser, TrainConfig)
     return from_flags(TrainConfig, parser.parse_args(argv), base=from_preset(known.preset))
 

@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.eval": ANY,
     "hummingml.doctor": {"hummingml.stages"},
     "hummingml.cli": ANY,
+    "hummingml.api": ANY,
     "ray_jobs": ANY,
 }
 

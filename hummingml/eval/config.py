@@ -1,4 +1,4 @@
-"""The configs and flags of the evaluation job and of ``hummingml generate``.
+"""The configs and flags of the evaluation job, of ``hummingml generate`` and of ``hummingml decode``.
 
 Light on purpose (no torch, no Ray): the ``hummingml`` command builds its parsers from them.
 """
@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
+from typing import Literal
 
+from hummingml.audio import STEMS
 from hummingml.config import above, add_flags, at_least, from_flags
 from hummingml.weights.config import ModelsConfig
 
@@ -114,3 +118,118 @@ def add_generate_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of :class:`GenerateConfig` (``--models-*`` included) plus ``-o`` for ``--output``."""
     add_flags(parser, GenerateConfig)
     parser.add_argument("-o", dest="output", default=None, help="same as --output")
+
+
+# --- hummingml decode ------------------------------------------------------------------------------------------------
+
+STREAM_FORMS = ("mono", "mix", "left", "right", *STEMS, "sine:<melody stream>", "variant:<k>")  # for help and errors
+SINE_STREAMS = ("mono", *STEMS)  # melody streams: the mono reference or a stem (ExtractConfig.melodic_stems)
+_DEVICE = re.compile(r"auto|[a-z]+(:\d+)?")  # "auto" or a torch device: cpu, cuda, cuda:1
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One decodable stream of a stored segment, named as ``hummingml decode --stream`` takes it.
+
+    ``kind`` says where its codes are: ``mono`` (sine-audio-feature ``mono_codes``), ``mix`` (audio-feature
+    ``channel_codes``, every channel), ``channel`` (one of them, ``index`` 0 = left, 1 = right), ``stem``
+    (``stem_codes`` of the stem ``name``), ``sine`` (``melody[].sine_codes`` of the melody stream ``name``),
+    ``variant`` (``mono_variants[index].codes``).
+    """
+
+    text: str  # as given: "vocals", "sine:mono", "variant:0"
+    kind: Literal["mono", "mix", "channel", "stem", "sine", "variant"]
+    name: str = ""  # stem or melody stream name (kinds stem and sine)
+    index: int = 0  # channel (kind channel) or variant (kind variant), 0-based
+
+    @property
+    def set_name(self) -> str:
+        """The output set that holds the stream's codes."""
+        return "audio-feature" if self.kind in ("mix", "channel", "stem") else "sine-audio-feature"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The set's columns the codes are read from."""
+        return {
+            "mono": ("mono_codes",),
+            "mix": ("channel_codes",),
+            "channel": ("channel_codes",),
+            "stem": ("stem_names", "stem_codes"),
+            "sine": ("melody",),
+            "variant": ("mono_variants",),
+        }[self.kind]
+
+
+def parse_stream(text: str) -> Stream:
+    """The :class:`Stream` that ``text`` names (one of :data:`STREAM_FORMS`).
+
+    Raises:
+        ValueError: ``text`` names no stream; the message lists the forms.
+    """
+    if text in ("mono", "mix"):
+        return Stream(text, text)  # type: ignore[arg-type]
+    if text in ("left", "right"):
+        return Stream(text, "channel", index=0 if text == "left" else 1)
+    if text in STEMS:
+        return Stream(text, "stem", name=text)
+    kind, _, arg = text.partition(":")
+    if kind == "sine" and arg in SINE_STREAMS:
+        return Stream(text, "sine", name=arg)
+    if kind == "variant" and arg.isdigit():
+        return Stream(text, "variant", index=int(arg))
+    hint = {"sine": f"; melody streams: {', '.join(SINE_STREAMS)}", "variant": "; k is 0, 1, ..."}.get(kind, "")
+    raise ValueError(f"unknown stream {text!r}; streams: {', '.join(STREAM_FORMS)}{hint}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """``hummingml decode``: which stored stream of which segment, and the WAV to write."""
+
+    root: str = ""  # extraction output root (local path or pyarrow URI)
+    source_id: str = ""  # the segment's source (the source_id column, 32 hex digits)
+    segment: int = 0  # the segment_index, 0-based
+    stream: str = "mono"  # one of STREAM_FORMS
+    output: str = ""  # the WAV to write (16-bit, at the codec's rate)
+    device: str = "auto"  # where DAC decodes: "auto" = cuda when available, else cpu; or a torch device
+    models_cache_dir: str | None = None  # the model cache, when not the one the output's metadata records
+    models_dac_weights: str | None = None  # pretrained outputs: a local DAC 44 kHz weights file
+
+    def problems(self) -> list[str]:
+        """Every value no decode can use, one line per problem naming its flag."""
+        problems = [] if self.root else ["OUT (the extraction output) is required"]
+        if not self.source_id:
+            problems.append("--source-id is required")
+        problems += at_least("--segment", self.segment, 0)
+        try:
+            parse_stream(self.stream)
+        except ValueError as exc:
+            problems.append(f"--stream: {exc}")
+        if not self.output:
+            problems.append("-o/--output is required")
+        elif not self.output.lower().endswith(".wav"):
+            problems.append(f"-o/--output must name a .wav file (got {self.output!r})")
+        elif not os.path.isdir(os.path.dirname(os.path.abspath(self.output))):
+            problems.append(f"-o/--output: the folder {os.path.dirname(os.path.abspath(self.output))} does not exist")
+        if not _DEVICE.fullmatch(self.device):
+            problems.append(f"--device must be auto or a torch device such as cpu, cuda:0 (got {self.device!r})")
+        return problems
+
+
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``hummingml decode`` (:class:`DecodeConfig`), checked by :meth:`DecodeConfig.problems`."""
+    flag = parser.add_argument
+    flag("root", metavar="OUT", help="the extraction's output root (local path or pyarrow URI)")
+    flag("--source-id", metavar="ID", default=None, help="the source: its source_id (32 hex digits); required")
+    flag("--segment", metavar="N", type=int, default=None, help="the segment_index, 0-based (default 0)")
+    flag("--stream", metavar="NAME", default=None, help=f"which codes (default mono): {' | '.join(STREAM_FORMS)}")
+    flag("-o", "--output", metavar="FILE", default=None, help="the WAV to write (16-bit, 44.1 kHz); required")
+    flag("--device", default=None, help="where DAC decodes: auto (cuda when available; the default) or a torch device")
+    flag(
+        "--models-cache-dir", metavar="DIR", default=None,
+        help="model cache to load the DAC from (default: the one the output records, if it exists here, else the "
+        "usual cache)",
+    )  # fmt: skip
+    flag(
+        "--models-dac-weights", metavar="FILE", default=None,
+        help="outputs made with --models-kind pretrained: a local DAC 44 kHz weights file (no download)",
+    )  # fmt: skip

@@ -108,15 +108,16 @@ def plan_part(
 
 def account_part(listed: list[list[Listed]], state: dict[str, SourceState], below: int) -> dict[str, Any]:
     """What became of one part's inputs of this run (listed below position ``below``), by the committed ``state``:
-    complete ok, complete with errors, unaccounted, their feature and error rows; and the committed sources the
-    listing does not name (``not_in_input``, removed files or another input's)."""
+    complete ok, complete with errors, unaccounted (no rows, some segments without rows, or rows of another version
+    of the input only), their feature and error rows; and the committed sources the listing does not name
+    (``not_in_input``, removed files or another input's)."""
     distinct = unique(listed)
     ok = failed = missing = rows = errors = 0
     for position, s in distinct:
         if position >= below:
             continue
         p = state.get(s.source_id)
-        if p is None or not p.complete:
+        if p is None or not p.complete or (s.version and p.version != s.version):  # rows of an older version
             missing += 1
             continue
         rows += len(p.ok_segments)

@@ -267,10 +267,11 @@ class CommitStep:
 
     A row whose key, source version and outcome the output already holds is dropped, not written again: Ray Data
     runs a commit again when the process that ran it dies (its result is lost with the node), and the rows of that
-    commit may already be in the output. The step finishes committed batches and reads the committed keys when it
-    starts (also after a restart), and adds each batch's. With a ``lease`` token, a batch is committed only while the
-    output's lease names it. ``cfg.fail_after_commits`` ends the writer's process right after that many commit
-    markers, once per output (a fault-injection hook for tests).
+    commit may already be in the output. The step finishes committed batches and reads the keys this run committed
+    (the lease's; every key in the output without a lease) when it starts (also after a restart), and adds each
+    batch's, so its memory grows with the run, not with the output. With a ``lease`` token, a batch is committed
+    only while the output's lease names it. ``cfg.fail_after_commits`` ends the writer's process right after that
+    many commit markers, once per output (a fault-injection hook for tests).
     """
 
     def __init__(
@@ -288,8 +289,10 @@ class CommitStep:
         self.fail_after = cfg.fail_after_commits
         self.commits = 0
         self.metrics = metrics()  # made here: an executor's metric objects live in the process that commits
-        # a writer that died between a marker and its moves left them to do; the markers read once serve both
-        self.committed = self.store.committed_keys(self.store.finish_committed())
+        # a writer that died between a marker and its moves left them to do; the markers read once serve both. A
+        # retried batch can only repeat rows of this run (the lease's): the run's plan skipped every earlier one
+        markers = self.store.finish_committed()
+        self.committed = self.store.committed_keys([m for m in markers if not lease or m.lease == lease])
 
     def _fault(self) -> Callable[[], None] | None:
         """The injected fault for this commit, if it is the one (the first time the output reaches it)."""

@@ -30,22 +30,33 @@ from hummingml.train.data import AUDIO_COLUMNS, sine_columns
 from hummingml.train.loop import WorkerContext, loop
 
 
-def _read_current(features: str, name: str, columns: list[str]) -> ray.data.Dataset:
-    """The current rows of one set (``hummingml.output``: the files its commit markers name, superseded rows out)."""
+def read_current(features: str, name: str, columns: list[str] | None = None) -> ray.data.Dataset:
+    """The current rows of one set (``hummingml.output``: the files its commit markers name, superseded rows out).
+
+    Args:
+        features: the output root (local path or pyarrow URI).
+        name: the set: ``audio-feature``, ``sine-audio-feature`` or ``errors``.
+        columns: the columns to read (all when None).
+
+    Raises:
+        FileNotFoundError: the set has no committed files.
+    """
     fs, files, superseded = set_files(features, name)
     if not files:
         raise FileNotFoundError(f"{features} has no committed {name} files")
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=columns, include_paths=bool(superseded))
     if not superseded:
-        return ds
+        return ray.data.read_parquet(files, filesystem=fs, columns=columns)
+    keys = [k for k in ("source_id", "segment_index") if columns is not None and k not in columns]
+    read = None if columns is None else [*columns, *keys]  # the filter needs the key
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=read, include_paths=True)
     keep = superseded_filter(superseded)
-    return ds.filter(lambda r: keep(r["path"], r["source_id"], r["segment_index"])).drop_columns(["path"])
+    return ds.filter(lambda r: keep(r["path"], r["source_id"], r["segment_index"])).drop_columns(["path", *keys])
 
 
 def read_joined(features: str, parallelism: int = 2) -> ray.data.Dataset:
     """The two feature sets' current rows as one Ray Dataset, joined on (source_id, segment_index), sorted by it."""
-    audio = _read_current(features, "audio-feature", list(AUDIO_COLUMNS))
-    sine = _read_current(features, "sine-audio-feature", sine_columns(features))
+    audio = read_current(features, "audio-feature", list(AUDIO_COLUMNS))
+    sine = read_current(features, "sine-audio-feature", sine_columns(features))
     joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
     # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
     # the same rows when a later run resumes from it
