@@ -169,10 +169,11 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     """Run one extraction (resuming a previous one on the same output) and return the summary.
 
     Checks the config and the input (nothing is written before both succeed; a problem raises
-    :class:`~hummingml.config.ConfigError`), connects to the Ray cluster from ``RAY_ADDRESS`` (or starts a local one)
-    and lists the input there, takes the output's lease (another driver writing it is refused with
-    :class:`~hummingml.extract.store.LeaseHeld`), checks the output's recorded config fingerprint, recovers, plans
-    (the listing joined with what is committed, in tasks) and runs the pipeline. The driver holds counts and object
+    :class:`~hummingml.config.ConfigError`), takes the output's lease (another driver writing it is refused with
+    :class:`~hummingml.extract.store.LeaseHeld`), connects to the Ray cluster from ``RAY_ADDRESS`` (or starts a local
+    one) and lists the input there (a manifest row without a URI raises ``ConfigError`` then), checks the output's
+    recorded config fingerprint, recovers, plans (the listing joined with what is committed, in tasks) and runs the
+    pipeline. The driver holds counts and object
     refs, never the listing.
     """
     if problems := cfg.problems():
@@ -182,13 +183,14 @@ def run(cfg: ExtractConfig, log: TextIO = sys.stdout) -> dict[str, Any]:
     chunks = listing(cfg.input, cfg.query, cfg.uri_column, cfg.extensions)  # checks the input
     if "://" not in cfg.output:  # the writer actors open the same root whatever their working directory
         cfg = replace(cfg, output=os.path.abspath(cfg.output))
-    connect()
-    listed = list_input(chunks)
+    # the lease before Ray starts and the listing runs: of two drivers started together, one is refused at once
     store = OutputStore(cfg.output, log=log)
     lease = Lease.acquire(store, cfg.lease_timeout_s, os.environ.get("RAY_JOB_SUBMISSION_ID", ""))
     lease.start_renewing()
-    _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
     try:
+        connect()
+        listed = list_input(chunks)
+        _say(log, f"config:\n{json.dumps(asdict(cfg), indent=2, default=str)}")
         return _run_holding(cfg, store, lease, listed, start, log)
     finally:
         lease.release()
