@@ -226,9 +226,10 @@ def current_view(markers: Iterable[Marker]) -> CurrentView:
 
 
 def batch_of(path: str) -> str:
-    """The batch id of a set's file: ``<set>/part-<batch>.parquet``, or ``_staging/<batch>/<set>.parquet``."""
+    """The batch id of a set's file: ``<set>/part-<batch>.parquet``, or ``_staging/<batch>.<attempt>/<set>.parquet``
+    (``_staging/<batch>/<set>.parquet`` in outputs written before attempts had their own folders)."""
     parent, name = path.rsplit("/", 2)[-2:]
-    return name.removeprefix("part-").removesuffix(".parquet") if name.startswith("part-") else parent
+    return name.removeprefix("part-").removesuffix(".parquet") if name.startswith("part-") else parent.split(".")[0]
 
 
 def view(root: str, log: TextIO | None = sys.stderr) -> CurrentView | None:

@@ -8,7 +8,7 @@ Layout under the output root::
     audio-feature/part-<batch>.parquet        visible feature files (only committed batches)
     sine-audio-feature/part-<batch>.parquet
     errors/part-<batch>.parquet
-    _staging/<batch>/<set>.parquet            files being written; never read as output
+    _staging/<batch>.<attempt>/<set>.parquet  files being written, one folder per attempt; never read as output
     _commits/<batch>.json                     the commit point of a batch: its rows' keys and files
     _commits/quarantine/<batch>.json          damaged markers, set aside with a warning
 
@@ -19,6 +19,8 @@ appears whole, as a copy of a complete object). After the marker, staged files a
 ``recover()`` (run at every start, under the lease) finishes the moves of committed batches and deletes staging left
 by batches that never committed, so a crash at any point leaves either the whole batch or none of it. A batch's name
 is a hash of its rows' keys, source versions and outcomes: the same rows committed again are not written twice.
+Each attempt stages into its own folder, so two writers given the same batch at once (a task retried elsewhere while
+the first still runs) never touch each other's files; both markers name the same visible files, with the same rows.
 
 Readers see the output through the markers (``hummingml.output``): the newest commit of a key wins.
 """
@@ -136,8 +138,9 @@ class OutputStore:
                 self._fsync(os.path.dirname(final_path))
             elif not self._exists(final_path):
                 whole = False
-        if whole and self._exists(self._path(STAGING, marker.batch)):
-            self.fs.delete_dir(self._path(STAGING, marker.batch))
+        for folder in {staged.rsplit("/", 1)[0] for staged in marker.files} if whole else ():
+            if self._exists(self._path(folder)):
+                self.fs.delete_dir(self._path(folder))
         return whole
 
     def markers(self) -> list[Marker]:
@@ -170,17 +173,14 @@ class OutputStore:
         markers, damaged = read_markers(self.fs, self.root, None)
         for path in damaged:
             self._quarantine(path, "damaged commit marker (empty or not JSON)")
-        committed = set()
         for marker in markers:
-            if self._finish(marker):
-                committed.add(marker.batch)
-            else:
+            if not self._finish(marker):
                 self._quarantine(marker.path, "commit marker names files that exist nowhere")
         dropped = 0
         now = time.time()
         for info in self.fs.get_file_info(pafs.FileSelector(self._path(STAGING), allow_not_found=True)):
             young = info.mtime is not None and now - info.mtime.timestamp() < staging_min_age_s
-            if os.path.basename(info.path) not in committed and not young:
+            if not young:  # every committed batch's staging is gone once its files are in place
                 self.fs.delete_dir(info.path)
                 dropped += 1
         for folder in (self._path(COMMITS), self.root):
@@ -245,6 +245,7 @@ class OutputStore:
             self._finish(parse_marker(marker_path, self.read_bytes(marker_path) or b""))
             return batch
         files = {}
+        attempt = f"{STAGING}/{batch}.{uuid.uuid4().hex[:12]}"  # this writer's own staging folder
         for name, table in tables.items():
             if table.num_rows == 0:
                 continue
@@ -255,8 +256,8 @@ class OutputStore:
                     "hummingml.run": json.dumps(metadata, sort_keys=True, default=str),
                 }
             )
-            staged = f"{STAGING}/{batch}/{name}.parquet"
-            self.fs.create_dir(self._path(STAGING, batch), recursive=True)
+            staged = f"{attempt}/{name}.parquet"
+            self.fs.create_dir(self._path(attempt), recursive=True)
             with self.fs.open_output_stream(self._path(staged)) as sink:
                 pq.write_table(
                     table.cast(schema), sink, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True
@@ -268,7 +269,7 @@ class OutputStore:
                 raise OSError(f"{staged} holds {written} rows after writing {table.num_rows}; not committed")
             files[staged] = f"{name}/part-{batch}.parquet"
         if files:
-            self._fsync(self._path(STAGING, batch))
+            self._fsync(self._path(attempt))
         self.newest_ns = max(time.time_ns(), self.newest_ns + 1)  # after every commit this store knows of
         marker = {
             "format": FORMAT,
