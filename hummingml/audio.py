@@ -24,7 +24,7 @@ STEMS = ("drums", "bass", "vocals", "lead", "chordal", "other")  # our six stems
 MELODIC_STEMS = ("vocals", "lead")  # monophonic melodic parts: Basic Pitch runs on these by default
 
 DecodeErrorKind = Literal[
-    "empty", "not_found", "unreadable", "not_audio", "corrupt", "truncated", "zero_length", "non_finite", "channels"
+    "empty", "not_found", "unreadable", "not_audio", "corrupt", "truncated", "zero_length", "non_finite"
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -100,6 +100,32 @@ def _check_wav_length(f: BinaryIO, size: int) -> None:
         pos += 8 + chunk_size + (chunk_size & 1)
 
 
+def wav_channel_mask(f: BinaryIO, size: int) -> int | None:
+    """The ``dwChannelMask`` of a WAVE_FORMAT_EXTENSIBLE ``fmt `` chunk (RIFF, RF64 or BW64 WAV), else None.
+
+    libsndfile reads the mask but soundfile does not expose it, so the header is read here. A plain PCM/float WAV, a
+    mask of 0 ("no speaker positions") and any other format give None; the caller falls back to the default layout
+    for the channel count (:func:`channel_layout`).
+    """
+    head = _read_at(f, 0, 12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64", b"BW64") or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= size:
+        chunk = _read_at(f, pos, 8)
+        chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:8])[0]
+        if chunk_id == b"fmt ":
+            body = _read_at(f, pos + 8, min(chunk_size, 24))
+            # wFormatTag 0xFFFE, cbSize >= 22: wValidBitsPerSample at 18, dwChannelMask at 20
+            if len(body) < 24 or struct.unpack("<H", body[:2])[0] != 0xFFFE or struct.unpack("<H", body[16:18])[0] < 22:
+                return None
+            return struct.unpack("<I", body[20:24])[0] or None
+        if chunk_id == b"data":
+            return None
+        pos += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
 def _check_ogg_complete(f: BinaryIO, size: int) -> None:
     """Raise ``truncated`` when an Ogg stream (Vorbis, Opus, FLAC-in-Ogg) breaks off.
 
@@ -139,15 +165,20 @@ class AudioReader:
         f: the encoded file, seekable (a local file, an in-memory buffer, a spooled download); not closed here.
         size: its length in bytes.
         block_frames: frames per decoded block.
+        to_stereo: mix more than two channels down to stereo (:func:`downmix_matrix`, by the file's channel layout),
+            block by block as :meth:`blocks` reads; mono and stereo are kept as they are.
 
     Attributes:
-        channels, sample_rate: as in the file. frames: the number of frames per channel (exact).
+        channels: channels of the blocks (2 after a downmix). source_channels: channels in the file.
+        sample_rate: as in the file. frames: the number of frames per channel (exact).
+        channel_mask: the WAV header's speaker mask (:func:`wav_channel_mask`), or None.
+        downmix: the downmix rule applied (:func:`downmix_matrix`), "" when none.
 
     Raises:
         DecodeError: for an empty, non-audio, corrupt, truncated, zero-length or non-finite input.
     """
 
-    def __init__(self, f: BinaryIO, size: int, block_frames: int = 1 << 18) -> None:
+    def __init__(self, f: BinaryIO, size: int, block_frames: int = 1 << 18, to_stereo: bool = False) -> None:
         import soundfile as sf
 
         if size == 0:
@@ -156,9 +187,14 @@ class AudioReader:
         _check_ogg_complete(f, size)
         self._f, self._size, self.block_frames = f, size, block_frames
         self._whole: F32 | None = None
+        self._mix: npt.NDArray[np.float64] | None = None
+        self.channel_mask: int | None = None
+        order: ChannelOrder = "wav"
         f.seek(0)
         try:
-            sf.SoundFile(f).close()
+            with sf.SoundFile(f) as probe:
+                if probe.format == "OGG" and probe.subtype in ("VORBIS", "OPUS"):
+                    order = "vorbis"
         except sf.LibsndfileError as exc:
             f.seek(0)
             self._whole, self.sample_rate = _decode_with_audioread(f.read(), str(exc))
@@ -178,9 +214,24 @@ class AudioReader:
         if self._whole is not None and not np.isfinite(self._whole).all():
             bad = int(np.size(self._whole) - np.count_nonzero(np.isfinite(self._whole)))
             raise DecodeError("non_finite", f"{bad} samples are NaN or infinite")
+        if self._whole is None:
+            self.channel_mask = wav_channel_mask(f, size)
+        self.source_channels, self.downmix = self.channels, ""
+        if to_stereo and self.channels > 2:  # chosen once per source, applied to every block
+            matrix, self.downmix = downmix_matrix(self.channels, self.channel_mask, order)
+            self._mix, self.channels = matrix, 2
 
     def blocks(self) -> Iterator[F32]:
-        """float32 ``(channels, n)`` blocks from the start of the stream, ``block_frames`` frames each but the last."""
+        """float32 ``(channels, n)`` blocks from the start of the stream, ``block_frames`` frames each but the last
+        (mixed down to stereo when the reader was opened ``to_stereo``)."""
+        if self._mix is not None:
+            for block in self._blocks():
+                yield mix_channels(self._mix, block)
+        else:
+            yield from self._blocks()
+
+    def _blocks(self) -> Iterator[F32]:
+        """The blocks as in the file (all of its channels)."""
         import soundfile as sf
 
         if self._whole is not None:
@@ -220,7 +271,7 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
 
     Raises:
         DecodeError: for a missing, unreadable, empty, non-audio, corrupt, truncated, zero-length or
-            non-finite input; ``kind`` says which. (``channels`` is raised by callers that limit the channel count.)
+            non-finite input; ``kind`` says which.
     """
     data = read_local_bytes(source)
     reader = AudioReader(io.BytesIO(data), len(data), block_frames=max(1, len(data)))
@@ -334,6 +385,157 @@ def to_mono(audio: F32) -> F32:
     if audio.ndim != 2:
         raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
     return audio.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
+
+
+ChannelOrder = Literal["wav", "vorbis"]
+
+# Speaker positions of WAVE_FORMAT_EXTENSIBLE's dwChannelMask, bit 0 first (Microsoft KSAUDIO / SMPTE names).
+SPEAKERS = (
+    "FL", "FR", "FC", "LFE", "BL", "BR", "FLC", "FRC", "BC", "SL", "SR",
+    "TC", "TFL", "TFC", "TFR", "TBL", "TBC", "TBR",
+)  # fmt: skip
+UNASSIGNED = "X"  # a channel the layout gives no speaker (beyond the mask's bits, or a reserved bit)
+
+# Default layout by channel count when the file names none: the WAV/SMPTE masks, which are also FLAC's orders.
+DEFAULT_CHANNEL_MASKS = {3: 0x7, 4: 0x33, 5: 0x37, 6: 0x3F, 7: 0x70F, 8: 0x63F}
+# Ogg Vorbis (and Opus, mapping family 1) order, Vorbis I specification section 4.3.9.
+VORBIS_LAYOUTS = {
+    3: ("FL", "FC", "FR"),
+    4: ("FL", "FR", "BL", "BR"),
+    5: ("FL", "FC", "FR", "BL", "BR"),
+    6: ("FL", "FC", "FR", "BL", "BR", "LFE"),
+    7: ("FL", "FC", "FR", "SL", "SR", "BC", "LFE"),
+    8: ("FL", "FC", "FR", "SL", "SR", "BL", "BR", "LFE"),
+}
+MINUS_3DB = 0.7071  # ITU-R BS.775's centre and surround coefficient (1/sqrt 2, as the standard rounds it)
+# (to left, to right) per speaker before normalisation: ITU-R BS.775 (L/R 1, C and surrounds 0.7071, LFE dropped),
+# extended to the other mask positions: every centre-line speaker as C, every other side speaker as a surround.
+_COEFFICIENTS = {
+    "FL": (1.0, 0.0), "FR": (0.0, 1.0), "LFE": (0.0, 0.0),
+    **dict.fromkeys(("FC", "BC", "TC", "TFC", "TBC", UNASSIGNED), (MINUS_3DB, MINUS_3DB)),
+    **dict.fromkeys(("BL", "SL", "FLC", "TFL", "TBL"), (MINUS_3DB, 0.0)),
+    **dict.fromkeys(("BR", "SR", "FRC", "TFR", "TBR"), (0.0, MINUS_3DB)),
+}  # fmt: skip
+# Names of the usual layouts, by speaker set (side and back surrounds mix alike, so 5.1 is either).
+_LAYOUT_NAMES = {
+    frozenset(sp.split()): name
+    for sp, name in [
+        ("FL FR FC", "3.0"), ("FL FR BL BR", "quad"), ("FL FR SL SR", "quad"), ("FL FR FC LFE", "3.1"),
+        ("FL FR FC BL BR", "5.0"), ("FL FR FC SL SR", "5.0"), ("FL FR FC LFE BL BR", "5.1"),
+        ("FL FR FC LFE SL SR", "5.1"), ("FL FR FC LFE BC SL SR", "6.1"), ("FL FR FC LFE BC BL BR", "6.1"),
+        ("FL FR FC LFE BL BR SL SR", "7.1"), ("FL FR FC LFE BL BR FLC FRC", "7.1-wide"),
+    ]
+}  # fmt: skip
+
+
+def channel_layout(
+    channels: int, channel_mask: int | None = None, order: ChannelOrder = "wav"
+) -> tuple[str, ...] | None:
+    """The speaker of each channel (names from :data:`SPEAKERS`), or None when the layout is unknown.
+
+    Args:
+        channels: the channel count.
+        channel_mask: a WAVE_FORMAT_EXTENSIBLE ``dwChannelMask``: channel ``i`` is the ``i``-th set bit, lowest
+            first; channels beyond the set bits (and reserved bits) are :data:`UNASSIGNED`; set bits beyond the
+            channel count are ignored. None or 0: no mask.
+        order: without a mask, ``"wav"`` takes the WAV/SMPTE default for 3 to 8 channels
+            (:data:`DEFAULT_CHANNEL_MASKS`: 3 = L R C, 4 = L R Ls Rs, 5 = L R C Ls Rs, 6 = L R C LFE Ls Rs,
+            7 = L R C LFE Cs Ls Rs, 8 = L R C LFE Lb Rb Ls Rs; FLAC uses the same orders); ``"vorbis"`` the Ogg
+            Vorbis/Opus order (:data:`VORBIS_LAYOUTS`).
+
+    Returns:
+        ``channels`` speaker names, or None for a count with no default layout (over 8 channels without a mask).
+    """
+    if channel_mask:
+        bits = [SPEAKERS[b] if b < len(SPEAKERS) else UNASSIGNED for b in range(32) if channel_mask >> b & 1]
+        return tuple((bits + [UNASSIGNED] * channels)[:channels])
+    if channels == 1:
+        return ("FC",)
+    if channels == 2:
+        return ("FL", "FR")
+    if order == "vorbis":
+        return VORBIS_LAYOUTS.get(channels)
+    mask = DEFAULT_CHANNEL_MASKS.get(channels)
+    return None if mask is None else channel_layout(channels, mask)
+
+
+def downmix_matrix(
+    channels: int, channel_mask: int | None = None, order: ChannelOrder = "wav"
+) -> tuple[npt.NDArray[np.float64], str]:
+    """The stereo downmix of a ``channels``-channel layout: ``(matrix, rule)``.
+
+    Rules (``rule`` names the one used):
+
+    - 1 or 2 channels: no mix; the identity ``(channels, channels)``, rule ``""``.
+    - A known layout (:func:`channel_layout`, from the mask or by the count's default order): ITU-R BS.775
+      coefficients per speaker. Lo = L + 0.7071 C + 0.7071 (each left surround: Ls, Lb, Lsd...), Ro likewise; LFE
+      dropped, as BS.775 does; other centre-line speakers (back, top centre) and unassigned channels as C, other
+      left/right speakers (front of centre, top) as surrounds. Rule ``"itu-r-bs775-<layout>"`` with the layout's
+      usual name (``3.0``, ``quad``, ``3.1``, ``5.0``, ``5.1``, ``6.1``, ``7.1``, ``7.1-wide``) or its speakers in
+      channel order (``FL+FR+FC+TC``).
+    - Any other count (over 8 channels without a mask): even channels (0, 2, ...) to the left, odd to the right,
+      equal weights. Rule ``"alternate-lr"``.
+
+    Normalisation: the whole matrix is divided by its largest per-output sum of coefficients when that exceeds 1, so
+    each output's coefficients sum to at most 1 and an input within [-1, 1] cannot clip (5.1: 1 / 2.414, -7.7 dB;
+    7.1: 1 / 3.121, -9.9 dB). A fixed gain, not a peak normalisation, so that the mix is linear, the same for every
+    file of a layout, and can be applied block by block while streaming; one factor for both outputs keeps the
+    left/right balance.
+
+    Returns:
+        float64 ``(2, channels)`` (identity ``(channels, channels)`` for 1 or 2 channels) and the rule.
+    """
+    if channels <= 0:
+        raise ValueError(f"channels must be positive, got {channels}")
+    if channels <= 2:
+        return np.eye(channels), ""
+    layout = channel_layout(channels, channel_mask, order)
+    if layout is None:
+        matrix = np.zeros((2, channels))
+        matrix[0, 0::2] = matrix[1, 1::2] = 1.0
+        rule = "alternate-lr"
+    else:
+        matrix = np.array([_COEFFICIENTS[sp] for sp in layout]).T
+        name = _LAYOUT_NAMES.get(frozenset(layout)) if len(set(layout)) == channels else None
+        rule = f"itu-r-bs775-{name or '+'.join(layout)}"
+    return matrix / max(1.0, float(matrix.sum(axis=1).max())), rule
+
+
+def mix_channels(matrix: npt.NDArray[np.floating], audio: F32) -> F32:
+    """``matrix @ audio``: float32 ``(outputs, samples)`` from ``(outputs, channels)`` and ``(channels, samples)``.
+
+    Summed in float64 channel by channel, so that a sample's result does not depend on how the stream was cut into
+    blocks (a BLAS product may order its sums by the block's shape).
+    """
+    if audio.ndim != 2 or audio.shape[0] != matrix.shape[1]:
+        raise ValueError(f"audio must be ({matrix.shape[1]}, samples), got shape {audio.shape}")
+    out = np.zeros((matrix.shape[0], audio.shape[1]), np.float64)
+    for c in range(matrix.shape[1]):
+        for o in range(matrix.shape[0]):
+            if matrix[o, c]:
+                out[o] += matrix[o, c] * audio[c]
+    return out.astype(np.float32)
+
+
+def downmix_to_stereo(audio: F32, channel_mask: int | None = None, order: ChannelOrder = "wav") -> tuple[F32, str]:
+    """Mix more than two channels down to stereo (:func:`downmix_matrix` has the rules); mono and stereo unchanged.
+
+    Args:
+        audio: float32 ``(channels, samples)``.
+        channel_mask: the file's WAVE_FORMAT_EXTENSIBLE speaker mask, or None to take the layout from the count.
+        order: the default channel order of the file's format without a mask: ``"wav"`` (WAV, FLAC, most others)
+            or ``"vorbis"`` (Ogg Vorbis and Opus).
+
+    Returns:
+        ``(stereo, rule)``: float32 ``(2, samples)`` and the rule's name; ``(audio, "")`` for 1 or 2 channels.
+        Linear and sample by sample, so mixing a stream's blocks one at a time gives the mix of the whole.
+    """
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (channels, samples), got shape {audio.shape}")
+    if audio.shape[0] <= 2:
+        return audio, ""
+    matrix, rule = downmix_matrix(audio.shape[0], channel_mask, order)
+    return mix_channels(matrix, audio), rule
 
 
 def n_frames(n_samples: int, hop: int = FRAME_HOP) -> int:

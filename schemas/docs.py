@@ -37,6 +37,11 @@ the flag, every older source counts as changed (its rows have no version), and a
 typed in canonical form keeps its rows under its old id beside the new ones (and is reported as not in the input).
 Readers read older outputs as before, newest commit winning.
 
+**Version 2.1** (from 2.0): `downmix` is new in both feature sets. An input of more than two channels, refused
+before (`DecodeError:channels`), is mixed down to stereo by its channel layout (ITU-R BS.775 coefficients, README's
+"Extraction"); `source_channels` keeps the input's count and `downmix` names the rule. Outputs written before have no
+`downmix` column: readers see null there.
+
 DAC codes are stored as nested lists `(channels, n_codebooks, frames)` of int16; frame `k` covers samples
 `[256 k, 256 (k + 1))` of the segment at 22.05 kHz (86.13 frames/s).
 """

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.0"  # 1.1: sine-audio-feature.mono_variants; 2.0: canonical source ids, source_version
+SCHEMA_VERSION = "2.1"  # 1.1: sine-audio-feature.mono_variants; 2.0: canonical source ids, source_version;
+# 2.1: downmix (inputs of more than two channels are mixed down to stereo instead of refused)
 
 
 URI_DOC = (
@@ -56,6 +57,14 @@ PROVENANCE = [
     _f("content_sha256", pa.string(), "sha256 of the input's bytes (hex)"),
     _f("source_sample_rate", pa.int32(), "sample rate of the decoded input", "Hz"),
     _f("source_channels", pa.int16(), "channel count of the decoded input"),
+    _f(
+        "downmix",
+        pa.string(),
+        "how an input of more than two channels was mixed down to stereo (hummingml.audio.downmix_matrix): "
+        "'itu-r-bs775-<layout>' (e.g. itu-r-bs775-5.1) or 'alternate-lr'; '' for mono and stereo inputs; "
+        "null in outputs written before schema 2.1",
+        nullable=True,
+    ),
     _f("source_duration_s", pa.float64(), "duration of the whole input", "s"),
     _f("segment_start_s", pa.float64(), "segment start within the source", "s"),
     _f("segment_duration_s", pa.float64(), "segment duration (the last segment may be shorter)", "s"),
@@ -69,7 +78,12 @@ PROVENANCE = [
 AUDIO_FEATURE_SCHEMA = pa.schema(
     [
         *PROVENANCE,
-        _f("channel_codes", CODES, "DAC codes of each original channel, shape (channels, n_codebooks, frames)"),
+        _f(
+            "channel_codes",
+            CODES,
+            "DAC codes of each channel of the source (of its stereo downmix when it has more than two, see downmix), "
+            "shape (channels, n_codebooks, frames)",
+        ),
         _f("stem_names", pa.list_(pa.string()), "names of the stems in stem_codes order"),
         _f(
             "stem_codes",

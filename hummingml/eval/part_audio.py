@@ -15,7 +15,7 @@ import numpy.typing as npt
 from hummingml.audio import FEATURE_SAMPLE_RATE, FRAME_HOP, resample, to_mono
 from hummingml.config import from_dict
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import source_rows, unpack
+from hummingml.extract.record import from_table, source_rows
 from hummingml.extract.sources import Source
 from hummingml.extract.steps import DecodeStep, SeparateStep
 from hummingml.output import read_set
@@ -91,17 +91,17 @@ def part_audio(
             continue
         skip = [i for i in range(int(first["n_segments"])) if i not in by_segment]
         batch = separate(decode(source_rows([Source(first["source_uri"], source_id)], {source_id: skip})))
-        for row in map(unpack, batch["payload"]):
-            indices = by_segment.get(int(row["segment_index"]), [])
-            if row.get("error") or row.get("deferred"):
-                error = row.get("error") or {}
-                missing(f"{error.get('stage', 'read')}: {error.get('error_type', 'unavailable')}", len(indices))
+        for row in from_table(batch):
+            indices = by_segment.get(int(row.segment_index), [])
+            if row.error or row.deferred:
+                stage, error_type = (row.error.stage, row.error.error_type) if row.error else ("read", "unavailable")
+                missing(f"{stage}: {error_type}", len(indices))
                 continue
-            if row["content_sha256"] != first["content_sha256"]:
+            if row.content_sha256 != first["content_sha256"]:
                 missing("source changed since extraction", len(indices))
                 continue
             for i in indices:
-                stem = row["stems"][examples[i]["part"]]
+                stem = row.stems[examples[i]["part"]]
                 channel = to_mono(stem) if cfg.stem_channels == "mono" else stem[:1]
                 start = int(examples[i]["target_start"]) * FRAME_HOP
                 piece = channel[:, start : start + frames * FRAME_HOP]

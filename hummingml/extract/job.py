@@ -207,7 +207,8 @@ def _run_holding(
     dropped = store.recover(staging_min_age_s=cfg.lease_timeout_s if lease.took_over_live else 0.0)
     if dropped:
         _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
-    blocks, planned = plan_run(cfg, listed)
+    blocks, planned, committed = plan_run(cfg, listed)
+    as_planned = None if blocks else committed  # nothing to process: the committed state stays as planned against
     in_run, pending = planned["in_run"], planned["pending"]
     _say(
         log,
@@ -224,7 +225,7 @@ def _run_holding(
     deferred = progress.deferred
 
     def summary_now(completed: bool) -> dict[str, Any]:
-        accounted, output = account_run(cfg, listed)
+        accounted, output = account_run(cfg, listed, as_planned)
         summary = summarize(store, accounted, output, planned, time.monotonic() - start, progress.audio_s, metadata)
         summary.update(completed=completed, deferred=len(deferred), deferred_examples=sorted(deferred.values())[:20])
         store.write_summary(summary)

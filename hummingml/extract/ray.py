@@ -19,7 +19,7 @@ from hummingml.audio import STEMS
 from hummingml.config import ConfigError
 from hummingml.extract import plan
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import Batch, batch_table, source_rows
+from hummingml.extract.record import Batch, source_rows
 from hummingml.extract.sources import Chunk, describe
 from hummingml.extract.steps import (
     COMMIT_METRICS,
@@ -218,7 +218,7 @@ def _plan_part(
 ) -> Iterator[Any]:
     pending, skip, counts = plan.plan_part(list(listed), state, retry_errors, below)
     for start in range(0, len(pending), per_block):
-        yield batch_table(source_rows(pending[start : start + per_block], skip))
+        yield source_rows(pending[start : start + per_block], skip)
     yield counts
 
 
@@ -270,11 +270,16 @@ def _state(root: str, parts: int) -> tuple[list[ray.ObjectRef], dict[str, Any]]:
     return refs[:parts], _get(refs[parts])
 
 
-def plan_run(cfg: ExtractConfig, listing: Listing) -> tuple[list[ray.ObjectRef], dict[str, Any]]:
-    """The blocks of the inputs this run processes (refs of the pipeline's first blocks), and the plan's counts
-    (``hummingml.extract.plan.plan_part``, summed): one task per part joins its listing with its committed state."""
+Committed = tuple[list[ray.ObjectRef], dict[str, Any]]  # the committed state's parts (refs), the output described
+
+
+def plan_run(cfg: ExtractConfig, listing: Listing) -> tuple[list[ray.ObjectRef], dict[str, Any], Committed]:
+    """The blocks of the inputs this run processes (refs of the pipeline's first blocks), the plan's counts
+    (``hummingml.extract.plan.plan_part``, summed) and the committed state planned against: one task per part joins
+    its listing with its committed state."""
     parts = len(listing.parts)
-    state, _ = _state(cfg.output, parts)
+    committed = _state(cfg.output, parts)
+    state = committed[0]
     below = plan.cutoff(listing.counts, cfg.limit)
     cpus = cfg.plan_cpus or ray.cluster_resources().get("CPU", 1.0)
     decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
@@ -286,14 +291,16 @@ def plan_run(cfg: ExtractConfig, listing: Listing) -> tuple[list[ray.ObjectRef],
         refs = list(generator)
         blocks += refs[:-1]
         counts.append(_get(refs[-1]))
-    return blocks, plan.add_counts(counts)
+    return blocks, plan.add_counts(counts), committed
 
 
-def account_run(cfg: ExtractConfig, listing: Listing) -> tuple[dict[str, Any], dict[str, Any]]:
+def account_run(
+    cfg: ExtractConfig, listing: Listing, committed: Committed | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What became of this run's inputs (``hummingml.extract.plan.account_part``, summed) and the whole output's
-    description, from the output's committed state now."""
+    description, from ``committed`` (a state read earlier, when nothing was committed since) or the output's now."""
     parts = len(listing.parts)
-    state, output = _state(cfg.output, parts)
+    state, output = committed or _state(cfg.output, parts)
     below = plan.cutoff(listing.counts, cfg.limit)
     task = ray.remote(_account_part)
     return plan.add_counts(_get([task.remote(state[p], below, *listing.parts[p]) for p in range(parts)])), output
@@ -324,8 +331,8 @@ def build_dataset(
               file=log, flush=True)
     decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
     ds = ray.data.from_arrow_refs(blocks)
-    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=None, num_cpus=DECODE_CPUS,
-                        concurrency=decode_tasks)
+    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
+                        num_cpus=DECODE_CPUS, concurrency=decode_tasks)
     for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
         plan = plans[stage]
         ds = ds.map_batches(
@@ -333,6 +340,7 @@ def build_dataset(
             fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads},
             compute=ray.data.ActorPoolStrategy(min_size=starting_size(plan, cpus, present), max_size=plan.size),
             batch_size=1,
+            batch_format="pyarrow",
             num_cpus=plan.num_cpus,
             num_gpus=plan.num_gpus,
         )
@@ -342,6 +350,7 @@ def build_dataset(
                               "lease": lease},
         compute=ray.data.ActorPoolStrategy(size=writers(cfg, cpus)),
         batch_size=cfg.commit_rows,
+        batch_format="pyarrow",
         num_cpus=COMMIT_CPUS,
     )
 

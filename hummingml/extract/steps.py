@@ -1,9 +1,10 @@
 """The extraction steps as batch callables, independent of any executor.
 
-Each step takes and returns a batch of segment records (:mod:`hummingml.extract.record`): decode (one row per source
-in, one per segment out), separate, pitch, codec, and commit (written exactly once through
-:mod:`hummingml.extract.store`). ``hummingml.extract.ray`` runs them on Ray Data; ``hummingml.extract.local`` runs
-them in one process (tests, baselines).
+Each step takes a batch of segment records (an Arrow table of :data:`hummingml.extract.record.SEGMENT_SCHEMA`), works
+on its rows as :class:`~hummingml.extract.record.Segment` instances and returns a batch of the same schema: decode (one
+row per source in, one per segment out), separate, pitch, codec; commit writes its rows exactly once through
+:mod:`hummingml.extract.store` and returns a summary of them. ``hummingml.extract.ray`` runs them on Ray Data;
+``hummingml.extract.local`` runs them in one process (tests, baselines).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from hummingml.audio import (
     FEATURE_SAMPLE_RATE,
     STEMS,
     AudioReader,
-    DecodeError,
     n_frames,
     n_segments,
     resampled_pieces,
@@ -27,7 +27,17 @@ from hummingml.audio import (
     to_mono,
 )
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import Batch, fail_row, feature_tables, pack_batch, unpack_batch
+from hummingml.extract.record import (
+    Batch,
+    CodedVariant,
+    MelodyStream,
+    Segment,
+    Summary,
+    fail_row,
+    feature_tables,
+    from_table,
+    to_table,
+)
 from hummingml.extract.sources import SourceUnavailable, open_source, printable
 from hummingml.extract.store import OutputStore
 from hummingml.stages import augment
@@ -50,39 +60,34 @@ class DecodeStep:
         self.cfg = cfg
 
     def __call__(self, batch: Batch) -> Batch:
-        return pack_batch([out for row in unpack_batch(batch) for out in self._segments(row)])
+        return to_table(out for row in from_table(batch) for out in self._segments(row))
 
     def batches(self, batch: Batch, block_bytes: int = 0) -> Iterator[Batch]:
         """The output rows in batches, as they are decoded: each batch holds rows until their arrays reach
         ``block_bytes`` (0: one row per batch), so memory holds about one batch whatever the sources' lengths."""
-        rows: list[dict[str, Any]] = []
+        rows: list[Segment] = []
         size = 0
-        for row in unpack_batch(batch):
+        for row in from_table(batch):
             for out in self._segments(row):
                 rows.append(out)
-                size += sum(v.nbytes for v in out.values() if isinstance(v, np.ndarray))
+                size += out.nbytes
                 if size >= block_bytes:
-                    yield pack_batch(rows)
+                    yield to_table(rows)
                     rows, size = [], 0
         if rows:
-            yield pack_batch(rows)
+            yield to_table(rows)
 
-    def _segments(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _segments(self, row: Segment) -> Iterator[Segment]:
         stage = "read"
         source = None
         try:
-            source = open_source(row.get("open_uri", row["source_uri"]), self.cfg.read_retries, self.cfg.read_backoff_s)
-            row["content_sha256"] = source.sha256
+            source = open_source(row.open_uri or row.source_uri, self.cfg.read_retries, self.cfg.read_backoff_s)
+            row.content_sha256 = source.sha256
             stage = "decode"
-            reader = AudioReader(source.file, source.size)
-            if reader.channels > 2:
-                raise DecodeError(
-                    "channels",
-                    f"{reader.channels} channels: features are made from mono or stereo; mix the file down to stereo "
-                    "first (e.g. ffmpeg -i in.wav -ac 2 out.wav), since the layout of a multichannel file is not known",
-                )
+            # more than two channels are mixed down to stereo by the file's layout (hummingml.audio.downmix_matrix)
+            reader = AudioReader(source.file, source.size, to_stereo=True)
         except SourceUnavailable as exc:
-            row["deferred"] = printable(str(exc))  # not committed: the source stays pending for a rerun
+            row.deferred = printable(str(exc))  # not committed: the source stays pending for a rerun
             yield row
             return
         except Exception as exc:
@@ -94,38 +99,39 @@ class DecodeStep:
         with source:
             yield from self._cut(row, reader)
 
-    def _cut(self, row: dict[str, Any], reader: AudioReader) -> Iterator[dict[str, Any]]:
+    def _cut(self, row: Segment, reader: AudioReader) -> Iterator[Segment]:
         seg_len = segment_length(self.cfg.segment_s)
         segments = n_segments(reader.frames, reader.sample_rate, self.cfg.segment_s)
         common = {
-            **{k: row[k] for k in ("source_id", "source_uri", "source_version", "metadata", "content_sha256")},
+            **{k: getattr(row, k) for k in ("source_id", "source_uri", "source_version", "metadata", "content_sha256")},
             "source_sample_rate": reader.sample_rate,
-            "source_channels": reader.channels,
+            "source_channels": reader.source_channels,
+            "downmix": reader.downmix,  # "" or the rule that made the stereo of a multichannel source
             "source_duration_s": reader.frames / reader.sample_rate,
             "n_segments": segments,
-            "n_skipped": len(row["skip_segments"]),  # segments an earlier run committed: the run's progress counts them
+            "n_skipped": len(row.skip_segments or []),  # segments an earlier run committed: progress counts them
         }
-        skip = set(row["skip_segments"])
+        skip = set(row.skip_segments or [])
         done = 0  # segments handled so far
         try:
             for i, piece in enumerate(resampled_pieces(reader, FEATURE_SAMPLE_RATE, seg_len)):
                 done = i
                 if i in skip:
                     continue
-                yield {
+                yield Segment(
                     **common,
-                    "segment_index": i,
-                    "segment_start_s": i * seg_len / FEATURE_SAMPLE_RATE,
-                    "segment_duration_s": piece.shape[1] / FEATURE_SAMPLE_RATE,
-                    "segment_samples": piece.shape[1],
-                    "audio": piece,
-                    "mono": to_mono(piece),
-                }
+                    segment_index=i,
+                    segment_start_s=i * seg_len / FEATURE_SAMPLE_RATE,
+                    segment_duration_s=piece.shape[1] / FEATURE_SAMPLE_RATE,
+                    segment_samples=piece.shape[1],
+                    audio=piece,
+                    mono=to_mono(piece),
+                )
                 done = i + 1
         except Exception as exc:  # the stream failed on the second reading (changed, or an I/O error)
             for j in range(done, segments):
                 if j not in skip:
-                    failed = {**common, "segment_index": j}
+                    failed = Segment(**common, segment_index=j)
                     fail_row(failed, "decode", exc)
                     yield failed
 
@@ -147,18 +153,18 @@ class _ModelStep:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = unpack_batch(batch)
+        rows = from_table(batch)
         for row in rows:
-            if row.get("error") or row.get("deferred"):
+            if row.error or row.deferred:
                 continue
             try:
                 self.process(row)
             except Exception as exc:
                 fail_row(row, self.stage, exc)
-        return pack_batch(rows)
+        return to_table(rows)
 
-    def process(self, row: dict[str, Any]) -> None:
-        """Add this step's outputs to ``row`` in place."""
+    def process(self, row: Segment) -> None:
+        """Set this step's fields of ``row`` in place."""
         raise NotImplementedError
 
 
@@ -171,8 +177,8 @@ class SeparateStep(_ModelStep):
         self._set_threads(threads)
         self.separator = NullSeparator() if cfg.stages == "null" else Separator(cfg.separate_config(), model=model)
 
-    def process(self, row: dict[str, Any]) -> None:
-        row["stems"] = self.separator.separate(row["audio"], FEATURE_SAMPLE_RATE).as_dict()
+    def process(self, row: Segment) -> None:
+        row.stems = self.separator.separate(row.audio, FEATURE_SAMPLE_RATE).as_dict()
 
 
 class PitchStep(_ModelStep):
@@ -185,16 +191,14 @@ class PitchStep(_ModelStep):
         self.cfg = cfg
         self.detector = NullDetector() if cfg.stages == "null" else PitchDetector(cfg.pitch, model=model)
 
-    def process(self, row: dict[str, Any]) -> None:
-        streams = {"mono": row["mono"]}
-        streams.update({s: to_mono(row["stems"][s]) for s in self.cfg.melodic_stems})
-        row["melody"] = []
+    def process(self, row: Segment) -> None:
+        streams = {"mono": row.mono}
+        streams.update({s: to_mono(row.stems[s]) for s in self.cfg.melodic_stems})
+        row.melody = []
         for name, audio in streams.items():
-            notes = self.detector.detect(audio, FEATURE_SAMPLE_RATE)
+            notes = list(self.detector.detect(audio, FEATURE_SAMPLE_RATE))
             sine = render_sine(notes, audio.shape[1], FEATURE_SAMPLE_RATE)
-            row["melody"].append(
-                {"stream": name, "notes": [asdict(n) for n in notes], "midi": notes_to_midi(notes), "sine": sine}
-            )
+            row.melody.append(MelodyStream(stream=name, notes=notes, midi=notes_to_midi(notes), sine=sine))
 
 
 class CodecStep(_ModelStep):
@@ -209,26 +213,28 @@ class CodecStep(_ModelStep):
             NullCodec(cfg.codec.n_codebooks) if cfg.stages == "null" else Codec(cfg.codec_config(), model=model)
         )
 
-    def process(self, row: dict[str, Any]) -> None:
+    def process(self, row: Segment) -> None:
         def encode(audio: np.ndarray) -> np.ndarray:
             return self.codec.encode(audio, FEATURE_SAMPLE_RATE).codes
-        row["channel_codes"] = encode(row.pop("audio"))
-        stems = row.pop("stems")
-        row["stem_names"] = list(STEMS)
-        row["stem_codes"] = [encode(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s]) for s in STEMS]
-        mono = row.pop("mono")
-        row["mono_codes"] = encode(mono)
-        row["mono_variants"] = []
+
+        audio, stems, mono = row.audio, row.stems, row.mono
+        row.audio = row.stems = row.mono = None
+        row.channel_codes = encode(audio)
+        row.stem_names = list(STEMS)
+        row.stem_codes = [encode(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s]) for s in STEMS]
+        row.mono_codes = encode(mono)
+        row.mono_variants = []
         for copy in range(self.cfg.mono_variants):
-            variant = augment.draw(augment.AugmentConfig(), row["source_id"], int(row["segment_index"]), copy)
+            variant = augment.draw(augment.AugmentConfig(), row.source_id, int(row.segment_index), copy)
             codes = encode(augment.apply(mono, FEATURE_SAMPLE_RATE, variant))
-            row["mono_variants"].append({**asdict(variant), "codes": codes})
-        for stream in row["melody"]:
-            stream["sine_codes"] = encode(stream.pop("sine"))
-        row["n_frames"] = int(row["channel_codes"].shape[-1])
-        expected = n_frames(row["segment_samples"])
-        if row["n_frames"] != expected:
-            raise RuntimeError(f"codec returned {row['n_frames']} frames, expected {expected}")
+            row.mono_variants.append(CodedVariant(**asdict(variant), codes=codes))
+        for stream in row.melody:
+            stream.sine_codes = encode(stream.sine)
+            stream.sine = None
+        row.n_frames = int(row.channel_codes.shape[-1])
+        expected = n_frames(row.segment_samples)
+        if row.n_frames != expected:
+            raise RuntimeError(f"codec returned {row.n_frames} frames, expected {expected}")
 
 
 COMMIT_METRICS = {  # name -> (description, tag keys); shown in the dashboard's Metrics view with Prometheus/Grafana
@@ -248,7 +254,7 @@ class CommitMetrics:
     def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
         """Add ``value`` to the counter ``metric`` (a key of :data:`COMMIT_METRICS`) under ``tags``."""
 
-    def record(self, summary: Batch) -> None:
+    def record(self, summary: Summary) -> None:
         """Count a commit's summary rows: ok segments and their audio, deferred inputs, error rows by stage."""
         ok = int(summary["ok"].sum())
         if ok:
@@ -306,31 +312,30 @@ class CommitStep:
 
         return crash
 
-    def __call__(self, batch: Batch) -> Batch:
-        def key(r: dict[str, Any]) -> tuple[str, str, int, bool]:
-            return r["source_id"], r.get("source_version", ""), int(r["segment_index"]), not r.get("error")
+    def __call__(self, batch: Batch) -> Summary:
+        def key(r: Segment) -> tuple[str, str, int, bool]:
+            return r.source_id, r.source_version, int(r.segment_index), r.error is None
 
-        rows = [r for r in unpack_batch(batch) if r.get("deferred") or key(r) not in self.committed]
-        done = [r for r in rows if not r.get("deferred")]
-        keys = [
-            (r["source_id"], int(r["segment_index"]), int(r.get("n_segments", -1)), not r.get("error"),
-             r.get("source_version", ""))
-            for r in done
-        ]
+        def n_segments(r: Segment) -> int:
+            return -1 if r.n_segments is None else int(r.n_segments)
+
+        rows = [r for r in from_table(batch) if r.deferred or key(r) not in self.committed]
+        done = [r for r in rows if not r.deferred]
+        keys = [(r.source_id, int(r.segment_index), n_segments(r), r.error is None, r.source_version) for r in done]
         if done:
             self.commits += 1
             self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata, self.lease, self._fault())
             self.committed.update(key(r) for r in done)
-        failed = [bool(r.get("error") or r.get("deferred")) for r in rows]
+        failed = [bool(r.error or r.deferred) for r in rows]
         summary = {
-            "source_id": np.array([r["source_id"] for r in rows], dtype=object),
-            "segment_index": np.array([r["segment_index"] for r in rows], dtype=np.int64),
-            "n_segments": np.array([int(r.get("n_segments", -1)) for r in rows], dtype=np.int64),
-            "n_skipped": np.array([int(r.get("n_skipped", 0)) for r in rows], dtype=np.int64),
+            "source_id": np.array([r.source_id for r in rows], dtype=object),
+            "segment_index": np.array([r.segment_index for r in rows], dtype=np.int64),
+            "n_segments": np.array([n_segments(r) for r in rows], dtype=np.int64),
+            "n_skipped": np.array([r.n_skipped or 0 for r in rows], dtype=np.int64),
             "ok": ~np.array(failed, dtype=bool),
-            "deferred": np.array([r.get("deferred", "") for r in rows], dtype=object),
-            "stage": np.array([(r.get("error") or {}).get("stage", "") for r in rows], dtype=object),
-            "audio_s": np.array([0.0 if f else r["segment_duration_s"] for r, f in zip(rows, failed, strict=True)]),
+            "deferred": np.array([r.deferred or "" for r in rows], dtype=object),
+            "stage": np.array([r.error.stage if r.error else "" for r in rows], dtype=object),
+            "audio_s": np.array([0.0 if f else r.segment_duration_s for r, f in zip(rows, failed, strict=True)]),
         }
         self.metrics.record(summary)
         return summary

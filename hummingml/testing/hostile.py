@@ -133,11 +133,17 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
         "flac named .wav": ("flac-inside.wav", flac, one),
         "wav with trailing garbage": ("trailing-garbage.wav", wav16 + rng.bytes(1000), one),
         # channels
+        # channels: more than two are mixed down to stereo (hummingml.audio.downmix_matrix), none refused for its count
         "mono": ("mono.wav", at(22_050, channels=1), one),
-        "3 channels": ("ch3.wav", at(22_050, channels=3), err("channels")),
-        "4 channels": ("ch4.wav", at(22_050, channels=4), err("channels")),
-        "6 channels": ("ch6.wav", at(22_050, channels=6), err("channels")),
-        "8 channels": ("ch8.wav", at(22_050, channels=8), err("channels")),
+        "3 channels": ("ch3.wav", at(22_050, channels=3), one),
+        "4 channels": ("ch4.wav", at(22_050, channels=4), one),
+        "6 channels": ("ch6.wav", at(22_050, channels=6), one),
+        "8 channels": ("ch8.wav", at(22_050, channels=8), one),
+        "16 channels": ("ch16.wav", at(22_050, channels=16), one),
+        "5.1 WAVE_FORMAT_EXTENSIBLE": ("ch6-extensible.wav", at(22_050, channels=6, fmt="WAVEX"), one),
+        "5.1 ogg vorbis": ("ch6.ogg", at(22_050, channels=6, subtype="VORBIS", fmt="OGG"), one),
+        "wav declaring 0 channels": ("no-channels.wav", _patched(wav16, 22, "<H", 0), err("not_audio")),
+        "wav declaring 0 Hz": ("zero-rate.wav", _patched(wav16, 24, "<I", 0), err("corrupt")),
         # rates
         "8 kHz": ("r8k.wav", at(8_000), one),
         "44.1 kHz": ("r44k.wav", at(44_100), one),
@@ -187,6 +193,14 @@ def write_hostile_corpus(root: Path, segment_s: float, long_s: float = 0.0) -> l
             path.write_bytes(content)
         out.append(HostileInput(kind, name, expected))
     return out
+
+
+def _patched(wav: bytes, offset: int, fmt: str, value: int) -> bytes:
+    """``wav`` with one header field (at ``offset``, packed as ``fmt``) set to ``value``: 22 is the channel count and 24
+    the sample rate of a plain 44-byte-header WAV."""
+    out = bytearray(wav)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
 
 
 def _tile(audio: F32, n: int) -> F32:

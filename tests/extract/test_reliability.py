@@ -126,18 +126,18 @@ def test_manifest_row_pointing_to_a_missing_object(ray_local, hostile, tmp_path)
 
 
 def test_one_hour_file_becomes_its_segments(tmp_path) -> None:
-    from hummingml.extract.record import source_rows, unpack
+    from hummingml.extract.record import from_table, source_rows
     from hummingml.extract.sources import Source
     from hummingml.extract.steps import DecodeStep
 
     inputs = write_hostile_corpus(tmp_path, segment_s=30.0, long_s=3600.0)
     long = next(i for i in inputs if i.kind.startswith("long"))
     uri = str(tmp_path / long.path)
-    rows = [unpack(p) for p in DecodeStep(ExtractConfig(segment_s=30.0))(source_rows([Source(uri, "x")]))["payload"]]
+    rows = from_table(DecodeStep(ExtractConfig(segment_s=30.0))(source_rows([Source(uri, "x")])))
     assert len(rows) == long.expected.segments == 120
-    assert [r["segment_index"] for r in rows] == list(range(120))
-    assert sum(r["segment_samples"] for r in rows) == (3600 * 22_050)
-    assert all(r["n_segments"] == 120 and r["source_duration_s"] == 3600.0 for r in rows)
+    assert [r.segment_index for r in rows] == list(range(120))
+    assert sum(r.segment_samples for r in rows) == (3600 * 22_050)
+    assert all(r.n_segments == 120 and r.source_duration_s == 3600.0 for r in rows)
 
 
 # --- faults -------------------------------------------------------------------------------------------------------
@@ -287,9 +287,22 @@ def test_error_rows_name_the_file_readably(hostile) -> None:
     errors = pads.dataset(out / "errors", format="parquet").to_table().to_pylist()
     assert all(e["message"] == printable(e["message"]) for e in errors)
     by_type = Counter(e["error_type"] for e in errors)
-    assert by_type["DecodeError:channels"] == 4 and "ffmpeg" in next(
-        e["message"] for e in errors if e["error_type"] == "DecodeError:channels"
-    )
+    assert "DecodeError:channels" not in by_type  # more than two channels are mixed down since schema 2.1
+    assert "sample rate 0" in next(e["message"] for e in errors if e["error_type"] == "DecodeError:corrupt")
+
+
+def test_hostile_multichannel_inputs_become_stereo_features_that_keep_their_channel_count(hostile) -> None:
+    _, _, out, _ = hostile
+    rows = pads.dataset(out / "audio-feature", format="parquet").to_table(
+        columns=["source_uri", "source_channels", "downmix", "channel_codes"]
+    ).to_pylist()
+    got = {Path(r["source_uri"]).name: (r["source_channels"], r["downmix"], len(r["channel_codes"])) for r in rows}
+    for name, channels, rule in [
+        ("ch3.wav", 3, "itu-r-bs775-3.0"), ("ch4.wav", 4, "itu-r-bs775-quad"), ("ch6.wav", 6, "itu-r-bs775-5.1"),
+        ("ch8.wav", 8, "itu-r-bs775-7.1"), ("ch16.wav", 16, "alternate-lr"), ("ch6.ogg", 6, "itu-r-bs775-5.1"),
+        ("ch6-extensible.wav", 6, "itu-r-bs775-5.1"), ("mono.wav", 1, ""), ("s16.wav", 2, ""),
+    ]:  # fmt: skip
+        assert got[name] == (channels, rule, min(channels, 2)), name
 
 
 def test_docs_list_every_hostile_kind_as_the_generator_states_it() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from hummingml.audio import FEATURE_SAMPLE_RATE, AudioReader, decode, resample, resampled_pieces
 from hummingml.extract.config import ExtractConfig
-from hummingml.extract.record import pack_batch, source_rows, unpack
+from hummingml.extract.record import Segment, SegmentError, from_table, source_rows, to_table
 from hummingml.extract.sources import Source
 from hummingml.extract.steps import CommitStep, DecodeStep
 from hummingml.testing.hostile import encode
@@ -20,9 +20,9 @@ def _noise(channels: int, seconds: float, rate: int, seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).uniform(-0.5, 0.5, (channels, round(seconds * rate))).astype(np.float32)
 
 
-def unpack_batch(path: Path, segment_s: float, skip: list[int] | None = None) -> list[dict]:
+def decoded(path: Path, segment_s: float, skip: list[int] | None = None) -> list[Segment]:
     batch = source_rows([Source(str(path), "x")], {"x": skip or []})
-    return [unpack(p) for p in DecodeStep(ExtractConfig(segment_s=segment_s))(batch)["payload"]]
+    return from_table(DecodeStep(ExtractConfig(segment_s=segment_s))(batch))
 
 
 @pytest.mark.parametrize(
@@ -36,13 +36,13 @@ def test_streamed_segments_equal_whole_file_decoding(tmp_path, fmt, subtype, cha
     whole, source_rate = decode(path)
     expected = resample(whole, source_rate, FEATURE_SAMPLE_RATE)
     seg = round(1.0 * FEATURE_SAMPLE_RATE)
-    rows = unpack_batch(path, 1.0)
-    assert [r["segment_index"] for r in rows] == list(range(-(-expected.shape[1] // seg)))
+    rows = decoded(path, 1.0)
+    assert [r.segment_index for r in rows] == list(range(-(-expected.shape[1] // seg)))
     for r in rows:
-        i = r["segment_index"]
-        assert r["n_segments"] == len(rows) and r["source_channels"] == channels and r["source_sample_rate"] == rate
-        np.testing.assert_array_equal(r["audio"], expected[:, i * seg : (i + 1) * seg])
-    assert rows[0]["source_duration_s"] == whole.shape[1] / rate
+        i = r.segment_index
+        assert r.n_segments == len(rows) and r.source_channels == channels and r.source_sample_rate == rate
+        np.testing.assert_array_equal(r.audio, expected[:, i * seg : (i + 1) * seg])
+    assert rows[0].source_duration_s == whole.shape[1] / rate
 
 
 def test_blocks_and_pieces_of_any_size_give_the_same_samples(tmp_path) -> None:
@@ -63,7 +63,28 @@ def test_blocks_and_pieces_of_any_size_give_the_same_samples(tmp_path) -> None:
 def test_skipped_segments_are_not_emitted(tmp_path) -> None:
     path = tmp_path / "x.wav"
     path.write_bytes(encode(_noise(2, 4.5, 44_100), 44_100))
-    assert [r["segment_index"] for r in unpack_batch(path, 1.0, skip=[0, 2])] == [1, 3, 4]
+    assert [r.segment_index for r in decoded(path, 1.0, skip=[0, 2])] == [1, 3, 4]
+
+
+def test_a_six_channel_file_becomes_stereo_segments_that_record_the_downmix(tmp_path) -> None:
+    """More than two channels are mixed down (ITU-R BS.775 for 5.1), not refused; the row says so."""
+    from hummingml.audio import downmix_to_stereo
+
+    path = tmp_path / "surround.wav"
+    path.write_bytes(encode(_noise(6, 2.5, 44_100), 44_100, "WAV", "FLOAT"))
+    whole, rate = decode(path)
+    stereo, rule = downmix_to_stereo(whole)
+    expected = resample(stereo, rate, FEATURE_SAMPLE_RATE)
+    seg = round(1.0 * FEATURE_SAMPLE_RATE)
+    rows = decoded(path, 1.0)
+    assert [r.segment_index for r in rows] == [0, 1, 2] and all(r.error is None for r in rows)
+    for r in rows:
+        assert (r.source_channels, r.downmix) == (6, "itu-r-bs775-5.1") and rule == r.downmix
+        i = r.segment_index
+        assert r.audio.shape[0] == 2
+        np.testing.assert_array_equal(r.audio, expected[:, i * seg : (i + 1) * seg])
+    path.write_bytes(encode(_noise(2, 0.5, 44_100), 44_100))
+    assert [(r.source_channels, r.downmix) for r in decoded(path, 1.0)] == [(2, "")]  # stereo: nothing mixed
 
 
 def test_a_failure_on_the_second_reading_accounts_for_every_remaining_segment(tmp_path, monkeypatch) -> None:
@@ -81,10 +102,10 @@ def test_a_failure_on_the_second_reading_accounts_for_every_remaining_segment(tm
             yield piece
 
     monkeypatch.setattr(steps, "resampled_pieces", breaks_after_two)
-    rows = unpack_batch(path, 1.0, skip=[3])
-    assert [(r["segment_index"], bool(r.get("error"))) for r in rows] == [(0, False), (1, False), (2, True), (4, True)]
-    assert rows[2]["error"]["stage"] == "decode" and "Input/output error" in rows[2]["error"]["message"]
-    assert "audio" not in rows[2]
+    rows = decoded(path, 1.0, skip=[3])
+    assert [(r.segment_index, r.error is not None) for r in rows] == [(0, False), (1, False), (2, True), (4, True)]
+    assert rows[2].error.stage == "decode" and "Input/output error" in rows[2].error.message
+    assert rows[2].audio is None and rows[2].mono is None
 
 
 def test_the_reader_names_the_hash_of_what_it_read(tmp_path) -> None:
@@ -103,15 +124,15 @@ def test_the_reader_names_the_hash_of_what_it_read(tmp_path) -> None:
 
 def test_a_commit_run_again_writes_no_row_twice(tmp_path) -> None:
     """Ray Data re-runs a commit whose process died; rows already in the output must not be written again."""
-    def error_row(source: str) -> dict:
-        error = {"stage": "decode", "error_type": "DecodeError:corrupt", "message": "bad"}
-        return {"source_id": source, "segment_index": -1, "source_uri": f"/x/{source}.wav", "error": error}
+    def error_row(source: str) -> Segment:
+        error = SegmentError("decode", "DecodeError:corrupt", "bad")
+        return Segment(source_id=source, segment_index=-1, source_uri=f"/x/{source}.wav", error=error)
 
     cfg = ExtractConfig(output=str(tmp_path / "out"))
     commit = CommitStep(cfg, {"models": []}, 86.13)
-    first = commit(pack_batch([error_row("a")]))
-    again = commit(pack_batch([error_row("a"), error_row("b")]))  # "a" delivered twice, "b" new
-    restarted = CommitStep(cfg, {"models": []}, 86.13)(pack_batch([error_row("b")]))  # a writer started anew
+    first = commit(to_table([error_row("a")]))
+    again = commit(to_table([error_row("a"), error_row("b")]))  # "a" delivered twice, "b" new
+    restarted = CommitStep(cfg, {"models": []}, 86.13)(to_table([error_row("b")]))  # a writer started anew
     assert list(first["source_id"]) == ["a"] and list(again["source_id"]) == ["b"]
     assert len(restarted["source_id"]) == 0
     table = pads.dataset(str(tmp_path / "out" / "errors"), format="parquet").to_table()
