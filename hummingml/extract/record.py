@@ -1,17 +1,12 @@
-"""The segment record: one :class:`Segment` per row as it moves between the extraction steps, its Arrow batches, and
-its output tables.
+"""The segment record: one :class:`Segment` per row as it moves between the extraction steps, its batches, and its
+output tables.
 
-A batch is a ``pyarrow.Table`` of :data:`SEGMENT_SCHEMA`: one column per field of :class:`Segment`, in its order.
-Scalars are typed columns (a field that a stage has not set yet is null), ``error`` a struct, ``melody`` and
-``mono_variants`` lists of structs, ``stems`` a struct with one field per stem, and ``metadata`` the manifest's JSON
-string as it came. Every numpy array is a *tensor*: ``struct<shape: list<int64>, data: large_list<dtype>>``, its shape
-and its values flattened in C order, so arrays whose shapes vary from row to row (segment lengths, channel counts,
-frame counts) share a column, also inside lists and structs. Arrow's fixed-shape tensor type holds one shape per
-column, and a variable-shape tensor type would tie the batches to one executor's extension types; a plain struct is
-read by any Arrow consumer. :func:`to_table` makes a batch (a C-contiguous array is wrapped without a copy when it is
-the only one of its column in the batch; otherwise the column's arrays are copied once into it) and :func:`from_table`
-reads one back exactly (dtype, shape and bits), its arrays read-only views of the table's buffers. An executor sees
-the schema and moves the columns as they are; nothing is pickled.
+A batch is a ``pyarrow.Table`` of :data:`BATCH_SCHEMA`: each row's key (``source_id``, ``segment_index``) as typed
+columns, and the whole record pickled (protocol 5) in ``record``, so that arrays of any shape travel unchanged.
+Executors see the keys and move the records as one binary column. Records were also tried as nested Arrow columns
+(each array a ``struct<shape, data: large_list>``): on the null-stage benchmark that made the Ray job about 7x slower
+(499 -> 65 segments/s, ``benchmarks/README.md``), its cost in building and reading the nested arrays and in Ray's
+serialization of them, so the record travels pickled. The output Parquet sets are typed (``schemas.features``).
 
 A row whose ``error`` is set is passed through untouched by later steps, so a failure in any stage becomes exactly one
 error row and never takes good rows with it. :func:`feature_tables` maps finished rows onto the schemas in
@@ -20,10 +15,10 @@ error row and never takes good rows with it. :func:`feature_tables` maps finishe
 
 from __future__ import annotations
 
+import pickle
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +26,6 @@ import pyarrow as pa
 
 from hummingml.audio import (
     FEATURE_SAMPLE_RATE,
-    STEMS,
     DecodeError,
 )
 from hummingml.extract.sources import Source, printable
@@ -41,7 +35,7 @@ from hummingml.stages.pitch import NoteEvent
 F32 = npt.NDArray[np.float32]
 I16 = npt.NDArray[np.int16]
 
-Batch = pa.Table  # a batch of segment records, of SEGMENT_SCHEMA
+Batch = pa.Table  # a batch of segment records, of BATCH_SCHEMA
 Summary = dict[str, np.ndarray]  # a commit's summary columns (hummingml.extract.steps.CommitStep)
 
 
@@ -121,190 +115,37 @@ class Segment:
         return sum(a.nbytes for a in arrays if a is not None)
 
 
-# --- the Arrow schema --------------------------------------------------------------------------------------------
-
-
-def tensor_type(dtype: pa.DataType) -> pa.StructType:
-    """The Arrow type of a numpy array of ``dtype`` whose shape varies by row: its shape and its values in C order."""
-    return pa.struct(
-        [
-            pa.field("shape", pa.list_(pa.int64()), nullable=False),
-            pa.field("data", pa.large_list(dtype), nullable=False),
-        ]
-    )
-
-
-AUDIO = tensor_type(pa.float32())
-CODES = tensor_type(pa.int16())
-NOTE = pa.struct(
-    [("start_s", pa.float64()), ("end_s", pa.float64()), ("pitch", pa.int64()), ("amplitude", pa.float64())]
-)
-MELODY_STREAM = pa.struct(
-    [("stream", pa.string()), ("notes", pa.list_(NOTE)), ("midi", pa.binary()), ("sine", AUDIO), ("sine_codes", CODES)]
-)
-STEMS_TYPE = pa.struct([(stem, AUDIO) for stem in STEMS])
-VARIANT = pa.struct(
+BATCH_SCHEMA = pa.schema(
     [
-        *[(f.name, pa.int64() if f.name == "noise_seed" else pa.float64()) for f in fields(MonoVariant)],
-        ("codes", CODES),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int64(), nullable=False),
+        pa.field("record", pa.binary(), nullable=False),  # the Segment, pickled (protocol 5)
     ]
 )
-ERROR = pa.struct([("stage", pa.string()), ("error_type", pa.string()), ("message", pa.string())])
-
-
-def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
-
-
-SEGMENT_SCHEMA = pa.schema(
-    [
-        _f("source_id", pa.string(), "stable id of the input", nullable=False),
-        _f("segment_index", pa.int64(), "0-based segment, -1 for a source row or an error of the whole source", False),
-        _f("source_uri", pa.binary(), "the input's canonical URI (UTF-8; other bytes of a name as they are)", False),
-        _f("open_uri", pa.binary(), "what to open, with an object store's ?options (source rows; bytes as source_uri)"),
-        _f("source_version", pa.string(), "'<bytes>:<mtime ns>' as listed", nullable=False),
-        _f("metadata", pa.string(), "JSON object of the manifest's extra columns", nullable=False),
-        _f("skip_segments", pa.list_(pa.int64()), "segments an earlier run committed (source rows)"),
-        _f("content_sha256", pa.string(), "sha256 of the input's bytes (hex)"),
-        _f("source_sample_rate", pa.int64(), "sample rate of the decoded input (Hz)"),
-        _f("source_channels", pa.int64(), "channel count of the input file"),
-        _f("downmix", pa.string(), "the rule that mixed a multichannel input down to stereo ('' when none)"),
-        _f("source_duration_s", pa.float64(), "duration of the whole input (s)"),
-        _f("n_segments", pa.int64(), "segments of the source"),
-        _f("n_skipped", pa.int64(), "segments of the source an earlier run committed"),
-        _f("segment_start_s", pa.float64(), "segment start within the source (s)"),
-        _f("segment_duration_s", pa.float64(), "segment duration (s)"),
-        _f("segment_samples", pa.int64(), "samples of the segment at 22.05 kHz"),
-        _f("audio", AUDIO, "float32 (channels, samples) at 22.05 kHz"),
-        _f("mono", AUDIO, "the mono reference, float32 (1, samples)"),
-        _f("stems", STEMS_TYPE, "each stem float32 (2, samples)"),
-        _f("melody", pa.list_(MELODY_STREAM), "notes, MIDI, sine and sine codes per melodic stream"),
-        _f("channel_codes", CODES, "int16 DAC codes of the channels, (channels, n_codebooks, frames)"),
-        _f("stem_names", pa.list_(pa.string()), "names of the stems in stem_codes order"),
-        _f("stem_codes", pa.list_(CODES), "int16 DAC codes per stem"),
-        _f("mono_codes", CODES, "int16 DAC codes of the mono reference"),
-        _f("mono_variants", pa.list_(VARIANT), "augmented copies of the mono reference and their codes"),
-        _f("n_frames", pa.int64(), "DAC frames of the segment"),
-        _f("error", ERROR, "set when the row failed: stage, error type, message"),
-        _f("deferred", pa.string(), "set when the input was unreadable for a transient reason"),
-    ]
-)
-
-
-def _is_tensor(type_: pa.DataType) -> bool:
-    return pa.types.is_struct(type_) and [f.name for f in type_] == ["shape", "data"]
-
-
-def _member(value: Any, name: str) -> Any:
-    return value[name] if isinstance(value, dict) else getattr(value, name)
-
-
-def _encode(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
-    """Python values (None for null) as an Arrow array of ``type_``; structs from dataclasses or dicts."""
-    nulls = [v is None for v in values]
-    mask = pa.array(nulls, pa.bool_()) if any(nulls) else None
-    if _is_tensor(type_):
-        return _encode_tensors(values, type_, mask)
-    if pa.types.is_struct(type_):
-        children = [_encode([None if v is None else _member(v, f.name) for v in values], f.type) for f in type_]
-        return pa.StructArray.from_arrays(children, fields=list(type_), mask=mask)
-    if pa.types.is_list(type_):
-        offsets = np.cumsum([0, *(0 if v is None else len(v) for v in values)], dtype=np.int32)
-        items = [item for v in values if v is not None for item in v]
-        return pa.ListArray.from_arrays(pa.array(offsets), _encode(items, type_.value_type), type=type_, mask=mask)
-    return pa.array(values, type_)
-
-
-def _encode_tensors(values: Sequence[Any], type_: pa.StructType, mask: pa.Array | None) -> pa.StructArray:
-    data_type = type_.field("data").type
-    dtype = np.dtype(data_type.value_type.to_pandas_dtype())
-    for v in values:
-        if v is not None and (not isinstance(v, np.ndarray) or v.dtype != dtype):
-            raise TypeError(f"expected a numpy array of {dtype}, got {getattr(v, 'dtype', type(v).__name__)}")
-    flat = [np.ascontiguousarray(v).reshape(-1) for v in values if v is not None]
-    data = flat[0] if len(flat) == 1 else np.concatenate(flat) if flat else np.empty(0, dtype)
-    offsets = np.cumsum([0, *(0 if v is None else v.size for v in values)], dtype=np.int64)
-    shapes = pa.array([[] if v is None else [int(n) for n in v.shape] for v in values], pa.list_(pa.int64()))
-    data_array = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(data), type=data_type)
-    return pa.StructArray.from_arrays([shapes, data_array], fields=list(type_), mask=mask)
-
-
-def _decode(array: pa.Array) -> list[Any]:
-    """The values of an Arrow array made by :func:`_encode` (structs as dicts, tensors as read-only numpy views)."""
-    type_ = array.type
-    valid = array.is_valid().to_pylist() if array.null_count else [True] * len(array)
-    if _is_tensor(type_):
-        shapes = _decode(array.field("shape"))
-        data = array.field("data")
-        offsets = data.offsets.to_numpy()
-        flat = data.values.to_numpy(zero_copy_only=True)
-        return [flat[offsets[i] : offsets[i + 1]].reshape(shapes[i]) if ok else None for i, ok in enumerate(valid)]
-    if pa.types.is_struct(type_):
-        names = [f.name for f in type_]
-        columns = [_decode(array.field(i)) for i in range(len(names))]
-        rows = zip(*columns, strict=True)
-        return [dict(zip(names, row, strict=True)) if ok else None for ok, row in zip(valid, rows, strict=True)]
-    if pa.types.is_list(type_):
-        offsets = array.offsets.to_numpy()
-        first = int(offsets[0])
-        items = _decode(array.values.slice(first, int(offsets[-1]) - first))
-        return [items[offsets[i] - first : offsets[i + 1] - first] if ok else None for i, ok in enumerate(valid)]
-    return array.to_pylist()
-
-
-# Fields that hold file names: a name's bytes that are not UTF-8 travel as they are (Python holds them as surrogates,
-# as os.fsdecode does, which an Arrow string cannot carry).
-NAME_FIELDS = ("source_uri", "open_uri")
-
-
-def _name_bytes(name: str | None) -> bytes | None:
-    return None if name is None else name.encode("utf-8", "surrogateescape")
-
-
-def _segment(values: dict[str, Any]) -> Segment:
-    """A :class:`Segment` from the decoded values of one row, its nested records typed."""
-    for name in NAME_FIELDS:
-        if values[name] is not None:
-            values[name] = values[name].decode("utf-8", "surrogateescape")
-    if values["error"] is not None:
-        values["error"] = SegmentError(**values["error"])
-    if values["melody"] is not None:
-        values["melody"] = [
-            MelodyStream(**{**m, "notes": [NoteEvent(**n) for n in m["notes"]]}) for m in values["melody"]
-        ]
-    if values["mono_variants"] is not None:
-        values["mono_variants"] = [CodedVariant(**v) for v in values["mono_variants"]]
-    return Segment(**values)
 
 
 def to_table(segments: Iterable[Segment]) -> Batch:
-    """A batch of :data:`SEGMENT_SCHEMA` holding ``segments`` in order (:func:`from_table` reads it back exactly).
-
-    Raises:
-        TypeError: an array field does not hold a numpy array of its column's dtype (float32 audio, int16 codes).
-    """
+    """A batch holding ``segments`` in order: their keys as columns, each record pickled (:func:`from_table`)."""
     rows = list(segments)
-    values = {f.name: [getattr(s, f.name) for s in rows] for f in SEGMENT_SCHEMA}
-    for name in NAME_FIELDS:
-        values[name] = [_name_bytes(v) for v in values[name]]
-    columns = [_encode(values[f.name], f.type) for f in SEGMENT_SCHEMA]
-    return pa.Table.from_arrays(columns, schema=SEGMENT_SCHEMA)
+    return pa.table(
+        {
+            "source_id": pa.array([s.source_id for s in rows], pa.string()),
+            "segment_index": pa.array([s.segment_index for s in rows], pa.int64()),
+            "record": pa.array([pickle.dumps(s, protocol=5) for s in rows], pa.binary()),
+        },
+        schema=BATCH_SCHEMA,
+    )
 
 
 def from_table(table: Batch) -> list[Segment]:
-    """The segments of a batch made by :func:`to_table` (also a slice or a concatenation of batches), in order.
-
-    Arrays are read-only views of the table's buffers, with the dtype and shape they were written with.
-    """
-    names = [f.name for f in fields(Segment)]
-    columns = [[v for chunk in table.column(name).chunks for v in _decode(chunk)] for name in names]
-    return [_segment(dict(zip(names, row, strict=True))) for row in zip(*columns, strict=True)]
+    """The segments of a batch made by :func:`to_table` (also a slice or a concatenation of batches), in order."""
+    return [pickle.loads(blob) for blob in table.column("record").to_pylist()]
 
 
 def fail_row(row: Segment, stage: str, exc: BaseException) -> None:
     """Turn ``row`` into an error row of ``stage`` in place (its audio and features dropped)."""
     kind = f":{exc.kind}" if isinstance(exc, DecodeError) else ""
-    message = printable(str(exc) or repr(exc))  # a file name in it may hold bytes that are not UTF-8
+    message = str(exc) or repr(exc)
     if not isinstance(exc, DecodeError | FileNotFoundError):
         message += "\n" + "".join(traceback.format_exception(exc)[-3:])
     row.error = SegmentError(stage, type(exc).__name__ + kind, message)

@@ -1,6 +1,6 @@
 """The extraction steps as batch callables, independent of any executor.
 
-Each step takes a batch of segment records (an Arrow table of :data:`hummingml.extract.record.SEGMENT_SCHEMA`), works
+Each step takes a batch of segment records (an Arrow table of :data:`hummingml.extract.record.BATCH_SCHEMA`), works
 on its rows as :class:`~hummingml.extract.record.Segment` instances and returns a batch of the same schema: decode (one
 row per source in, one per segment out), separate, pitch, codec; commit writes its rows exactly once through
 :mod:`hummingml.extract.store` and returns a summary of them. ``hummingml.extract.ray`` runs them on Ray Data;
