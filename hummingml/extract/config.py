@@ -50,6 +50,8 @@ class ExtractConfig:
     wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
     lease_timeout_s: float = 120.0  # another driver may take over the output when its lease is this old (seconds)
     allow_config_change: bool = False  # write into an output made with a different extraction config or models
+    ray_progress: bool = False  # also print Ray Data's per-operator progress (many lines every few seconds); the job's
+    # own line (inputs done, rows, audio-hours, rate, ETA) is printed every 10 s either way
     stages: Literal["models", "null"] = "models"  # models: Demucs, Basic Pitch, DAC; null: stand-ins of the right
     # shapes and no cost (hummingml.stages.null), to measure the engine alone: benchmarks and tests only
     fail_after_commits: int = 0  # fault injection: the writer exits right after its Nth commit marker, once per

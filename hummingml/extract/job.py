@@ -70,7 +70,7 @@ def summarize(
 OPERATIONAL_FIELDS = (
     "input", "output", "query", "uri_column", "extensions", "limit", "retry_errors", "read_retries", "read_backoff_s",
     "commit_rows", "writers", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
-    "fail_after_commits", "models",
+    "fail_after_commits", "ray_progress", "models",
 )
 # sub-config fields that change where or how fast a model runs, not its output
 OPERATIONAL_SUBFIELDS = ("separate.device", "separate.batch_size", "codec.device", "codec.batch_size",

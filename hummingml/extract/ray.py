@@ -319,6 +319,7 @@ def build_dataset(
     ``blocks`` are the first blocks (``plan_run``). The pool plan is printed to ``log``; ``lease`` is the driver's
     lease token, which the writer checks before each commit.
     """
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.ray_progress
     cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
     present = ray.cluster_resources().get("CPU", 0.0)
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
