@@ -87,7 +87,7 @@ def run_job(inputs: Path, out: Path, models: Path, deadline: float, kill_every_s
     """One attempt of the extraction job; returns its exit code (None: stopped at the deadline)."""
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(inputs), "--output", str(out),
            "--segment-s", str(SEGMENT_S), "--commit-rows", "16", "--models-kind", "tiny",
-           "--models-cache-dir", str(models)]
+           "--models-cache-dir", str(models), "--max-failed-fraction", "1"]  # hostile inputs fail on purpose
     log = open(out.parent / "soak-job.log", "a")  # noqa: SIM115 - kept open for the child's lifetime
     proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)

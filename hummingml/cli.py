@@ -50,9 +50,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     cfg = from_flags(ExtractConfig, args)
-    from hummingml.extract.job import run  # imports Ray
+    from hummingml.extract.job import exit_code, run  # imports Ray
 
-    return 0 if run(cfg)["accounted"] else 1
+    return exit_code(run(cfg), cfg, "hummingml extract")
 
 
 def _demo(args: argparse.Namespace) -> int:

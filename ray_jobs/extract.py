@@ -10,7 +10,9 @@ On a cluster (from the repository root; the cluster's workers need the project i
         python -m ray_jobs.extract --input s3://bucket/audio/ --output s3://bucket/features/ --models-kind pretrained
 
 Every flag is generated from ``hummingml.extract.config.ExtractConfig``; ``--help`` lists them. Invalid values are
-reported one line each on stderr, with exit code 2, before anything is created or started.
+reported one line each on stderr, with exit code 2, before anything is created or started. A run that leaves an
+input unaccounted for, or in which more than ``--max-failed-fraction`` (default 0.5) of the inputs failed, exits 1
+after writing every row.
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ def parse(argv: list[str] | None = None) -> ExtractConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the job; exit 0 when every input is accounted for, 1 otherwise, 2 on a ``ConfigError``."""
+    """Run the job; exit 0 when every input is accounted for and no more than ``--max-failed-fraction`` of them
+    failed, 1 otherwise (after writing every row), 2 on a ``ConfigError``."""
     with exit_on_config_error(PROG):
         cfg = parse(argv)
-        from hummingml.extract.job import run
+        from hummingml.extract.job import exit_code, run
 
         summary = run(cfg)
-    return 0 if summary["accounted"] else 1
+    return exit_code(summary, cfg, PROG)
 
 
 if __name__ == "__main__":

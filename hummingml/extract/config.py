@@ -50,6 +50,8 @@ class ExtractConfig:
     wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
     lease_timeout_s: float = 120.0  # another driver may take over the output when its lease is this old (seconds)
     allow_config_change: bool = False  # write into an output made with a different extraction config or models
+    max_failed_fraction: float = 0.5  # the job exits 1, after writing every row, when more than this fraction of
+    # its inputs failed (a wrong mount or format shows as a failed job, not a successful one); 1: never
     ray_progress: bool = False  # also print Ray Data's per-operator progress (many lines every few seconds); the job's
     # own line (inputs done, rows, audio-hours, rate, ETA) is printed every 10 s either way
     stages: Literal["models", "null"] = "models"  # models: Demucs, Basic Pitch, DAC; null: stand-ins of the right
@@ -94,6 +96,7 @@ class ExtractConfig:
         problems += at_least("--actor-threads", self.actor_threads, 1)
         problems += at_least("--plan-cpus", self.plan_cpus, 0)
         problems += at_least("--wait-for-cpus-s", self.wait_for_cpus_s, 0)
+        problems += within("--max-failed-fraction", self.max_failed_fraction, 0, 1)
         problems += at_least("--lease-timeout-s", self.lease_timeout_s, MIN_LEASE_TIMEOUT_S)
         if self.stages not in ("models", "null"):
             problems.append(f"--stages must be models or null (got {self.stages!r})")

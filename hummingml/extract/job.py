@@ -70,7 +70,7 @@ def summarize(
 OPERATIONAL_FIELDS = (
     "input", "output", "query", "uri_column", "extensions", "limit", "retry_errors", "read_retries", "read_backoff_s",
     "commit_rows", "writers", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
-    "fail_after_commits", "ray_progress", "models",
+    "fail_after_commits", "ray_progress", "max_failed_fraction", "models",
 )
 # sub-config fields that change where or how fast a model runs, not its output
 OPERATIONAL_SUBFIELDS = ("separate.device", "separate.batch_size", "codec.device", "codec.batch_size",
@@ -153,6 +153,27 @@ class Progress:
                 f"{len(self.deferred)} deferred), {self.audio_s / 3600:.3f} audio-hours, "
                 f"{self.audio_s / elapsed:.2f} audio-s/s, ETA {eta}"
             )
+
+
+def too_many_failed(summary: dict[str, Any], max_failed_fraction: float, output: str) -> str | None:
+    """Why a run counts as failed because of its failed inputs (more than ``max_failed_fraction`` of them), or None."""
+    inputs, failed = summary["inputs"], summary["failed"]
+    if not inputs or failed <= max_failed_fraction * inputs:
+        return None
+    return (
+        f"{failed} of {inputs} inputs failed ({failed / inputs:.0%}, more than --max-failed-fraction "
+        f"{max_failed_fraction:g}); every row is written, and the errors set says why each failed: "
+        f"hummingml inspect {output}"
+    )
+
+
+def exit_code(summary: dict[str, Any], cfg: ExtractConfig, prog: str, err: TextIO | None = None) -> int:
+    """A finished run's exit code: 1 when an input is unaccounted for, or when too many failed
+    (:func:`too_many_failed`, said in one ``PROG: error:`` line on ``err``, default stderr); else 0."""
+    if why := too_many_failed(summary, cfg.max_failed_fraction, cfg.output):
+        print(f"{prog}: error: {why}", file=err or sys.stderr)
+        return 1
+    return 0 if summary["accounted"] else 1
 
 
 def _duration(seconds: float) -> str:

@@ -163,7 +163,12 @@ def test_killed_driver_then_rerun_equals_a_clean_run(clean_run, corpus, tmp_path
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together, mid-run
     proc.wait()
     assert list((out / "_commits").glob("*.json")), "the run committed something before it was killed"
-    rerun = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # 4 of the corpus's 6 inputs fail on purpose: above the default --max-failed-fraction 0.5, so the job exits 1,
+    # with one line saying so, after writing every row
+    assert rerun.returncode == 1, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    errors = [line for line in rerun.stderr.splitlines() if line.startswith("ray_jobs.extract: error:")]
+    assert len(errors) == 1 and errors[0].startswith("ray_jobs.extract: error: 4 of 6 inputs failed (67%"), errors
     assert "inputs done" in rerun.stdout  # the job's own progress line
     assert "Total Progress" not in rerun.stdout + rerun.stderr  # Ray Data's per-operator lines: off by default
     clean_out = clean_run[0]
@@ -197,7 +202,7 @@ def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, cor
     out = tmp_path / "actor-killed"
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
            "--segment-s", "2", "--commit-rows", "1", "--models-kind", "tiny",
-           "--models-cache-dir", str(corpus.parent / "models")]
+           "--models-cache-dir", str(corpus.parent / "models"), "--max-failed-fraction", "1"]  # exit 0 wanted
     proc = subprocess.Popen(cmd, env={**os.environ, "RAY_ADDRESS": "local"}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     killed = None

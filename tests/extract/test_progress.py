@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-import numpy as np
+import io
 
-from hummingml.extract.job import Progress
+import numpy as np
+import pytest
+
+from hummingml.extract.config import ExtractConfig
+from hummingml.extract.job import Progress, exit_code
 
 
 def summary(*rows: tuple[str, int, int, bool, str, float], skipped: dict[str, int] | None = None) -> dict:
@@ -39,3 +43,27 @@ def test_the_eta_follows_the_rate_of_inputs_done() -> None:
     progress = Progress(10, start=0.0)
     progress.add(summary(("0", 0, 1, True, "", 30.0), ("1", 0, 1, True, "", 30.0)))
     assert progress.line(100.0).endswith("ETA 6m40s")  # 2 inputs in 100 s: 8 more take 400 s
+
+
+@pytest.mark.parametrize(
+    ("inputs", "failed", "accounted", "fraction", "code"),
+    [
+        (6, 3, True, 0.5, 0),  # half failed: not more than the default
+        (6, 4, True, 0.5, 1),  # more than half
+        (6, 6, True, 1.0, 0),  # 1: never, whatever fails
+        (6, 1, True, 0.0, 1),  # 0: any failure fails the job
+        (0, 0, True, 0.5, 0),  # nothing listed
+        (6, 0, False, 0.5, 1),  # an input unaccounted for
+    ],
+)
+def test_the_exit_code_says_whether_too_many_inputs_failed(inputs, failed, accounted, fraction, code) -> None:
+    err = io.StringIO()
+    cfg = ExtractConfig(input="in", output="/data/out", max_failed_fraction=fraction)
+    assert exit_code({"inputs": inputs, "failed": failed, "accounted": accounted}, cfg, "prog", err) == code
+    lines = err.getvalue().splitlines()
+    if code and accounted:
+        assert lines == [f"prog: error: {failed} of {inputs} inputs failed ({failed / inputs:.0%}, more than "
+                         f"--max-failed-fraction {fraction:g}); every row is written, and the errors set says why "
+                         "each failed: hummingml inspect /data/out"]
+    else:
+        assert lines == []

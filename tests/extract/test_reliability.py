@@ -156,7 +156,8 @@ def small(tmp_path_factory):
 def extract_job(inputs: Path | str, out: Path, models: Path, timeout: float = 600, check: bool = True,
                 extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(inputs), "--output", str(out),
-           "--segment-s", "1", "--commit-rows", "1", "--models-kind", "tiny", "--models-cache-dir", str(models), *extra]
+           "--segment-s", "1", "--commit-rows", "1", "--models-kind", "tiny", "--models-cache-dir", str(models),
+           "--max-failed-fraction", "1", *extra]  # hostile inputs fail on purpose
     done = subprocess.run(cmd, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True,
                           timeout=timeout)
     if check:
