@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from hummingml import __version__
 from hummingml.config import ConfigError, above, add_flags, at_least, exit_on_config_error, from_flags
@@ -21,6 +22,7 @@ from hummingml.eval.config import (
     eval_config_from_args,
 )
 from hummingml.extract.config import ExtractConfig
+from hummingml.serve.config import RemixCommandConfig, ServeConfig
 from hummingml.weights.cli import add_models_parser
 from hummingml.weights.config import ModelsConfig
 
@@ -103,6 +105,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _remix(args: argparse.Namespace) -> int:
+    args.song = args.song_arg or args.song
+    cfg = from_flags(RemixCommandConfig, args)
+    from hummingml.serve.remix import run_command
+
+    return _one_line_errors("hummingml remix", lambda: run_command(cfg))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cfg = from_flags(ServeConfig, args)
+    from hummingml.serve.app import main as serve_main  # imports Ray
+
+    return serve_main(cfg)
+
+
+def _one_line_errors(prog: str, work: Callable[[], object]) -> int:
+    """Run ``work``; a model, file or audio failure becomes one line on stderr and exit code 1."""
+    from hummingml.audio import DecodeError
+    from hummingml.weights.config import ModelError
+
+    try:
+        work()
+    except ConfigError:
+        raise
+    except (ModelError, DecodeError, OSError, ValueError) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
@@ -143,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="token accuracies and SI-SDR of checkpoints (same flags as ray_jobs.evaluate)")
     add_eval_flags(p)
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("remix", help="song -> separated, cleaned vocals + an instrument playing their melody + backing")
+    p.add_argument("song_arg", nargs="?", default=None, metavar="SONG", help="same as --song")
+    add_flags(p, RemixCommandConfig)
+    p.add_argument("-o", dest="output", default=None, help="same as --output")
+    p.set_defaults(func=_remix)
+
+    p = sub.add_parser("serve", help="the Ray Serve app: /v1/hum, /v1/remix, /v1/jobs/{id} and the web page")
+    add_flags(p, ServeConfig)
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("doctor", help="check that every dependency imports and print versions")
     p.set_defaults(func=_doctor)

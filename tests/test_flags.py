@@ -19,6 +19,7 @@ import soundfile as sf
 from hummingml.config import ConfigError, add_flags, exit_on_config_error, exit_on_problems
 from hummingml.eval.config import EvalConfig, GenerateConfig
 from hummingml.extract.config import ExtractConfig
+from hummingml.serve.config import RemixCommandConfig, ServeConfig
 from hummingml.testing.signals import sine
 from hummingml.train.config import PRESETS, TrainConfig, from_preset
 from hummingml.weights.config import ModelsConfig
@@ -238,6 +239,11 @@ def test_evaluate_refuses_a_bad_value_before_creating_anything(work: Path, flags
          "hummingml generate", "--temperature", GenerateConfig),
         (["models", "prepare", "--connect-timeout-s", "0"], "hummingml models prepare", "--connect-timeout-s",
          ModelsConfig),
+        (["remix", "in/a.wav", "--mix-denoise", "2"], "hummingml remix", "--mix-denoise", RemixCommandConfig),
+        (["remix", "in/a.wav", "--instrument", "tuba"], "hummingml remix", "--instrument", RemixCommandConfig),
+        (["remix", "in/missing.wav"], "hummingml remix", "--song", RemixCommandConfig),
+        (["serve", "--max-inflight", "0"], "hummingml serve", "--max-inflight", ServeConfig),
+        (["serve", "--host", "0.0.0.0"], "hummingml serve", "--token-file", ServeConfig),
     ],
 )  # fmt: skip
 def test_hummingml_subcommands_refuse_a_bad_value(
@@ -283,6 +289,9 @@ def test_default_configs_have_no_problems() -> None:
     assert EvalConfig(checkpoint="c").problems() == []
     assert GenerateConfig(hum="h.wav", timbre="t.wav", checkpoint="c").problems() == []
     assert ModelsConfig().problems() == []
+    assert RemixCommandConfig(song="s.wav").problems() == []
+    assert ServeConfig().problems() == []
+    assert ServeConfig(host="0.0.0.0", token_file="t").problems() == []
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -20,9 +20,11 @@ import dataclasses
 import json
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, decode, resample, to_mono
 from hummingml.config import from_flags
@@ -32,7 +34,7 @@ from hummingml.model.lm import packed_length
 from hummingml.output import set_files
 from hummingml.stages import codec
 from hummingml.stages.codec import CodecConfig, CodecTokens, encode_batch, receptive_field_frames
-from hummingml.stages.pitch import PitchDetector
+from hummingml.stages.pitch import NoteEvent, PitchDetector
 from hummingml.stages.synth import render_sine
 from hummingml.train.checkpoint import load_checkpoint, load_train_config
 from hummingml.weights.config import ModelIdentity, ModelsConfig
@@ -198,49 +200,127 @@ def generate(
         CodecMismatchError: ``dac`` does not fit the model config (sizes, frame rate).
         ValueError: bad audio shapes or lengths that cannot fit ``max_seq_len``.
     """
-    import torch
+    g = play(hum_audio, hum_sample_rate, timbre_audio, timbre_sample_rate, ar, nar, cfg, dac, pitch_detector,
+             top_k=top_k, temperature=temperature, seed=seed, timbre_seconds=timbre_seconds,
+             batch_size=batch_size)  # fmt: skip
+    return g.audio, g.sample_rate
 
+
+@dataclass(frozen=True)
+class Generated:
+    """What :func:`play` made: the audio and the notes it was conditioned on."""
+
+    audio: F32  # float32 (1, samples) at sample_rate, as long as the hum
+    sample_rate: int  # the codec's rate, 44 100 Hz
+    notes: list[NoteEvent]  # Basic Pitch's notes of the hum (rendered as the sine conditioning)
+
+
+def play(
+    hum_audio: F32,
+    hum_sample_rate: int,
+    timbre_audio: F32,
+    timbre_sample_rate: int,
+    ar: HummingLM,
+    nar: NARUpsampler,
+    cfg: TrainConfig,
+    dac: Any,
+    pitch_detector: PitchDetector,
+    *,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    timbre_seconds: float = 5.0,
+    batch_size: int = 16,
+) -> Generated:
+    """:func:`generate`, returning the notes found in the hum as well; same arguments and errors."""
     check_codec(cfg.model, dac)
     for name, audio in (("hum_audio", hum_audio), ("timbre_audio", timbre_audio)):
         if audio.ndim != 2 or audio.shape[1] < 1:
             raise ValueError(f"{name} must be (channels, samples) with >= 1 sample, got shape {audio.shape}")
-    W, P = window_frames(cfg), timbre_frames(cfg, timbre_seconds)
-    hum = to_mono(resample(hum_audio, hum_sample_rate, FEATURE_SAMPLE_RATE))  # (1, n) at 22.05 kHz
-    # P frames plus one receptive field of real audio after them, so the last prompt frames are not encoded
-    # against zero padding (training clips were cut from longer codes)
-    keep = (P + receptive_field_frames(dac)) * FRAME_HOP
-    timbre = to_mono(resample(timbre_audio, timbre_sample_rate, FEATURE_SAMPLE_RATE))[:, :keep]
+    P = timbre_frames(cfg, timbre_seconds)
+    hum, timbre = conditioning_audio(hum_audio, hum_sample_rate, timbre_audio, timbre_sample_rate, P,
+                                     receptive_field_frames(dac))  # fmt: skip
     notes = pitch_detector.detect(hum, FEATURE_SAMPLE_RATE)
     if not notes:
         warnings.warn("Basic Pitch found no notes in the hum: the sine conditioning is silence", stacklevel=2)
     sine = render_sine(notes, hum.shape[1], FEATURE_SAMPLE_RATE)
     tokens = encode_batch([sine, hum, timbre], FEATURE_SAMPLE_RATE, dac, CodecConfig())
-    sine_codes, hum_codes, timbre_codes = (t.codes[0].astype(np.int64) for t in tokens)  # (N, frames) each
-    F = sine_codes.shape[1]  # ceil(n / 256)
-    Kc = cfg.model.cond_codebooks
-    windows = [
-        {"timbre": timbre_codes[:, :P], "sine": sine_codes[:Kc, s : s + W], "mono": hum_codes[:Kc, s : s + W]}
-        for s in range(0, F, W)
-    ]
-    device = next(ar.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    codes = np.zeros((cfg.model.n_codebooks, F), dtype=np.int16)
-    ar.eval()
-    nar.eval()
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        batch = {k: v.to(device) for k, v in make_batch(chunk, cfg.model, frames=W).items()}
-        level0 = ar.generate(batch, top_k=top_k, temperature=temperature, generator=generator)
-        out = nar.generate(batch, level0).cpu().numpy()  # (B, N, W), zero past each window's end
-        for j, window in enumerate(chunk):
-            s, n = (i + j) * W, window["sine"].shape[1]
-            codes[:, s : s + n] = out[j, :, :n]
+    windows = make_windows(*(t.codes[0] for t in tokens), cfg, P)
+    outs = generate_windows(windows, ar, nar, cfg, top_k=top_k, temperature=temperature, seed=seed,
+                            batch_size=batch_size)  # fmt: skip
+    codes = np.concatenate(outs, axis=1)  # (N, F)
     audio, sample_rate = codec.decode(CodecTokens(codes[None], float(dac.sample_rate) / int(dac.hop_length)), dac)
     n_out = round(hum_audio.shape[1] * sample_rate / hum_sample_rate)
-    audio = audio[:, :n_out]
-    if audio.shape[1] < n_out:  # rounding: DAC returns whole frames, which can fall one sample short of n_out
-        audio = np.pad(audio, ((0, 0), (0, n_out - audio.shape[1])))
-    return np.ascontiguousarray(audio, dtype=np.float32), sample_rate
+    return Generated(fit_length(audio, n_out), sample_rate, notes)
+
+
+def conditioning_audio(
+    hum_audio: F32, hum_sample_rate: int, timbre_audio: F32, timbre_sample_rate: int, prompt_frames: int,
+    receptive_frames: int,
+) -> tuple[F32, F32]:  # fmt: skip
+    """The hum and the timbre clip as the model's conditioning audio: mono at 22.05 kHz, float32 ``(1, samples)``.
+
+    The timbre clip keeps ``prompt_frames`` frames plus one encoder receptive field (``receptive_frames``) of real
+    audio after them, so the last prompt frames are not encoded against zero padding (training clips were cut from
+    longer codes).
+    """
+    hum = to_mono(resample(hum_audio, hum_sample_rate, FEATURE_SAMPLE_RATE))
+    keep = (prompt_frames + receptive_frames) * FRAME_HOP
+    timbre = to_mono(resample(timbre_audio, timbre_sample_rate, FEATURE_SAMPLE_RATE))[:, :keep]
+    return hum, timbre
+
+
+def make_windows(
+    sine_codes: npt.NDArray[np.integer], hum_codes: npt.NDArray[np.integer], timbre_codes: npt.NDArray[np.integer],
+    cfg: TrainConfig, prompt_frames: int,
+) -> list[dict[str, npt.NDArray[np.int64]]]:  # fmt: skip
+    """Generation windows of :func:`window_frames` frames: the first ``cond_codebooks`` levels of the sine and hum
+    codes (each ``(n_codebooks, F)``), with the first ``prompt_frames`` frames of the timbre codes as every window's
+    prompt. The last window holds what is left (``F`` need not be a multiple of the window)."""
+    W, Kc = window_frames(cfg), cfg.model.cond_codebooks
+    sine, hum = sine_codes.astype(np.int64), hum_codes.astype(np.int64)
+    timbre = timbre_codes[:, :prompt_frames].astype(np.int64)
+    return [{"timbre": timbre, "sine": sine[:Kc, s : s + W], "mono": hum[:Kc, s : s + W]}
+            for s in range(0, sine.shape[1], W)]  # fmt: skip
+
+
+def generate_windows(
+    windows: list[dict[str, npt.NDArray[np.int64]]],
+    ar: HummingLM,
+    nar: NARUpsampler,
+    cfg: TrainConfig,
+    *,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[npt.NDArray[np.int16]]:
+    """All codebook levels of each window (from :func:`make_windows`, of one request or of several): int16
+    ``(n_codebooks, window frames)`` each, in order. Level 0 comes from ``ar`` (greedy, or top-k sampling from a
+    generator seeded by ``seed``), levels 1..N-1 from ``nar``, ``batch_size`` windows per forward pass."""
+    import torch
+
+    device = next(ar.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ar.eval()
+    nar.eval()
+    outs: list[npt.NDArray[np.int16]] = []
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in make_batch(chunk, cfg.model, frames=window_frames(cfg)).items()}
+        level0 = ar.generate(batch, top_k=top_k, temperature=temperature, generator=generator)
+        out = nar.generate(batch, level0).cpu().numpy()  # (B, N, W), zero past each window's end
+        outs.extend(out[j, :, : w["sine"].shape[1]].astype(np.int16) for j, w in enumerate(chunk))
+    return outs
+
+
+def fit_length(audio: F32, n_samples: int) -> F32:
+    """``audio`` cropped or zero-padded to ``n_samples`` (DAC decodes whole frames: the last frame overshoots, and
+    rounding can leave it one sample short), contiguous float32."""
+    audio = audio[:, :n_samples]
+    if audio.shape[1] < n_samples:
+        audio = np.pad(audio, ((0, 0), (0, n_samples - audio.shape[1])))
+    return np.ascontiguousarray(audio, dtype=np.float32)
 
 
 # --- command line --------------------------------------------------------------------------------------------------
