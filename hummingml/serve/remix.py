@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from hummingml.audio import F32, SOURCE_SAMPLE_RATE, downmix_to_stereo, resample
+from hummingml.eval.generate import Generated
 from hummingml.serve.config import RemixCommandConfig, RemixConfig
 from hummingml.serve.model import HumModel, load_hum_model
 from hummingml.stages.separate import Stems
@@ -182,16 +183,37 @@ def remix(
     played = model.play(vocals, rate, instrument, instrument_rate, top_k=cfg.top_k, seed=cfg.seed,
                         timbre_seconds=cfg.timbre_seconds)  # fmt: skip
     timings["play_s"] = time.perf_counter() - t
+    stems = Stems(**stem, sample_rate=rate)
+    return assemble(song, sample_rate, audio, stems, vocals, played, model.describe(), cfg, timings, separated_by)
+
+
+def assemble(
+    song: F32,
+    sample_rate: int,
+    audio: F32,
+    stems: Stems,
+    vocals: F32,
+    played: Generated,
+    model: dict[str, Any],
+    cfg: RemixConfig,
+    timings: dict[str, float],
+    stems_from: str,
+) -> RemixResult:
+    """The last step of :func:`remix`: mix the cleaned ``vocals``, the ``played`` instrument and the backing stems
+    (all at 44.1 kHz, as long as ``audio``, the song in stereo at 44.1 kHz) and write the report (``model`` is the
+    hum model's description, ``stems_from`` says where the stems came from, ``timings`` the steps so far)."""
+    rate = SOURCE_SAMPLE_RATE
+    t = time.perf_counter()
     played_audio = to_stereo(played.audio, played.sample_rate, rate)[:, : audio.shape[1]]
+    stem = stems.as_dict()
     parts = {
         "vocals": vocals,
         "instrument": np.pad(played_audio, ((0, 0), (0, audio.shape[1] - played_audio.shape[1]))),
         "backing": np.sum([stem[s] for s in BACKING_STEMS], axis=0, dtype=np.float64).astype(np.float32),
     }
     offsets = {"vocals": cfg.vocals_db, "instrument": cfg.instrument_db, "backing": cfg.backing_db}
-    t = time.perf_counter()
     out, as_mixed, mixed = mix(parts, rate, offsets, cfg)
-    timings["mix_s"] = time.perf_counter() - t
+    timings = {**timings, "mix_s": time.perf_counter() - t}
     report = {
         "input": {
             "seconds": round(song.shape[1] / sample_rate, 4),
@@ -199,8 +221,8 @@ def remix(
             "channels": song.shape[0],
         },
         "output": {"seconds": round(out.shape[1] / rate, 4), "sample_rate": rate, "channels": 2},
-        "stems": separated_by,
-        "model": model.describe(),
+        "stems": stems_from,
+        "model": model,
         "notes": [{"start_s": round(n.start_s, 4), "end_s": round(n.end_s, 4), "pitch": n.pitch} for n in played.notes],
         "mix": mixed,
         "config": asdict(cfg),
