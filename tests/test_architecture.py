@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("hummingml", "schemas", "ray_jobs")
 # The only modules that import Ray: the Ray Data and Ray Train adapters, and the one ray.init. ray_jobs are entry
 # points that call into them.
-RAY_ADAPTERS = {"hummingml.extract.ray", "hummingml.train.ray", "hummingml.cluster"}
+RAY_ADAPTERS = {"hummingml.extract.ray", "hummingml.train.ray", "hummingml.serve.app", "hummingml.serve.ray",
+                "hummingml.cluster"}
 # Which other parts each part may import (docs/architecture.md, "Import rules"; the packages' __init__ docstrings).
 # The package root ``hummingml`` (its version only) may be imported by any part.
 ANY = "*"
@@ -33,6 +34,7 @@ ALLOWED: dict[str, set[str] | str] = {
         "hummingml.model", "hummingml.config", "hummingml.cluster", "hummingml.audio", "hummingml.output",
     },
     "hummingml.eval": ANY,
+    "hummingml.serve": ANY,
     "hummingml.doctor": {"hummingml.stages"},
     "hummingml.cli": ANY,
     "hummingml.api": ANY,

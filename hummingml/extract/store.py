@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -84,9 +84,21 @@ class LeaseLost(RuntimeError):
 
 
 class OutputStore:
-    """The output root of one extraction, on a local path or any pyarrow filesystem URI."""
+    """The output root of one extraction, on a local path or any pyarrow filesystem URI.
 
-    def __init__(self, root: str, log: TextIO | None = sys.stderr, create: bool = True) -> None:
+    ``schemas`` are the sets it holds (the feature sets by default; the batch remix passes its own) and
+    ``schema_version`` their version, written into every file and the output record.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        log: TextIO | None = sys.stderr,
+        create: bool = True,
+        schemas: Mapping[str, pa.Schema] = SCHEMAS,
+        schema_version: str = SCHEMA_VERSION,
+    ) -> None:
+        self.schemas, self.schema_version = schemas, schema_version  # the sets this output holds
         self.fs, self.root = open_root(root)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.uri = root
@@ -229,8 +241,8 @@ class OutputStore:
         """Write one batch exactly once.
 
         Args:
-            tables: set name (``audio-feature``, ``sine-audio-feature``, ``errors``) -> rows of that set, with the
-                set's schema from ``schemas.features``. Empty tables are not written.
+            tables: set name (a key of the store's ``schemas``: ``audio-feature``, ``sine-audio-feature``, ``errors``
+                by default) -> rows of that set, with that schema. Empty tables are not written.
             rows: one ``(source_id, segment_index, n_segments, ok, source_version)`` per key the batch accounts for.
             metadata: JSON-able run information stored in every file's metadata under ``hummingml.run``.
             lease: the writer's lease token; when given, the marker is written only while the lease names it.
@@ -249,10 +261,10 @@ class OutputStore:
         for name, table in tables.items():
             if table.num_rows == 0:
                 continue
-            schema = SCHEMAS[name].with_metadata(
+            schema = self.schemas[name].with_metadata(
                 {
                     "hummingml.schema": name,
-                    "hummingml.schema_version": SCHEMA_VERSION,
+                    "hummingml.schema_version": self.schema_version,
                     "hummingml.run": json.dumps(metadata, sort_keys=True, default=str),
                 }
             )
@@ -311,7 +323,7 @@ class OutputStore:
         """
         path = self._path(OUTPUT_RECORD)
         data = self.read_bytes(path)
-        record = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "fingerprint": fingerprint}
+        record = {"format": FORMAT, "schema_version": self.schema_version, "fingerprint": fingerprint}
         if data is None:
             if self.markers() and not allow_change:
                 raise ConfigError(
@@ -329,7 +341,7 @@ class OutputStore:
         ]
         if differences and not allow_change:
             raise ConfigError(
-                f"{self.uri} was made with another extraction config or models; "
+                f"{self.uri} was made with another config or other models; "
                 f"differences: {'; '.join(differences)}. Use a new --output, or pass --allow-config-change"
             )
         if differences:

@@ -23,7 +23,6 @@ uploads are bytes given to libsndfile, form fields are strings, and what passes 
 this code made.
 """
 
-
 import asyncio  # no "from __future__ import annotations": FastAPI reads the routes' annotations at runtime
 import dataclasses
 import hmac
@@ -512,9 +511,10 @@ def app_builder(args: dict[str, Any]) -> Any:
 def main(cfg: ServeConfig) -> int:
     """``hummingml serve``: join the Ray cluster of ``RAY_ADDRESS`` (or start a local one), start Serve's HTTP proxy
     on ``cfg.host:cfg.port``, deploy the app and block until Ctrl-C (then shut the app down)."""
-    import ray
+    from hummingml.cluster import connect
 
-    ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+    if dashboard := connect(dashboard=True):
+        print(f"hummingml serve: Ray dashboard {dashboard}", file=sys.stderr, flush=True)
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + 30})
     serve.run(build_app(cfg), name="hummingml", route_prefix="/")
     url = f"http://{cfg.host}:{cfg.port}/"

@@ -108,3 +108,34 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class RemixBatchConfig:
+    """``python -m ray_jobs.remix``: every upload under a prefix remixed once into an exactly-once output."""
+
+    input: str = ""  # uploads: a local folder or glob, s3://bucket/prefix/, or a manifest (.jsonl, .csv, .parquet)
+    output: str = ""  # output root (local path or pyarrow URI): remix/ and errors/ Parquet sets and the commit log
+    instrument: str = DEFAULT_INSTRUMENT  # a preset name, or the path of a clip readable on every node
+    checkpoint: str = ""  # HummingLM checkpoint or run directory; "" = untrained debug model (labelled)
+    max_song_s: float = 600.0  # a longer upload gets an error row (too_long)
+    max_upload_mb: float = 500.0  # a larger upload gets an error row (too_big)
+    commit_rows: int = 4  # remixes per commit (each holds its FLAC: a 3-minute song is about 20 MB)
+    actors: int = 0  # remix actors; 0 = one per cpus_per_actor of the cluster's CPUs, at least one
+    cpus_per_actor: float = 1.0  # CPUs each remix actor reserves
+    limit: int = 0  # remix at most this many pending uploads in this run; 0 = all
+    lease_timeout_s: float = 120.0  # a driver silent this long is taken over by the next one
+    allow_config_change: bool = False  # add to an output made with another instrument, checkpoint, mix or models
+    mix: RemixConfig = field(default_factory=RemixConfig)  # flags --mix-*
+    models: ModelsConfig = field(default_factory=ModelsConfig)  # Demucs and DAC; flags --models-*
+
+    def problems(self) -> list[str]:
+        """Every value no batch remix can use, one line per problem."""
+        out = [f"--{name} is required" for name in ("input", "output") if not getattr(self, name)]
+        if not self.instrument:
+            out.append("--instrument must not be empty")
+        out += above("--max-song-s", self.max_song_s, 0) + above("--max-upload-mb", self.max_upload_mb, 0)
+        out += at_least("--commit-rows", self.commit_rows, 1) + at_least("--actors", self.actors, 0)
+        out += above("--cpus-per-actor", self.cpus_per_actor, 0) + at_least("--limit", self.limit, 0)
+        out += above("--lease-timeout-s", self.lease_timeout_s, 0)
+        return out + self.mix.problems("mix-") + self.models.problems("models-")

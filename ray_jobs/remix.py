@@ -1,0 +1,55 @@
+"""Batch remix: every upload under a prefix -> a remix (FLAC in Parquet, with its JSON report) or an error row.
+
+Locally (starts a Ray instance in this process)::
+
+    python -m ray_jobs.remix --input uploads/ --output remixes/
+
+On a cluster::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python -m ray_jobs.remix --input s3://bucket/uploads/ --output s3://bucket/remixes/ --models-kind pretrained
+
+Rerunnable: uploads already remixed (same size and modification time) are skipped, a changed one is remixed again,
+and a second driver on the same output is refused. Every flag is generated from
+``hummingml.serve.config.RemixBatchConfig``; ``--help`` lists them. Invalid values are reported one line each on
+stderr with exit code 2 before anything is created. A run that leaves an upload unaccounted for exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from hummingml import __version__
+from hummingml.config import add_flags, exit_on_config_error, from_flags
+from hummingml.serve.config import RemixBatchConfig
+
+PROG = "ray_jobs.remix"
+
+
+def parse(argv: list[str] | None = None) -> RemixBatchConfig:
+    """Flags -> config.
+
+    Raises:
+        ConfigError: one line per invalid flag value (:meth:`RemixBatchConfig.problems`).
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    add_flags(parser, RemixBatchConfig)
+    return from_flags(RemixBatchConfig, parser.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and exit 0 only when every upload is accounted for."""
+    with exit_on_config_error(PROG):
+        cfg = parse(argv)
+        from hummingml.serve.ray import run_batch  # imports Ray
+
+        summary = run_batch(cfg)
+    return 0 if summary["accounted"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
