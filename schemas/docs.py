@@ -5,6 +5,15 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.features import SCHEMA_VERSION, SCHEMAS
+from schemas.remix import REMIX_SCHEMA, REMIX_SCHEMA_VERSION
+
+REMIX_INTRO = f"""
+## The batch remix's output (version {REMIX_SCHEMA_VERSION})
+
+`python -m ray_jobs.remix` (docs/serving.md) writes an output root with the same commit log, lease and staging as
+an extraction, and two sets: `remix/` (below) and `errors/` (the extraction's `errors` schema above; `stage` is
+`read`, `decode` or `remix`, `segment_index` is -1), keyed by (`source_id`, `segment_index`). Generated from
+`schemas/remix.py`."""
 
 INTRO = f"""# Output schemas (version {SCHEMA_VERSION})
 
@@ -67,6 +76,9 @@ def render() -> str:
     for name, schema in SCHEMAS.items():
         parts.append(f"\n## `{name}`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
         parts.extend(_rows(list(schema)))
+    parts.append(REMIX_INTRO)
+    parts.append("\n### `remix`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
+    parts.extend(_rows(list(REMIX_SCHEMA)))
     return "\n".join(parts) + "\n"
 
 

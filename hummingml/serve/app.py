@@ -89,12 +89,16 @@ class Codec:
     """The DAC: encode the signals of several requests in one batch; decode codes back to audio."""
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
-        from hummingml.stages.codec import receptive_field_frames
+        from hummingml.stages.codec import CodecConfig, receptive_field_frames
         from hummingml.weights.config import ModelsConfig
         from hummingml.weights.load import load_dac
 
         self.dac, self.identity = load_dac(from_dict(ModelsConfig, models))
         self.receptive_frames = receptive_field_frames(self.dac)
+        # one window per encoder call on a CPU: measured 2.8x faster than 8 for the tiny DAC on 3 s windows and 1.2x
+        # for the 44 kHz DAC on 10 s windows (one thread; benchmarks/README.md, "serve.py"); a GPU wants batches
+        on_gpu = next(self.dac.parameters()).device.type != "cpu"
+        self.codec_cfg = CodecConfig(batch_size=8 if on_gpu else 1)
         for method in (self.encode, self.decode):
             method.set_max_batch_size(max_batch)
             method.set_batch_wait_timeout_s(batch_wait_s)
@@ -106,10 +110,10 @@ class Codec:
     @serve.batch
     async def encode(self, requests: list[list[F32]]) -> list[list[np.ndarray]]:
         """Codes int16 ``(n_codebooks, frames)`` of each 22.05 kHz mono signal of each request."""
-        from hummingml.stages.codec import CodecConfig, encode_batch
+        from hummingml.stages.codec import encode_batch
 
         signals = [s for signals in requests for s in signals]
-        tokens = iter(encode_batch(signals, FEATURE_SAMPLE_RATE, self.dac, CodecConfig()))
+        tokens = iter(encode_batch(signals, FEATURE_SAMPLE_RATE, self.dac, self.codec_cfg))
         return [[next(tokens).codes[0] for _ in signals] for signals in requests]
 
     @serve.batch
@@ -189,6 +193,7 @@ class HumPath:
     def __init__(self, pitch: Any, codec: Any, lm: Any) -> None:
         self.pitch, self.codec, self.lm = pitch, codec, lm
         self._info: dict[str, Any] | None = None
+        self.preset_codes: dict[str, np.ndarray] = {}  # preset name -> its prompt's codes
 
     async def info(self) -> dict[str, Any]:
         """The model's and the codec's facts (asked once)."""
@@ -197,21 +202,43 @@ class HumPath:
             self._info = {**lm, **codec}
         return self._info
 
-    async def play(self, hum: F32, hum_rate: int, timbre: F32, timbre_rate: int) -> tuple[F32, int, list[Any]]:
-        """``(audio (1, n), sample_rate, notes)``: the hum's melody played with the timbre clip's instrument, as
-        long as the hum (see :func:`hummingml.eval.generate.generate`)."""
+    async def play(
+        self, hum: F32, hum_rate: int, timbre: F32, timbre_rate: int, preset: str = ""
+    ) -> tuple[F32, int, list[Any], dict[str, float]]:
+        """``(audio (1, n), sample_rate, notes, timings)``: the hum's melody played with the timbre clip's
+        instrument, as long as the hum (see :func:`hummingml.eval.generate.generate`), and each step's seconds.
+        ``preset`` names a preset clip: its codes are encoded once and kept."""
         from hummingml.eval.generate import conditioning_audio, fit_length
         from hummingml.stages.synth import render_sine
 
         info = await self.info()
+        clock = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[name], clock = now - clock, now
+
         hum22, timbre22 = conditioning_audio(hum, hum_rate, timbre, timbre_rate, info["prompt_frames"],
                                              info["receptive_frames"])  # fmt: skip
+        lap("resample")
         notes = await self.pitch.detect.remote(hum22)
+        lap("pitch")
         sine = render_sine(notes, hum22.shape[1], FEATURE_SAMPLE_RATE)
-        sine_codes, hum_codes, timbre_codes = await self.codec.encode.remote([sine, hum22, timbre22])
+        if preset and preset in self.preset_codes:
+            sine_codes, hum_codes = await self.codec.encode.remote([sine, hum22])
+            timbre_codes = self.preset_codes[preset]
+        else:
+            sine_codes, hum_codes, timbre_codes = await self.codec.encode.remote([sine, hum22, timbre22])
+            if preset:
+                self.preset_codes[preset] = timbre_codes
+        lap("encode")
         codes = await self.lm.generate.remote((sine_codes, hum_codes, timbre_codes))
+        lap("lm")
         audio, rate = await self.codec.decode.remote(codes)
-        return fit_length(audio, round(hum.shape[1] * rate / hum_rate)), rate, notes
+        lap("decode")
+        return fit_length(audio, round(hum.shape[1] * rate / hum_rate)), rate, notes, timings
 
 
 # --- remix jobs ------------------------------------------------------------------------------------------------------
@@ -249,12 +276,16 @@ class Remixer:
         self.jobs[job_id] = {"id": job_id, "status": "queued", "stage": "queued", "instrument": instrument,
                              "seconds": seconds, "submitted": time.time(), "error": None}  # fmt: skip
         self._set(job_id)
-        task = asyncio.get_running_loop().create_task(self._run(job_id, song, song_rate, timbre, timbre_rate))
+        task = asyncio.get_running_loop().create_task(
+            self._run(job_id, song, song_rate, timbre, timbre_rate, instrument)
+        )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return {"job_id": job_id}
 
-    async def _run(self, job_id: str, song: F32, song_rate: int, timbre: F32, timbre_rate: int) -> None:
+    async def _run(
+        self, job_id: str, song: F32, song_rate: int, timbre: F32, timbre_rate: int, instrument: str
+    ) -> None:
         from hummingml.eval.generate import Generated
         from hummingml.serve.remix import assemble, clean_vocals, to_stereo, write_wav
         from hummingml.stages.separate import Stems
@@ -269,7 +300,8 @@ class Remixer:
                 mix_cfg = RemixConfig()
                 vocals = await asyncio.to_thread(clean_vocals, stems.vocals, SOURCE_SAMPLE_RATE, mix_cfg)
                 self._set(job_id, stage="playing")
-                played, rate, notes = await self.hum.play(vocals, SOURCE_SAMPLE_RATE, timbre, timbre_rate)
+                played, rate, notes, _ = await self.hum.play(vocals, SOURCE_SAMPLE_RATE, timbre, timbre_rate,
+                                                             instrument if instrument != "upload" else "")  # fmt: skip
                 self._set(job_id, stage="mixing")
                 info = await self.hum.info()
                 result = await asyncio.to_thread(
@@ -410,7 +442,8 @@ class Api:
                 audio, rate = await self._read(hum, self.hum_limits)
                 clip, clip_rate, name = await self._instrument(instrument, preset)
                 try:
-                    out, out_rate, notes = await asyncio.wait_for(self.hum.play(audio, rate, clip, clip_rate),
+                    played = self.hum.play(audio, rate, clip, clip_rate, name if name != "upload" else "")
+                    out, out_rate, notes, timings = await asyncio.wait_for(played,
                                                                   self.cfg.request_timeout_s)  # fmt: skip
                 except asyncio.TimeoutError:
                     return _error(504, "timeout", f"the hum took longer than {self.cfg.request_timeout_s:g} s")
@@ -419,6 +452,7 @@ class Api:
             info = await self.hum.info()
             headers = {"X-Hummingml-Model": info["model"]["label"], "X-Hummingml-Notes": str(len(notes)),
                        "X-Hummingml-Instrument": name,
+                       "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
                        "Content-Disposition": 'attachment; filename="hummingml.wav"'}  # fmt: skip
             return Response(_wav_bytes(out, out_rate), media_type="audio/wav", headers=headers)
 
