@@ -30,6 +30,8 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
                             "--timbre-frames", "16", "--repeats", "1"]),
         ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "100"]),
         ("scale", ["-m", "benchmarks.scale", "--inputs", "300", "--distinct", "30", "--job-flags=--writers 2"]),
+        ("serve", ["-m", "benchmarks.serve", "--concurrency", "1,2", "--requests", "4", "--warmup", "1",
+                   "--hum-s", "1"]),
     ],
     "full": [
         ("stage_costs", ["benchmarks/stage_costs.py"]),
@@ -44,6 +46,9 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
         ("generate_speed", ["-m", "benchmarks.generate_speed"]),
         ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "1000,10000,100000"]),
         ("scale", ["-m", "benchmarks.scale", "--inputs", "10000,100000,1000000"]),
+        ("serve_tiny", ["-m", "benchmarks.serve", "--concurrency", "1,4,16", "--requests", "48"]),
+        ("serve_random_full", ["-m", "benchmarks.serve", "--models-kind", "random-full", "--concurrency", "1",
+                               "--requests", "8", "--warmup", "2"]),
         ("soak", ["-m", "benchmarks.soak", "--files", "200", "--fault-rate", "0.1", "--kill-every-s", "30",
                   "--time-limit-s", "1500", "--work", "/tmp/soak-work"]),
     ],

@@ -217,6 +217,22 @@ def _name_flags(cls: type, prefix: str, message: str, given_flags: list[str]) ->
     return f"--{prefix.replace('_', '-')}*: {message}" if prefix else message
 
 
+def parse_job_flags(cls: type[T], prog: str, description: str | None, argv: list[str] | None = None) -> T:
+    """A job's command line -> its config: ``--version`` and one flag per field of ``cls`` (:func:`add_flags`).
+
+    Raises:
+        ConfigError: one line per invalid flag value (``cls.problems()``).
+    """
+    from hummingml import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    add_flags(parser, cls)
+    return from_flags(cls, parser.parse_args(argv))
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a (nested) config dataclass from ``dataclasses.asdict`` output."""
     hints = typing.get_type_hints(cls)

@@ -17,11 +17,9 @@ after writing every row.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from hummingml import __version__
-from hummingml.config import add_flags, exit_on_config_error, from_flags
+from hummingml.config import exit_on_config_error, parse_job_flags
 from hummingml.extract.config import ExtractConfig
 
 PROG = "ray_jobs.extract"
@@ -33,12 +31,7 @@ def parse(argv: list[str] | None = None) -> ExtractConfig:
     Raises:
         ConfigError: one line per invalid flag value (:meth:`ExtractConfig.problems`).
     """
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
-    add_flags(parser, ExtractConfig)
-    return from_flags(ExtractConfig, parser.parse_args(argv))
+    return parse_job_flags(ExtractConfig, PROG, __doc__, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,9 @@ stderr with exit code 2 before anything is created. A run that leaves an upload 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from hummingml import __version__
-from hummingml.config import add_flags, exit_on_config_error, from_flags
+from hummingml.config import exit_on_config_error, parse_job_flags
 from hummingml.serve.config import RemixBatchConfig
 
 PROG = "ray_jobs.remix"
@@ -33,12 +31,7 @@ def parse(argv: list[str] | None = None) -> RemixBatchConfig:
     Raises:
         ConfigError: one line per invalid flag value (:meth:`RemixBatchConfig.problems`).
     """
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
-    add_flags(parser, RemixBatchConfig)
-    return from_flags(RemixBatchConfig, parser.parse_args(argv))
+    return parse_job_flags(RemixBatchConfig, PROG, __doc__, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

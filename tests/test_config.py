@@ -52,7 +52,7 @@ def test_round_trip_through_asdict() -> None:
     assert from_dict(Outer, dataclasses.asdict(cfg)) == cfg
 
 
-def test_extract_flags_doc_is_current() -> None:
+def test_flags_docs_are_current() -> None:
     import importlib.util
     from pathlib import Path
 
@@ -61,3 +61,4 @@ def test_extract_flags_doc_is_current() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert (path.parent / "extract-flags.md").read_text() == module.render()
+    assert (path.parent / "serve-flags.md").read_text() == module.render_serve()

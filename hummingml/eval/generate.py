@@ -156,6 +156,15 @@ def timbre_frames(cfg: TrainConfig, seconds: float) -> int:
     return max(1, min(round(seconds * FRAME_RATE), cfg.data.timbre_max_frames, room))
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What :func:`generate` made: the audio and the notes it was conditioned on."""
+
+    audio: F32  # float32 (1, samples) at sample_rate, as long as the hum
+    sample_rate: int  # the codec's rate, 44 100 Hz
+    notes: list[NoteEvent]  # Basic Pitch's notes of the hum (rendered as the sine conditioning)
+
+
 def generate(
     hum_audio: F32,
     hum_sample_rate: int,
@@ -172,7 +181,7 @@ def generate(
     seed: int = 0,
     timbre_seconds: float = 5.0,
     batch_size: int = 16,
-) -> tuple[F32, int]:
+) -> Generated:
     """Play the hum's melody with the timbre clip's instrument.
 
     Args:
@@ -193,46 +202,13 @@ def generate(
         batch_size: generation windows per forward pass.
 
     Returns:
-        ``(audio, sample_rate)``: float32 ``(1, round(hum samples * sample_rate / hum_sample_rate))`` at the
-        codec's rate (44 100 Hz).
+        :class:`Generated`: ``audio`` float32 ``(1, round(hum samples * sample_rate / hum_sample_rate))`` at the
+        codec's rate (44 100 Hz), and the notes Basic Pitch found in the hum.
 
     Raises:
         CodecMismatchError: ``dac`` does not fit the model config (sizes, frame rate).
         ValueError: bad audio shapes or lengths that cannot fit ``max_seq_len``.
     """
-    g = play(hum_audio, hum_sample_rate, timbre_audio, timbre_sample_rate, ar, nar, cfg, dac, pitch_detector,
-             top_k=top_k, temperature=temperature, seed=seed, timbre_seconds=timbre_seconds,
-             batch_size=batch_size)  # fmt: skip
-    return g.audio, g.sample_rate
-
-
-@dataclass(frozen=True)
-class Generated:
-    """What :func:`play` made: the audio and the notes it was conditioned on."""
-
-    audio: F32  # float32 (1, samples) at sample_rate, as long as the hum
-    sample_rate: int  # the codec's rate, 44 100 Hz
-    notes: list[NoteEvent]  # Basic Pitch's notes of the hum (rendered as the sine conditioning)
-
-
-def play(
-    hum_audio: F32,
-    hum_sample_rate: int,
-    timbre_audio: F32,
-    timbre_sample_rate: int,
-    ar: HummingLM,
-    nar: NARUpsampler,
-    cfg: TrainConfig,
-    dac: Any,
-    pitch_detector: PitchDetector,
-    *,
-    top_k: int = 1,
-    temperature: float = 1.0,
-    seed: int = 0,
-    timbre_seconds: float = 5.0,
-    batch_size: int = 16,
-) -> Generated:
-    """:func:`generate`, returning the notes found in the hum as well; same arguments and errors."""
     check_codec(cfg.model, dac)
     for name, audio in (("hum_audio", hum_audio), ("timbre_audio", timbre_audio)):
         if audio.ndim != 2 or audio.shape[1] < 1:
@@ -353,11 +329,12 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
     check_codec(train_cfg.model, dac, identity, record)
     hum, hum_rate = decode(cfg.hum)
     timbre, timbre_rate = decode(cfg.timbre)
-    audio, rate = generate(
+    generated = generate(
         hum, hum_rate, timbre, timbre_rate, ar, nar, train_cfg, dac, PitchDetector(),
         top_k=cfg.top_k, temperature=cfg.temperature, seed=cfg.seed, timbre_seconds=cfg.timbre_seconds,
         batch_size=cfg.batch_size,
     )  # fmt: skip
+    audio, rate = generated.audio, generated.sample_rate
     sf.write(cfg.output, np.clip(audio, -1.0, 1.0).T, rate, subtype="PCM_16")
     print(
         f"[generate] wrote {cfg.output}: {audio.shape[1] / rate:.2f} s at {rate} Hz "

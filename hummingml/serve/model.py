@@ -1,12 +1,14 @@
 """The hum model a service or a remix plays with: HummingLM (AR + NAR) of one checkpoint, its DAC and Basic Pitch.
 
-Without a checkpoint the model is the ``debug`` preset's HummingLM with seeded random weights and the tiny DAC: the
-whole path runs (for trying the service and for tests) but the audio carries no musical meaning, and every answer
-says so (:attr:`HumModel.label`, ``trained: false``).
+Without a checkpoint the model is the ``debug`` preset's HummingLM (with as many codebooks as the DAC has) with
+seeded random weights, and the DAC is the tiny one unless another is asked for: the whole path runs (for trying the
+service and for tests) but the audio carries no musical meaning, and every answer says so (:attr:`HumModel.label`,
+``trained: false``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,18 +17,18 @@ from hummingml.eval.generate import (
     Generated,
     check_codec,
     extraction_record,
-    play,
+    generate,
     recorded_models_config,
 )
 from hummingml.stages.pitch import PitchDetector
 from hummingml.weights.config import ModelIdentity, ModelsConfig
 
-UNTRAINED_PRESET = "debug"  # the model shape used without a checkpoint (codes shaped like the tiny DAC's)
+UNTRAINED_PRESET = "debug"  # the model shape used without a checkpoint, with the DAC's codebook count and size
 
 
 @dataclass
 class HumModel:
-    """Everything :func:`hummingml.eval.generate.play` needs, loaded once."""
+    """Everything :func:`hummingml.eval.generate.generate` needs, loaded once."""
 
     cfg: Any  # the checkpoint's TrainConfig
     ar: Any  # HummingLM
@@ -38,8 +40,9 @@ class HumModel:
     label: str  # one line for logs, sidecars and HTTP headers
 
     def play(self, hum: F32, hum_sample_rate: int, timbre: F32, timbre_sample_rate: int, **kwargs: Any) -> Generated:
-        """The hum's melody played with ``timbre``'s instrument; ``kwargs`` as :func:`~hummingml.eval.generate.play`."""
-        return play(hum, hum_sample_rate, timbre, timbre_sample_rate, self.ar, self.nar, self.cfg, self.dac,
+        """The hum's melody played with ``timbre``'s instrument (:func:`hummingml.eval.generate.generate`, whose
+        keyword arguments ``kwargs`` are)."""
+        return generate(hum, hum_sample_rate, timbre, timbre_sample_rate, self.ar, self.nar, self.cfg, self.dac,
                     self.pitch, **kwargs)  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
@@ -76,15 +79,17 @@ def load_hum_model(checkpoint: str = "", models: ModelsConfig | None = None, see
     if checkpoint:
         cfg, ar, nar = load_checkpoint(checkpoint)
         record = extraction_record(cfg.data.features)
-        models = models or recorded_models_config(record)
+        dac, identity = load_dac(models or recorded_models_config(record))
         label = f"checkpoint {checkpoint} ({cfg.preset}, run {cfg.name})"
     else:
-        cfg, record = from_preset(UNTRAINED_PRESET), None
-        models = models or ModelsConfig(kind="tiny")
+        record = None
+        dac, identity = load_dac(models or ModelsConfig(kind="tiny"))
+        cfg = from_preset(UNTRAINED_PRESET)  # its shape, with the DAC's codebooks
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, n_codebooks=int(dac.n_codebooks), codebook_size=int(dac.codebook_size)))  # fmt: skip
         torch.manual_seed(seed)
         ar, nar = HummingLM(cfg.model).eval(), NARUpsampler(cfg.model).eval()
         label = f"UNTRAINED {UNTRAINED_PRESET} HummingLM (random weights, seed {seed}): the audio has no meaning"
-    dac, identity = load_dac(models)
     check_codec(cfg.model, dac, identity, record)
     if identity.random_weights:
         label += f"; DAC {identity.kind} (random weights)"

@@ -123,7 +123,8 @@ def test_generation_is_as_long_as_the_hum_and_finite(debug_run, tiny_dac, pitch_
     # 16 kHz, 1.23 s: not a whole number of frames, and longer than one 64-frame window (0.74 s)
     hum = melody([440.0, 523.25, 392.0], 0.41, 16_000)
     timbre = sine(220.0, 2.0, 44_100, channels=2)
-    audio, rate = generate(hum, 16_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector)
+    generated = generate(hum, 16_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector)
+    audio, rate = generated.audio, generated.sample_rate
     assert rate == 44_100 and audio.dtype == np.float32
     assert audio.shape == (1, round(hum.shape[1] * rate / 16_000))
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
@@ -131,9 +132,9 @@ def test_generation_is_as_long_as_the_hum_and_finite(debug_run, tiny_dac, pitch_
     # keeps its length too, and says that its sine stream is silence
     short = sine(330.0, 0.02, 48_000)
     with pytest.warns(UserWarning, match="no notes"):
-        a = generate(short, 48_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector, top_k=5, seed=3)[0]
+        a = generate(short, 48_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector, top_k=5, seed=3).audio
     with pytest.warns(UserWarning, match="no notes"):
-        b = generate(short, 48_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector, top_k=5, seed=3)[0]
+        b = generate(short, 48_000, timbre, 44_100, ar, nar, cfg, dac, pitch_detector, top_k=5, seed=3).audio
     assert a.shape == (1, round(short.shape[1] * 44_100 / 48_000)) and np.array_equal(a, b)
 
 
