@@ -169,7 +169,7 @@ def parse_problems(module: str, argv: list[str]) -> list[str]:
         (["--separate-shifts", "-1"], "--separate-shifts"),
         (["--codec-n-codebooks", "0"], "--codec-n-codebooks"),
         (["--codec-chunk-s", "0"], "--codec-chunk-s"),
-        (["--codec-batch-size", "0"], "--codec-batch-size"),
+        (["--codec-batch-size", "-1"], "--codec-batch-size"),
         (["--codec-device", "gpu 0"], "--codec-device"),
     ],
 )  # fmt: skip

@@ -152,7 +152,7 @@ def _codec_problems(cfg: CodecConfig) -> list[str]:
     problems += above("--codec-chunk-s", cfg.chunk_s, 0)
     if cfg.context_frames is not None:
         problems += at_least("--codec-context-frames", cfg.context_frames, 0)
-    problems += at_least("--codec-batch-size", cfg.batch_size, 1)
+    problems += at_least("--codec-batch-size", cfg.batch_size, 0)
     return problems + _device_problems("--codec-device", cfg.device)
 
 

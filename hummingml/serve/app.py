@@ -89,16 +89,12 @@ class Codec:
     """The DAC: encode the signals of several requests in one batch; decode codes back to audio."""
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
-        from hummingml.stages.codec import CodecConfig, receptive_field_frames
+        from hummingml.stages.codec import receptive_field_frames
         from hummingml.weights.config import ModelsConfig
         from hummingml.weights.load import load_dac
 
         self.dac, self.identity = load_dac(from_dict(ModelsConfig, models))
         self.receptive_frames = receptive_field_frames(self.dac)
-        # one window per encoder call on a CPU: measured 2.8x faster than 8 for the tiny DAC on 3 s windows and 1.2x
-        # for the 44 kHz DAC on 10 s windows (one thread; benchmarks/README.md, "serve.py"); a GPU wants batches
-        on_gpu = next(self.dac.parameters()).device.type != "cpu"
-        self.codec_cfg = CodecConfig(batch_size=8 if on_gpu else 1)
         for method in (self.encode, self.decode):
             method.set_max_batch_size(max_batch)
             method.set_batch_wait_timeout_s(batch_wait_s)
@@ -110,10 +106,10 @@ class Codec:
     @serve.batch
     async def encode(self, requests: list[list[F32]]) -> list[list[np.ndarray]]:
         """Codes int16 ``(n_codebooks, frames)`` of each 22.05 kHz mono signal of each request."""
-        from hummingml.stages.codec import encode_batch
+        from hummingml.stages.codec import CodecConfig, encode_batch
 
         signals = [s for signals in requests for s in signals]
-        tokens = iter(encode_batch(signals, FEATURE_SAMPLE_RATE, self.dac, self.codec_cfg))
+        tokens = iter(encode_batch(signals, FEATURE_SAMPLE_RATE, self.dac, CodecConfig()))
         return [[next(tokens).codes[0] for _ in signals] for signals in requests]
 
     @serve.batch
