@@ -1,4 +1,5 @@
-"""Deployment files: cluster.yaml through Ray's own autoscaler validation, the KubeRay manifests, and the docs.
+"""Deployment files: cluster.yaml through Ray's own autoscaler validation, the KubeRay manifests, the Serve configs,
+the Dockerfiles, and the docs.
 
 Offline only: no AWS, no Kubernetes. What these tests cannot check (AMIs, IAM, the CRDs installed in a cluster) is
 listed in docs/cluster.md.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import posixpath
 import re
 import shlex
 import subprocess
@@ -21,8 +23,17 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = REPO / "cluster.yaml"
 KUBERAY = REPO / "deploy" / "kuberay"
+SERVE_YAML = REPO / "deploy" / "serve.yaml"
+DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
+DOCKERFILE_NEURON = REPO / "deploy" / "docker" / "Dockerfile.neuron"
+DOCKERIGNORE = REPO / ".dockerignore"
 DOCS = REPO / "docs"
 TOKEN_SECRET = "hummingml-ray-auth"  # Kubernetes Secret (key auth_token), created from AWS Secrets Manager
+SERVE_TOKEN_SECRET = "hummingml-serve-auth"  # Kubernetes Secret (key token): the HTTP API's bearer token
+SERVE_IMPORT_PATH = "hummingml.serve.app:app_builder"
+IMAGE_REGISTRY = "REPLACE_ME_ACCOUNT_ID.dkr.ecr.us-west-2.amazonaws.com"
+IMAGE = f"{IMAGE_REGISTRY}/hummingml:REPLACE_ME_TAG"
+NEURON_IMAGE = f"{IMAGE_REGISTRY}/hummingml-neuron:REPLACE_ME_TAG"
 FSX_MOUNT = "/fsx"
 PUBLIC_CIDRS = {"0.0.0.0/0", "::/0"}
 RAY_PORTS = {8265, 6379, 10001}  # dashboard + jobs API, GCS, Ray client
@@ -55,13 +66,16 @@ def one(kind: str, name: str) -> dict[str, Any]:
 
 
 def ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
-    """(where, RayClusterSpec) of every RayCluster and of every RayJob that brings its own cluster."""
+    """(where, RayClusterSpec) of every RayCluster, of every RayJob that brings its own cluster, and of every
+    RayService."""
     specs = []
     for file, doc in kuberay_docs():
         if doc["kind"] == "RayCluster":
             specs.append((f"{file}:{doc['metadata']['name']}", doc["spec"]))
         elif doc["kind"] == "RayJob" and "rayClusterSpec" in doc["spec"]:
             specs.append((f"{file}:{doc['metadata']['name']}", doc["spec"]["rayClusterSpec"]))
+        elif doc["kind"] == "RayService":
+            specs.append((f"{file}:{doc['metadata']['name']}", doc["spec"]["rayClusterConfig"]))
     return specs
 
 
@@ -72,6 +86,92 @@ def pod_templates(spec: dict[str, Any]) -> list[dict[str, Any]]:
 def ray_start_resources(params: dict[str, str]) -> dict[str, float]:
     """``rayStartParams.resources`` as KubeRay reads it: surrounding quotes trimmed, then JSON."""
     return json.loads(params.get("resources", "{}").strip("'\"` "))
+
+
+def container_images(doc: dict[str, Any]) -> set[str]:
+    """Every ``image`` of a container anywhere in a manifest."""
+    found: set[str] = set()
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key == "containers":
+                found |= {c["image"] for c in value}
+            else:
+                found |= container_images(value)
+    elif isinstance(doc, list):
+        for item in doc:
+            found |= container_images(item)
+    return found
+
+
+def walk(node: Any) -> list[tuple[str, Any]]:
+    """Every (key, value) pair of a parsed YAML document, at any depth."""
+    pairs = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            pairs.append((key, value))
+            pairs += walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            pairs += walk(item)
+    return pairs
+
+
+def rayservice() -> dict[str, Any]:
+    return one("RayService", "hummingml-serve")
+
+
+def serve_configs() -> dict[str, dict[str, Any]]:
+    """The two Serve configs: deploy/serve.yaml and the RayService's serveConfigV2 (a YAML string in the manifest)."""
+    return {
+        "deploy/serve.yaml": yaml.safe_load(SERVE_YAML.read_text()),
+        "serve-rayservice.yaml": yaml.safe_load(rayservice()["spec"]["serveConfigV2"]),
+    }
+
+
+def the_app(config: dict[str, Any]) -> dict[str, Any]:
+    (app,) = config["applications"]
+    return app
+
+
+def with_pin_stand_ins(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with the REPLACE_ME_*SHA256 placeholders replaced by syntactically valid digests."""
+    args = copy.deepcopy(args)
+    for key, value in args.get("models", {}).items():
+        if isinstance(value, str) and re.fullmatch(r"REPLACE_ME_\w*SHA256", value):
+            args["models"][key] = "0" * 64
+    return args
+
+
+def dockerfile(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile: comments dropped, continuation lines joined, a heredoc's body and
+    terminator appended to its instruction, as a shell reads them."""
+    instructions = []
+    lines = iter(path.read_text().splitlines())
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        while line.endswith("\\"):
+            line = line[:-1] + " " + next(lines).strip()
+        if heredoc := re.search(r"<<-?'?(\w+)'?", line):
+            body = []
+            for inner in lines:
+                if inner.strip() == heredoc.group(1):
+                    break
+                body.append(inner)
+            line += "\n" + "\n".join(body) + "\n" + heredoc.group(1)
+        instruction, _, arguments = line.strip().partition(" ")
+        instructions.append((instruction.upper(), arguments.strip()))
+    return instructions
+
+
+def arg_default(instructions: list[tuple[str, str]], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for i, a in instructions if i == "ARG" and a.split("=", 1)[0] == name]
+    return value
+
+
+def locked_version(package: str) -> str:
+    (version,) = re.findall(rf"(?m)^{re.escape(package)}==(\S+)$", (REPO / "requirements" / "lock.txt").read_text())
+    return version
 
 
 def entrypoint_args(job: dict[str, Any], module: str) -> list[str]:
@@ -224,7 +324,8 @@ def test_fsx_is_mounted_where_the_jobs_expect_it() -> None:
 
 def test_one_region_everywhere() -> None:
     region = load_cluster()["provider"]["region"]
-    text = CLUSTER_YAML.read_text() + "".join(p.read_text() for p in KUBERAY.glob("*.yaml"))
+    files = [CLUSTER_YAML, *KUBERAY.glob("*.yaml"), SERVE_YAML, DOCKERFILE, DOCKERFILE_NEURON]
+    text = "".join(p.read_text() for p in files)
     named = set(re.findall(r"--region (\S+)", text)) | set(re.findall(r"\.fsx\.([a-z0-9-]+)\.amazonaws\.com", text))
     named |= set(re.findall(r"\.ecr\.([a-z0-9-]+)\.amazonaws\.com", text))
     assert named == {region}
@@ -239,6 +340,7 @@ def test_kuberay_objects() -> None:
         ("ray.io/v1", "RayCluster", "hummingml-extract"),
         ("ray.io/v1", "RayJob", "hummingml-extract-v1"),
         ("ray.io/v1", "RayJob", "hummingml-train-m385"),
+        ("ray.io/v1", "RayService", "hummingml-serve"),
         ("storage.k8s.io/v1", "StorageClass", "fsx-lustre-hummingml"),
         ("v1", "Namespace", "hummingml"),
         ("v1", "PersistentVolumeClaim", "hummingml-fsx"),
@@ -298,14 +400,14 @@ def test_trn1_worker_group_asks_for_neuron_cores_and_efa() -> None:
 
 def test_token_auth_on_every_ray_container_and_submitter() -> None:
     specs = ray_cluster_specs()
-    assert len(specs) == 2
+    assert len(specs) == 3
     for where, spec in specs:
         assert spec["authOptions"] == {"mode": "token", "secretName": TOKEN_SECRET}, where
         assert tuple(int(x) for x in spec["rayVersion"].split(".")) >= (2, 52, 0), where  # KubeRay's minimum
         assert spec["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", where
     templates = [t for _, spec in specs for t in pod_templates(spec)]
     templates += [doc["spec"]["submitterPodTemplate"] for _, doc in kuberay_docs() if doc["kind"] == "RayJob"]
-    assert len(templates) == 7
+    assert len(templates) == 9
     for template in templates:
         for container in template["spec"]["containers"]:
             env = {e["name"]: e for e in container["env"]}
@@ -326,11 +428,173 @@ def test_fsx_claim_is_mounted_on_every_ray_pod() -> None:
             assert volumes[mounts[FSX_MOUNT]]["persistentVolumeClaim"]["claimName"] == "hummingml-fsx", where
 
 
+# ---------------------------------------------------------------------------------------------------- Ray Serve app
+
+
+def test_rayservice_uses_the_image_of_the_other_manifests() -> None:
+    others = set().union(*(container_images(doc) for _, doc in kuberay_docs() if doc["kind"] != "RayService"))
+    assert others == {IMAGE, NEURON_IMAGE}
+    assert container_images(rayservice()) == {IMAGE}
+    spec = rayservice()["spec"]["rayClusterConfig"]
+    assert spec["rayVersion"] == locked_version("ray")
+    assert [g["groupName"] for g in spec["workerGroupSpecs"]] == ["cpu"]  # the GPU group is a comment
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # replicas run on the workers
+
+
+def test_serve_configs_pass_serves_schema_and_build_the_app() -> None:
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from hummingml.config import ConfigError, from_dict
+    from hummingml.serve import app as serve_app
+    from hummingml.serve.config import ServeConfig, is_loopback
+
+    module, _, attr = SERVE_IMPORT_PATH.partition(":")
+    assert module == serve_app.__name__ and callable(getattr(serve_app, attr))
+    for where, config in serve_configs().items():
+        ServeDeploySchema.model_validate(config)  # what `serve deploy` and the dashboard check
+        app = the_app(config)
+        assert (app["name"], app["import_path"], app["route_prefix"]) == ("hummingml", SERVE_IMPORT_PATH, "/"), where
+        args = with_pin_stand_ins(app["args"])
+        cfg = from_dict(ServeConfig, args)
+        assert cfg.problems() == [], where
+        assert not is_loopback(cfg.host) and cfg.token_file.startswith("/"), where
+        http = config["http_options"]
+        assert (http["host"], http["port"]) == (cfg.host, cfg.port), where
+        assert http["request_timeout_s"] == cfg.request_timeout_s + 30, where  # as `hummingml serve` sets it
+        assert cfg.jobs_dir.startswith(f"{FSX_MOUNT}/"), where  # one directory for every API replica
+        models = cfg.models
+        assert models.kind == "pretrained" and models.dac_sha256 and models.demucs_sha256, where
+        assert models.dac_weights.startswith(f"{FSX_MOUNT}/") and models.demucs_repo.startswith(f"{FSX_MOUNT}/")
+        assert isinstance(getattr(serve_app, attr)(args), Application), where
+        # The builder refuses the same args without the token: a host reachable from other machines needs one.
+        with pytest.raises(ConfigError, match="token-file"):
+            getattr(serve_app, attr)({**args, "token_file": ""})
+
+
+def test_both_serve_configs_name_the_same_args() -> None:
+    vm, kuberay = serve_configs().values()
+    assert vm["http_options"] == kuberay["http_options"]
+    vm_args, kuberay_args = the_app(vm)["args"], the_app(kuberay)["args"]
+    assert vm_args.keys() == kuberay_args.keys()
+    differ = {key for key in vm_args if vm_args[key] != kuberay_args[key]}
+    assert differ == {"token_file"}  # a file on FSx on the VMs, the mounted Secret in the pods
+    assert vm_args["token_file"].startswith(f"{FSX_MOUNT}/")
+
+
+def test_serve_token_is_a_file_from_its_own_secret() -> None:
+    token_file = the_app(serve_configs()["serve-rayservice.yaml"])["args"]["token_file"]
+    directory, name = posixpath.split(token_file)
+    assert SERVE_TOKEN_SECRET != TOKEN_SECRET  # API clients never get the Ray cluster token
+    templates = pod_templates(rayservice()["spec"]["rayClusterConfig"])
+    assert len(templates) == 2
+    for template in templates:
+        (volume,) = [v for v in template["spec"]["volumes"] if "secret" in v]
+        secret = volume["secret"]
+        assert secret["secretName"] == SERVE_TOKEN_SECRET
+        assert secret["items"] == [{"key": "token", "path": name}]
+        assert secret["defaultMode"] == 0o444  # the files belong to root; the image runs as ray (uid 1000)
+        for container in template["spec"]["containers"]:
+            (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+            assert mount == {"name": volume["name"], "mountPath": directory, "readOnly": True}
+            # The serve token never travels as an environment variable; the Ray token keeps its secretKeyRef.
+            refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e]
+            assert refs == [TOKEN_SECRET]
+
+
+def test_nothing_is_exposed_outside_the_kubernetes_cluster() -> None:
+    kinds = {doc["kind"] for _, doc in kuberay_docs()}
+    assert not kinds & {"Ingress", "Service", "Gateway", "HTTPRoute", "Route"}
+    for file, doc in kuberay_docs():
+        for key, value in walk(doc):
+            assert not (key in ("type", "serviceType") and value in ("LoadBalancer", "NodePort")), file
+            assert key not in ("hostPort", "hostNetwork", "externalIPs"), file
+    spec = rayservice()["spec"]
+    assert spec.get("serveService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    assert spec["rayClusterConfig"]["headGroupSpec"]["serviceType"] == "ClusterIP"
+
+
+# ------------------------------------------------------------------------------------------------------- images
+
+
+def test_images_are_tagged_as_the_manifests_name_them() -> None:
+    for path, image in ((DOCKERFILE, IMAGE), (DOCKERFILE_NEURON, NEURON_IMAGE)):
+        comments = " ".join(
+            line.lstrip("# ").rstrip("\\ ") for line in path.read_text().splitlines() if line[:1] == "#"
+        )
+        builds = re.findall(r"docker build -f deploy/docker/(\S+) (?:\S+ )*?-t (\S+) \.(?:\s|$)", comments)
+        assert builds == [(path.name, image)], path.name
+
+
+def test_dockerfile_installs_the_lock_as_install_sh_does() -> None:
+    instructions = dockerfile(DOCKERFILE)
+    base = arg_default(instructions, "BASE_IMAGE")
+    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-cpu", base)
+    assert match and match.group(1) == locked_version("ray")
+    assert [a for i, a in instructions if i == "FROM"] == ["${BASE_IMAGE}"]
+    steps = [
+        "-r requirements/lock.txt",
+        "--no-deps -r requirements/no-deps.txt",
+        "--no-deps --no-build-isolation -e .",
+        "python -m hummingml.doctor",
+    ]
+    install_sh = (REPO / "install.sh").read_text()
+    assert '-r "$lock"' in install_sh and all(step in install_sh for step in steps[1:])  # the same three steps
+    runs = [a for i, a in instructions if i == "RUN"]
+    assert not [step for step in steps if not any(step in run for run in runs)]
+    where = [next(n for n, run in enumerate(runs) if step in run) for step in steps]
+    assert where == sorted(where), where  # in install.sh's order, the doctor last
+    # The dependencies come from requirements/ alone (a cached layer); the whole tree arrives before the project.
+    copies = [n for n, (i, a) in enumerate(instructions) if i == "COPY"]
+    lock_run = instructions.index(("RUN", runs[where[0]]))
+    project_run = instructions.index(("RUN", runs[where[2]]))
+    assert instructions[copies[0]][1].endswith("requirements/ requirements/") and copies[0] < lock_run
+    assert instructions[copies[1]][1].endswith(". .") and lock_run < copies[1] < project_run
+    # The build checks that the venv holds exactly the lock and the --no-deps packages.
+    check = [run for run in runs if "importlib" in run]
+    assert len(check) == 1 and "requirements/lock.txt" in check[0] and "requirements/no-deps.txt" in check[0]
+    envs = [a for i, a in instructions if i == "ENV"]
+    assert "PATH=$APP_DIR/.venv/bin:$PATH" in envs and arg_default(instructions, "APP_DIR") == "/home/ray/hummingml"
+
+
+def test_neuron_dockerfile_uses_install_sh_neuron() -> None:
+    instructions = dockerfile(DOCKERFILE_NEURON)
+    base = arg_default(instructions, "NEURON_DLC")
+    assert base.startswith("public.ecr.aws/neuron/pytorch-training-neuronx:") and "-neuronx-py3" in base
+    assert [a for i, a in instructions if i == "FROM"] == ["${NEURON_DLC}"]
+    (run,) = [a for i, a in instructions if i == "RUN"]
+    assert './install.sh --neuron --python "$PYTHON"' in run
+    assert 'test "$dlc_torch" = "$venv_torch"' in run  # the DLC's torch is the one the venv uses
+    install_sh = (REPO / "install.sh").read_text()
+    assert "--system-site-packages" in install_sh and "python -m hummingml.doctor" in install_sh
+    assert "PATH=$APP_DIR/.venv/bin:$PATH" in [a for i, a in instructions if i == "ENV"]
+
+
+def test_dockerfile_run_steps_are_valid_bash_and_python() -> None:
+    runs = [a for path in (DOCKERFILE, DOCKERFILE_NEURON) for i, a in dockerfile(path) if i == "RUN"]
+    assert len(runs) >= 6
+    for run in runs:
+        result = subprocess.run(["bash", "-n", "-c", run], capture_output=True, text=True, timeout=10)
+        assert result.returncode == 0, f"{run}\n{result.stderr}"
+    scripts = [run.split("\n", 1)[1].rsplit("\n", 1)[0] for run in runs if run.startswith("python - <<")]
+    assert len(scripts) == 1
+    compile(scripts[0], "Dockerfile heredoc", "exec")
+
+
+def test_dockerignore_keeps_local_state_out_and_the_build_inputs_in() -> None:
+    patterns = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()[:1] not in ("", "#")}
+    assert {".git", ".venv", ".ci-work", "demo-out", "serve-jobs", "train-runs", "**/__pycache__"} <= patterns
+    # What `pip install -e .` and the doctor read: pyproject.toml names README.md and LICENSE.
+    needed = ["requirements", "install.sh", "pyproject.toml", "README.md", "LICENSE", "hummingml", "ray_jobs"]
+    assert not [p for p in needed if any(p == pattern.rstrip("/") or pattern in ("*", "**") for pattern in patterns)]
+
+
 # ---------------------------------------------------------------------------------------------------------- no secrets
 
 
 def test_no_token_or_key_material_in_deployment_files() -> None:
-    files = [CLUSTER_YAML, *KUBERAY.glob("*.yaml"), DOCS / "cluster.md", DOCS / "security.md"]
+    files = [CLUSTER_YAML, *KUBERAY.glob("*.yaml"), SERVE_YAML, DOCKERFILE, DOCKERFILE_NEURON, DOCKERIGNORE]
+    files += [DOCS / "cluster.md", DOCS / "security.md"]
     for path in files:
         text = path.read_text()
         assert not re.search(r"\b[0-9a-fA-F]{32,}\b", text), f"{path.name}: a long hex string (token or digest?)"
@@ -343,7 +607,8 @@ def test_no_token_or_key_material_in_deployment_files() -> None:
 
 
 def test_every_placeholder_is_documented() -> None:
-    text = CLUSTER_YAML.read_text() + "".join(p.read_text() for p in KUBERAY.glob("*.yaml"))
+    files = [CLUSTER_YAML, *KUBERAY.glob("*.yaml"), SERVE_YAML, DOCKERFILE, DOCKERFILE_NEURON]
+    text = "".join(p.read_text() for p in files)
     placeholders = set(re.findall(r"REPLACE_ME_[A-Z0-9_]*[A-Z0-9]", text))
     assert placeholders
     documented = (DOCS / "cluster.md").read_text()
