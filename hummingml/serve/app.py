@@ -1,6 +1,7 @@
 """The Ray Serve application: hum -> instrument and song remixes over HTTP, with a web page.
 
-Deployments (each one replica to start, autoscaling up to ``ServeConfig.max_replicas``, ``num_cpus`` each):
+Deployments (each one replica to start, autoscaling up to ``ServeConfig.max_replicas``, ``num_cpus`` each, and
+``num_gpus`` for the three that run torch models, which then run on that GPU):
 
 - ``Pitch``: Basic Pitch, batched over requests (``@serve.batch``);
 - ``Codec``: the DAC: ``encode`` (every signal of a batch of requests in one ``encode_batch``) and ``decode``;
@@ -90,10 +91,11 @@ class Codec:
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
         from hummingml.stages.codec import receptive_field_frames
-        from hummingml.weights.config import ModelsConfig
+        from hummingml.weights.config import ModelsConfig, resolve_device
         from hummingml.weights.load import load_dac
 
         self.dac, self.identity = load_dac(from_dict(ModelsConfig, models))
+        self.dac = self.dac.to(resolve_device("auto"))  # a GPU when the replica was given one
         self.receptive_frames = receptive_field_frames(self.dac)
         for method in (self.encode, self.decode):
             method.set_max_batch_size(max_batch)
@@ -134,9 +136,12 @@ class HumLM:
     def __init__(self, checkpoint: str, models: dict[str, Any] | None, max_batch: int, batch_wait_s: float) -> None:
         from hummingml.eval.generate import timbre_frames
         from hummingml.serve.model import load_hum_model
-        from hummingml.weights.config import ModelsConfig
+        from hummingml.weights.config import ModelsConfig, resolve_device
 
         self.model = load_hum_model(checkpoint, from_dict(ModelsConfig, models) if models else None)
+        device = resolve_device("auto")  # a GPU when the replica was given one
+        self.model.ar.to(device)
+        self.model.nar.to(device)
         self.prompt_frames = timbre_frames(self.model.cfg, TIMBRE_SECONDS)
         self.generate.set_max_batch_size(max_batch)
         self.generate.set_batch_wait_timeout_s(batch_wait_s)
@@ -512,15 +517,16 @@ def build_app(cfg: ServeConfig) -> Any:
     batch = {"max_batch": cfg.max_batch, "batch_wait_s": cfg.batch_wait_s}
     scaling = {"min_replicas": 1, "max_replicas": cfg.max_replicas, "target_ongoing_requests": 2}
 
-    def options(deployment: Any, **extra: Any) -> Any:
-        return deployment.options(ray_actor_options={"num_cpus": cfg.num_cpus}, **extra)
+    def options(deployment: Any, gpu: bool = False, **extra: Any) -> Any:
+        resources = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus if gpu else 0}
+        return deployment.options(ray_actor_options=resources, **extra)
 
     # a checkpoint's own extraction record picks the DAC unless --models-* were given (ServeConfig defaults)
     lm_models = None if cfg.checkpoint and cfg.models == type(cfg.models)() else models
     pitch = options(Pitch, autoscaling_config=scaling).bind(**batch)
-    codec = options(Codec, autoscaling_config=scaling).bind(models, **batch)
-    lm = options(HumLM, autoscaling_config=scaling).bind(cfg.checkpoint, lm_models, **batch)
-    separation = options(Separation, autoscaling_config=scaling).bind(models, max_batch=2,
+    codec = options(Codec, gpu=True, autoscaling_config=scaling).bind(models, **batch)
+    lm = options(HumLM, gpu=True, autoscaling_config=scaling).bind(cfg.checkpoint, lm_models, **batch)
+    separation = options(Separation, gpu=True, autoscaling_config=scaling).bind(models, max_batch=2,
                                                                        batch_wait_s=cfg.batch_wait_s)  # fmt: skip
     plain = dataclasses.asdict(cfg)
     remixer = options(Remixer).bind(plain, separation, pitch, codec, lm)

@@ -83,6 +83,7 @@ class ServeConfig:
     batch_wait_s: float = 0.02  # how long a model call waits to fill a batch, seconds
     max_replicas: int = 2  # autoscaling ceiling of each model deployment (the minimum is 1)
     num_cpus: float = 0.25  # CPUs each deployment replica reserves (fractional: a 2-CPU machine holds them all)
+    num_gpus: float = 0.0  # GPUs each Codec, HumLM and Separation replica reserves (fractional shares one); 0 = CPU
     models: ModelsConfig = field(default_factory=ModelsConfig)  # Demucs and DAC; flags --models-*
 
     def problems(self) -> list[str]:
@@ -93,6 +94,7 @@ class ServeConfig:
         out += at_least("--max-jobs", self.max_jobs, 1) + above("--request-timeout-s", self.request_timeout_s, 0)
         out += at_least("--max-batch", self.max_batch, 1) + at_least("--batch-wait-s", self.batch_wait_s, 0)
         out += at_least("--max-replicas", self.max_replicas, 1) + above("--num-cpus", self.num_cpus, 0)
+        out += at_least("--num-gpus", self.num_gpus, 0)
         if not self.jobs_dir:
             out.append("--jobs-dir must not be empty")
         if not self.token_file and not is_loopback(self.host):
