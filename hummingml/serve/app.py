@@ -337,6 +337,28 @@ api = FastAPI(
     description="Hum -> instrument, and remixes of uploaded songs. Every /v1 route needs a bearer token when the "
     "service was started with --token-file.",
 )
+FORM_SLACK_BYTES = 64 * 1024  # a multipart body's own bytes beside the file (boundaries, headers, small fields)
+
+
+@api.middleware("http")
+async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Before a /v1 body is read: 401/403 without the right token (when one is set), 413 for a declared body over
+    the upload limit. ``Api.__init__`` puts ``(token, max_bytes)`` in ``api.state.guard``."""
+    token, max_bytes = getattr(request.app.state, "guard", ("", 0))
+    if request.url.path.startswith("/v1/"):
+        if token:
+            got = request.headers.get("authorization", "")
+            if not got.startswith("Bearer "):
+                return _error(401, "unauthorized", "send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+            if not hmac.compare_digest(got[len("Bearer ") :].encode(), token.encode()):
+                return _error(403, "forbidden", "the token is not valid")
+        length = request.headers.get("content-length", "")
+        if max_bytes and length.isdigit():
+            try:
+                check_size(int(length) - FORM_SLACK_BYTES, UploadLimits(max_bytes=max_bytes))
+            except UploadError as exc:
+                return _error(exc.status, exc.reason, exc.message)
+    return await call_next(request)
 
 
 @serve.deployment
@@ -351,27 +373,11 @@ class Api:
         self.inflight = 0
         self.presets: dict[str, tuple[F32, int]] = {}
         mb = int(self.cfg.max_upload_mb * 1024 * 1024)
+        api.state.guard = (self.token, mb)  # read by the guard middleware in this replica
         self.hum_limits = UploadLimits(max_bytes=mb, max_seconds=self.cfg.max_hum_s)
         self.song_limits = UploadLimits(max_bytes=mb, max_seconds=self.cfg.max_song_s)
 
     # -- helpers
-
-    def _refused(self, request: Request) -> JSONResponse | None:
-        """401/403 without the right token; 413 for a declared body over the upload limit."""
-        if self.token:
-            got = request.headers.get("authorization", "")
-            if not got.startswith("Bearer "):
-                return _error(401, "unauthorized", "send Authorization: Bearer <token>",
-                              {"WWW-Authenticate": "Bearer"})  # fmt: skip
-            if not hmac.compare_digest(got[len("Bearer ") :].encode(), self.token.encode()):
-                return _error(403, "forbidden", "the token is not valid")
-        length = request.headers.get("content-length")
-        if length and length.isdigit():
-            try:
-                check_size(int(length) - 64 * 1024, self.hum_limits)  # the form's own bytes are not the file
-            except UploadError as exc:
-                return _error(exc.status, exc.reason, exc.message)
-        return None
 
     async def _instrument(self, instrument: UploadFile | None, preset: str | None) -> tuple[F32, int, str]:
         from hummingml.serve.presets import preset_clip, preset_names
@@ -390,9 +396,7 @@ class Api:
         data = await upload.read(limits.max_bytes + 1)
         return await asyncio.to_thread(read_upload, data, limits)
 
-    async def _guarded(self, request: Request, work: Callable[[], Awaitable[Response]]) -> Response:
-        if (refused := self._refused(request)) is not None:
-            return refused
+    async def _guarded(self, work: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await work()
         except UploadError as exc:
@@ -406,27 +410,22 @@ class Api:
         return HTMLResponse((STATIC / "index.html").read_text())
 
     @api.get("/v1/health")
-    async def health(self, request: Request) -> Response:
+    async def health(self) -> Response:
         """The model in use (label says when its weights are random) and the service version."""
-        if (refused := self._refused(request)) is not None:
-            return refused
         info = await self.hum.info()
         return JSONResponse({"ok": True, "version": __version__, "model": info["model"],
                              "dac": info["identity"], "inflight": self.inflight})  # fmt: skip
 
     @api.get("/v1/presets")
-    async def presets(self, request: Request) -> Response:
+    async def presets(self) -> Response:
         """The instrument presets a request may name."""
         from hummingml.serve.presets import preset_names
 
-        if (refused := self._refused(request)) is not None:
-            return refused
         return JSONResponse({"presets": list(preset_names()), "default": DEFAULT_INSTRUMENT})
 
     @api.post("/v1/hum", response_class=Response, responses={200: {"content": {"audio/wav": {}}}})
     async def hum_route(
         self,
-        request: Request,
         hum: UploadFile,
         instrument: UploadFile | None = None,
         preset: str | None = Form(None),
@@ -457,12 +456,11 @@ class Api:
                        "Content-Disposition": 'attachment; filename="hummingml.wav"'}  # fmt: skip
             return Response(_wav_bytes(out, out_rate), media_type="audio/wav", headers=headers)
 
-        return await self._guarded(request, work)
+        return await self._guarded(work)
 
     @api.post("/v1/remix", status_code=202)
     async def remix_route(
         self,
-        request: Request,
         song: UploadFile,
         instrument: UploadFile | None = None,
         preset: str | None = Form(None),
@@ -479,14 +477,12 @@ class Api:
             return JSONResponse({"job_id": queued["job_id"], "status_url": f"/v1/jobs/{queued['job_id']}"},
                                 status_code=202)  # fmt: skip
 
-        return await self._guarded(request, work)
+        return await self._guarded(work)
 
     @api.get("/v1/jobs/{job_id}")
-    async def job(self, request: Request, job_id: str) -> Response:
+    async def job(self, job_id: str) -> Response:
         """A remix job: ``status`` (queued, running, done, failed), ``stage``, ``progress`` 0-1, ``error``, and when
         done ``audio_url`` and ``report`` (the sidecar: models, durations, notes, loudness)."""
-        if (refused := self._refused(request)) is not None:
-            return refused
         status = await self.remixer.status.remote(job_id)
         if status is None:
             return _error(404, "no_such_job", f"no remix job {job_id!r}")
@@ -497,10 +493,8 @@ class Api:
         return JSONResponse(status)
 
     @api.get("/v1/jobs/{job_id}/audio", response_class=FileResponse)
-    async def job_audio(self, request: Request, job_id: str) -> Response:
+    async def job_audio(self, job_id: str) -> Response:
         """The finished remix: a 16-bit WAV, 44.1 kHz stereo."""
-        if (refused := self._refused(request)) is not None:
-            return refused
         status = await self.remixer.status.remote(job_id)
         if status is None or status["status"] != "done":
             return _error(404, "not_ready", f"remix job {job_id!r} has no audio (yet)")
