@@ -245,10 +245,32 @@ class HumPath:
 # --- remix jobs ------------------------------------------------------------------------------------------------------
 
 
+def mark_interrupted(jobs_dir: Path) -> list[str]:
+    """Mark every job ``jobs_dir`` records as queued or running as failed (a new Remixer starts with an empty queue:
+    whatever the old one held is gone); returns their ids."""
+    ids = []
+    for path in sorted(jobs_dir.glob("*.status.json")):
+        job = json.loads(path.read_text())
+        if job.get("status") in ("queued", "running"):
+            job.update(status="failed", error="the service restarted before this job finished; submit it again",
+                       finished=time.time())  # fmt: skip
+            write_status(jobs_dir, job)
+            ids.append(job["id"])
+    return ids
+
+
+def write_status(jobs_dir: Path, job: dict[str, Any]) -> None:
+    """``jobs_dir/<id>.status.json``, replaced atomically."""
+    tmp = jobs_dir / f"{job['id']}.status.json.tmp"
+    tmp.write_text(json.dumps(job))
+    os.replace(tmp, jobs_dir / f"{job['id']}.status.json")
+
+
 @serve.deployment(num_replicas=1)
 class Remixer:
     """The remix jobs: at most ``max_jobs`` queued or running, one running at a time; status and results in
-    ``jobs_dir`` (``<id>.wav``, ``<id>.json`` report, ``<id>.status.json``), so a finished job outlives the replica."""
+    ``jobs_dir`` (``<id>.wav``, ``<id>.json`` report, ``<id>.status.json``), so a finished job outlives the replica,
+    and a job the replica held when it died is marked failed when the next one starts (:func:`mark_interrupted`)."""
 
     def __init__(self, cfg: dict[str, Any], separation: Any, pitch: Any, codec: Any, lm: Any) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
@@ -258,14 +280,13 @@ class Remixer:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = asyncio.Semaphore(1)
+        self.interrupted = mark_interrupted(self.dir)
 
     def _set(self, job_id: str, **fields: Any) -> None:
         job = self.jobs[job_id]
         job.update(fields)
         job["progress"] = JOB_STAGES.get(job["stage"], job.get("progress", 0.0))
-        tmp = self.dir / f"{job_id}.status.json.tmp"
-        tmp.write_text(json.dumps(job))
-        os.replace(tmp, self.dir / f"{job_id}.status.json")
+        write_status(self.dir, job)
 
     async def submit(self, song: F32, song_rate: int, timbre: F32, timbre_rate: int, instrument: str) -> dict[str, Any]:
         """Queue a job; ``{"job_id"}``, or ``{"error": "busy"}`` when ``max_jobs`` are queued or running."""

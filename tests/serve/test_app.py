@@ -191,3 +191,16 @@ def test_the_web_page_uploads_a_hum_and_plays_the_result(service: Any, tmp_path:
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_jobs_a_dead_remixer_held_are_marked_failed_by_the_next_one(tmp_path: Path) -> None:
+    import json
+
+    from hummingml.serve.app import mark_interrupted, write_status
+
+    for job_id, status in (("a" * 32, "running"), ("b" * 32, "queued"), ("c" * 32, "done")):
+        write_status(tmp_path, {"id": job_id, "status": status, "stage": status, "error": None})
+    assert mark_interrupted(tmp_path) == ["a" * 32, "b" * 32]
+    jobs = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.status.json")}
+    assert [jobs[f"{c * 32}.status.json"]["status"] for c in "abc"] == ["failed", "failed", "done"]
+    assert "restarted" in jobs["a" * 32 + ".status.json"]["error"] and mark_interrupted(tmp_path) == []
