@@ -366,7 +366,8 @@ async def guard(request: Request, call_next: Callable[[Request], Awaitable[Respo
     """Before a /v1 body is read: 401/403 without the right token (when one is set), 413 for a declared body over
     the upload limit. ``Api.__init__`` puts ``(token, max_bytes)`` in ``api.state.guard``."""
     token, max_bytes = getattr(request.app.state, "guard", ("", 0))
-    if request.url.path.startswith("/v1/"):
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    if path[len(root) :].startswith("/v1/") if root and path.startswith(root) else path.startswith("/v1/"):
         if token:
             got = request.headers.get("authorization", "")
             if not got.startswith("Bearer "):

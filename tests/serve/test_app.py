@@ -3,6 +3,7 @@ concurrency, and the web page in a real headless Chromium."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import socket
@@ -54,10 +55,13 @@ def service(ray_local, tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("serve")
     (root / "token").write_text(TOKEN + "\n")
     cfg = ServeConfig(port=free_port(), token_file=str(root / "token"), jobs_dir=str(root / "jobs"), max_hum_s=10.0,
-                      max_song_s=8.0, max_upload_mb=2.0, max_inflight=32, max_jobs=1, max_replicas=1,
+                      max_song_s=8.0, max_upload_mb=2.0, max_inflight=32, max_jobs=1, max_replicas=1, num_cpus=0.15,
                       models=ModelsConfig(kind="tiny", cache_dir=str(root / "models")))  # fmt: skip
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     serve.run(build_app(cfg), name="hummingml", route_prefix="/")
+    # a second app under a route prefix, with one hum at a time and a timeout no hum meets
+    tight = dataclasses.replace(cfg, max_inflight=1, request_timeout_s=0.3, jobs_dir=str(root / "tight-jobs"))
+    serve.run(build_app(tight), name="tight", route_prefix="/tight")
     yield f"http://127.0.0.1:{cfg.port}", {"Authorization": f"Bearer {TOKEN}"}, cfg
     serve.shutdown()
 
@@ -204,3 +208,16 @@ def test_jobs_a_dead_remixer_held_are_marked_failed_by_the_next_one(tmp_path: Pa
     jobs = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.status.json")}
     assert [jobs[f"{c * 32}.status.json"]["status"] for c in "abc"] == ["failed", "failed", "done"]
     assert "restarted" in jobs["a" * 32 + ".status.json"]["error"] and mark_interrupted(tmp_path) == []
+
+
+def test_a_prefixed_app_keeps_its_guard_and_answers_429_and_504(service: Any) -> None:
+    url, auth, _ = service
+    assert post_hum(url + "/tight", {}, hum_wav()).status_code == 401  # the guard sees /v1 under the prefix
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: post_hum(url + "/tight", auth, hum_wav()), range(4)))
+    codes = sorted(r.status_code for r in answers)
+    # one hum at a time: those arriving while it runs get 429; a 2 s hum takes longer than 0.3 s: 504
+    assert set(codes) == {429, 504}, codes
+    busy = [r for r in answers if r.status_code == 429]
+    assert all(r.headers["retry-after"] and r.json()["error"] == "busy" for r in busy)
+    assert all(r.json()["error"] == "timeout" for r in answers if r.status_code == 504)
