@@ -19,6 +19,7 @@ ANY = "*"
 ALLOWED: dict[str, set[str] | str] = {
     "hummingml.audio": set(),
     "hummingml.config": set(),
+    "hummingml.quiet": set(),
     "hummingml.cluster": set(),
     "hummingml.output": {"schemas"},
     "schemas": set(),
@@ -28,7 +29,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.testing": {"hummingml.audio", "hummingml.stages", "hummingml.output"},
     "hummingml.extract": {
         "hummingml.audio", "hummingml.config", "hummingml.cluster", "hummingml.stages", "hummingml.weights",
-        "hummingml.testing", "hummingml.output", "schemas",
+        "hummingml.testing", "hummingml.output", "hummingml.quiet", "schemas",
     },
     "hummingml.train": {
         "hummingml.model", "hummingml.config", "hummingml.cluster", "hummingml.audio", "hummingml.output",

@@ -40,6 +40,7 @@ from hummingml.extract.record import (
 )
 from hummingml.extract.sources import SourceUnavailable, open_source, printable
 from hummingml.extract.store import OutputStore
+from hummingml.quiet import quiet_libraries
 from hummingml.stages import augment
 from hummingml.stages.codec import Codec
 from hummingml.stages.null import NullCodec, NullDetector, NullSeparator
@@ -140,13 +141,15 @@ class _ModelStep:
     """Shared batch loop of the model-backed steps: run ``process`` on every good row, capture failures.
 
     A step built with ``threads > 0`` sets torch's intra-op threads of its process to that many (Ray's default for an
-    actor that reserves under one CPU is one); 0 leaves torch's default.
+    actor that reserves under one CPU is one); 0 leaves torch's default. Building one also installs the filters of
+    the libraries' known warnings in its process (:func:`hummingml.quiet.quiet_libraries`).
     """
 
     stage = ""
 
     @staticmethod
     def _set_threads(threads: int) -> None:
+        quiet_libraries()
         if threads > 0:
             import torch
 

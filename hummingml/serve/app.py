@@ -45,6 +45,7 @@ from ray import serve
 from hummingml import __version__
 from hummingml.audio import F32, FEATURE_SAMPLE_RATE, SOURCE_SAMPLE_RATE
 from hummingml.config import from_dict
+from hummingml.quiet import quiet_libraries
 from hummingml.serve.config import DEFAULT_INSTRUMENT, RemixConfig, ServeConfig
 from hummingml.serve.uploads import UploadError, UploadLimits, check_size, read_upload
 
@@ -73,6 +74,7 @@ class Pitch:
     """Basic Pitch: notes of mono 22.05 kHz audio, several requests per batch."""
 
     def __init__(self, max_batch: int, batch_wait_s: float) -> None:
+        quiet_libraries()
         from hummingml.stages.pitch import PitchDetector
 
         self.detector = PitchDetector()
@@ -90,6 +92,7 @@ class Codec:
     """The DAC: encode the signals of several requests in one batch; decode codes back to audio."""
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
+        quiet_libraries()
         from hummingml.stages.codec import receptive_field_frames
         from hummingml.weights.config import ModelsConfig, resolve_device
         from hummingml.weights.load import load_dac
@@ -134,6 +137,7 @@ class HumLM:
     shared forward passes."""
 
     def __init__(self, checkpoint: str, models: dict[str, Any] | None, max_batch: int, batch_wait_s: float) -> None:
+        quiet_libraries()
         from hummingml.eval.generate import timbre_frames
         from hummingml.serve.model import load_hum_model
         from hummingml.weights.config import ModelsConfig, resolve_device
@@ -172,6 +176,7 @@ class Separation:
     """Demucs: the six stems of 44.1 kHz stereo songs."""
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
+        quiet_libraries()
         from hummingml.stages.separate import SeparateConfig, Separator
         from hummingml.weights.config import ModelsConfig
 

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from hummingml.config import from_dict
+from hummingml.quiet import quiet_libraries
 from hummingml.serve.config import RemixBatchConfig
 from hummingml.serve.uploads import UploadError, UploadLimits, read_upload
 from schemas.features import ERROR_SCHEMA
@@ -45,6 +46,7 @@ class BatchRemixer:
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
+        quiet_libraries()
         from hummingml.serve.model import load_hum_model
         from hummingml.serve.remix import instrument_clip
         from hummingml.stages.separate import SeparateConfig, Separator
