@@ -302,3 +302,29 @@ def test_every_preset_has_no_problems(preset: str) -> None:
 def test_the_shortest_segment_the_tests_use_is_allowed() -> None:
     assert ExtractConfig(input="in", segment_s=1.0).problems() == []
     assert ExtractConfig(input="in", segment_s=600.0).problems() == []
+
+
+def _commands() -> list[list[str]]:
+    """Every ``hummingml`` subcommand (``models`` with each of its own), read from the parser, plus every job."""
+    import argparse as ap
+
+    from hummingml.cli import build_parser
+
+    commands = []
+    sub = next(a for a in build_parser()._actions if isinstance(a, ap._SubParsersAction))
+    for name, parser in sub.choices.items():
+        nested = [a for a in parser._actions if isinstance(a, ap._SubParsersAction)]
+        commands += (
+            [["hummingml.cli", name, inner] for inner in nested[0].choices] if nested else [["hummingml.cli", name]]
+        )
+    jobs = sorted(p.stem for p in (ROOT / "ray_jobs").glob("*.py") if p.stem != "__init__")
+    return commands + [[f"ray_jobs.{job}"] for job in jobs]
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=lambda argv: " ".join(argv))
+def test_every_command_refuses_an_unknown_flag_in_one_line(work: Path, argv: list[str]) -> None:
+    lines = run_cli(work, [*argv, "--no-such-flag=1"])
+    # argparse's usage, then one error line: the unknown flag, or first the positional argument the command needs
+    error = r"[\w. -]+: error: (unrecognized arguments: --no-such-flag=1|the following arguments are required: \w+)"
+    assert re.fullmatch(error, lines[-1]), lines
+    assert lines[0].startswith("usage: ") and not any("Traceback" in line for line in lines)
