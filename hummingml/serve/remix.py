@@ -251,7 +251,7 @@ def instrument_clip(instrument: str) -> tuple[F32, int]:
 
 
 def read_stems(directory: str) -> Stems:
-    """The six stems ``<directory>/<stem>.wav`` (any rate; all at the first one's), as :class:`Stems`.
+    """The six stems ``<directory>/<stem>.wav`` (any sample rate, the same for all six), as :class:`Stems`.
 
     Raises:
         ConfigError: a stem file is missing, or the stems differ in rate or length.
