@@ -1,8 +1,9 @@
 """The ``hummingml`` command: ``hummingml <subcommand> --help`` lists each subcommand's flags.
 
 Invalid flag values are reported one line each on stderr (``hummingml extract: error: --limit must be >= 0``), with
-exit code 2, before anything is created or started. ``hummingml decode`` also reports a failure to load or decode
-as one line, with exit code 1.
+exit code 2, before anything is created or started. ``hummingml decode`` and ``hummingml remix`` also report a
+failure to load a model, read a file or decode audio as one line, with exit code 1; ``hummingml --verbose ...``
+shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -81,20 +82,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     cfg = from_flags(DecodeConfig, args)  # the flags alone, before the output is opened
-    import pyarrow as pa
-
     from hummingml.eval.decode import run
-    from hummingml.weights.config import ModelError
 
-    try:
-        run(cfg)
-    except ConfigError:
-        raise  # exit 2: no such output, source, segment or stream
-    except (ModelError, OSError, ValueError, pa.ArrowException) as exc:  # weights, codec mismatch, unreadable data
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"hummingml decode: error: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return _one_line_errors("hummingml decode", lambda: run(cfg), verbose=args.verbose)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -110,7 +100,7 @@ def _remix(args: argparse.Namespace) -> int:
     cfg = from_flags(RemixCommandConfig, args)
     from hummingml.serve.remix import run_command
 
-    return _one_line_errors("hummingml remix", lambda: run_command(cfg))
+    return _one_line_errors("hummingml remix", lambda: run_command(cfg), verbose=args.verbose)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -120,8 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_main(cfg)
 
 
-def _one_line_errors(prog: str, work: Callable[[], object]) -> int:
-    """Run ``work``; a model, file or audio failure becomes one line on stderr and exit code 1."""
+def _one_line_errors(prog: str, work: Callable[[], object], verbose: bool = False) -> int:
+    """Run ``work``; a failure to load a model, read a file or decode audio becomes one line on stderr and exit code
+    1 (``verbose``: the traceback instead). A ``ConfigError`` passes through (one line, exit 2)."""
+    import pyarrow as pa
+
     from hummingml.audio import DecodeError
     from hummingml.weights.config import ModelError
 
@@ -129,9 +122,11 @@ def _one_line_errors(prog: str, work: Callable[[], object]) -> int:
         work()
     except ConfigError:
         raise
-    except (ModelError, DecodeError, OSError, ValueError) as exc:
+    except (ModelError, DecodeError, OSError, ValueError, pa.ArrowException) as exc:
+        if verbose:
+            raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message} (--verbose shows the traceback)", file=sys.stderr)
         return 1
     return 0
 
@@ -140,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth-corpus", help="write a small deterministic synthesized corpus (mix, six stems, notes)")

@@ -126,3 +126,18 @@ def test_the_remix_command_writes_the_wav_its_sidecar_and_the_parts(tmp_path: Pa
     assert sidecar["instrument"] == "marimba" and sidecar["stems"] == "given" and sidecar["notes"]
     vocals, _ = sf.read(tmp_path / "parts" / "vocals.wav", always_2d=True)
     assert corr(vocals.T, song.stems["vocals"]) > 0.9
+
+
+def test_a_failure_is_one_line_and_verbose_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:  # fmt: skip
+    from hummingml.audio import DecodeError
+    from hummingml.cli import main
+
+    (tmp_path / "song.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    argv = ["remix", str(tmp_path / "song.wav"), "-o", str(tmp_path / "out.wav")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("hummingml remix: error: ") and "--verbose" in err[0], err
+    with pytest.raises(DecodeError):
+        main(["--verbose", *argv])
+    assert not (tmp_path / "out.wav").exists()
