@@ -278,6 +278,14 @@ def decode(source: bytes | str | os.PathLike[str]) -> tuple[F32, int]:
     return np.concatenate(list(reader.blocks()), axis=1), reader.sample_rate
 
 
+def write_pcm16(target: str | os.PathLike[str] | BinaryIO, audio: F32, sample_rate: int, fmt: str = "WAV") -> None:
+    """Write ``audio`` (float32 ``(channels, samples)``) as a 16-bit PCM ``fmt`` file (WAV or FLAC), clipped to
+    [-1, 1], to a path or a binary file object."""
+    import soundfile as sf
+
+    sf.write(target, np.clip(audio, -1.0, 1.0).T, sample_rate, format=fmt, subtype="PCM_16")
+
+
 def resampled_length(frames: int, sample_rate: int, target_rate: int) -> int:
     """Samples that resampling ``frames`` samples from ``sample_rate`` to ``target_rate`` gives (rounded half up)."""
     return frames if sample_rate == target_rate else (2 * frames * target_rate + sample_rate) // (2 * sample_rate)

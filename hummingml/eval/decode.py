@@ -306,7 +306,7 @@ def run(cfg: DecodeConfig, log: TextIO | None = None) -> str:
         ConfigError: see :func:`read_codes` and :func:`models_for`.
         hummingml.weights.config.ModelError, hummingml.eval.generate.CodecMismatchError: see :func:`load_codec`.
     """
-    import soundfile as sf
+    from hummingml.audio import write_pcm16
 
     stored = read_codes(cfg.root, cfg.source_id, cfg.segment, cfg.stream)
     model = load_codec(models_for(cfg, stored.record), stored.record, cfg.device)
@@ -314,7 +314,7 @@ def run(cfg: DecodeConfig, log: TextIO | None = None) -> str:
     audio = audio[:, : round(stored.segment_duration_s * rate)]  # DAC decodes whole frames: drop the padding
     partial = f"{cfg.output}.partial-{os.getpid()}"
     try:
-        sf.write(partial, np.clip(audio, -1.0, 1.0).T, rate, subtype="PCM_16", format="WAV")
+        write_pcm16(partial, audio, rate)
         os.replace(partial, cfg.output)
     finally:
         if os.path.exists(partial):

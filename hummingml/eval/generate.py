@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, decode, resample, to_mono
+from hummingml.audio import F32, FEATURE_SAMPLE_RATE, FRAME_HOP, FRAME_RATE, decode, resample, to_mono, write_pcm16
 from hummingml.config import from_flags
 from hummingml.eval.config import GenerateConfig
 from hummingml.model.batch import make_batch
@@ -319,7 +319,6 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
     Raises:
         CodecMismatchError: the DAC ``cfg.models`` loads is not the training features' codec.
     """
-    import soundfile as sf
 
     train_cfg, ar, nar = load_checkpoint(cfg.checkpoint)
     dac, identity = load_dac(cfg.models)
@@ -335,7 +334,7 @@ def run(cfg: GenerateConfig, log: TextIO = sys.stdout) -> str:
         batch_size=cfg.batch_size,
     )  # fmt: skip
     audio, rate = generated.audio, generated.sample_rate
-    sf.write(cfg.output, np.clip(audio, -1.0, 1.0).T, rate, subtype="PCM_16")
+    write_pcm16(cfg.output, audio, rate)
     print(
         f"[generate] wrote {cfg.output}: {audio.shape[1] / rate:.2f} s at {rate} Hz "
         f"(checkpoint {train_cfg.name}, {train_cfg.preset}; DAC {identity.kind} {identity.name})",

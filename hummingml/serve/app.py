@@ -43,7 +43,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from hummingml import __version__
-from hummingml.audio import F32, FEATURE_SAMPLE_RATE, SOURCE_SAMPLE_RATE
+from hummingml.audio import F32, FEATURE_SAMPLE_RATE, SOURCE_SAMPLE_RATE, write_pcm16
 from hummingml.config import from_dict
 from hummingml.quiet import quiet_libraries
 from hummingml.serve.config import DEFAULT_INSTRUMENT, RemixConfig, ServeConfig
@@ -59,10 +59,8 @@ def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None
 
 
 def _wav_bytes(audio: F32, sample_rate: int) -> bytes:
-    import soundfile as sf
-
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0).T, sample_rate, format="WAV", subtype="PCM_16")
+    write_pcm16(buf, audio, sample_rate)
     return buf.getvalue()
 
 
@@ -314,7 +312,7 @@ class Remixer:
         self, job_id: str, song: F32, song_rate: int, timbre: F32, timbre_rate: int, instrument: str
     ) -> None:
         from hummingml.eval.generate import Generated
-        from hummingml.serve.remix import assemble, clean_vocals, to_stereo, write_wav
+        from hummingml.serve.remix import assemble, clean_vocals, to_stereo
         from hummingml.stages.separate import Stems
 
         async with self.running:
@@ -335,7 +333,7 @@ class Remixer:
                     assemble, song, song_rate, audio, stems, vocals, Generated(played, rate, notes), info["model"],
                     mix_cfg, {"total_s": time.perf_counter() - started}, "demucs",
                 )  # fmt: skip
-                await asyncio.to_thread(write_wav, str(self.dir / f"{job_id}.wav"), result.audio, result.sample_rate)
+                await asyncio.to_thread(write_pcm16, str(self.dir / f"{job_id}.wav"), result.audio, result.sample_rate)
                 (self.dir / f"{job_id}.json").write_text(json.dumps(result.report, indent=2))
                 self._set(job_id, status="done", stage="done", finished=time.time())
             except Exception as exc:  # the job fails, with its reason; the service goes on

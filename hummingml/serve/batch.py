@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from hummingml.audio import write_pcm16
 from hummingml.config import from_dict
 from hummingml.quiet import quiet_libraries
 from hummingml.serve.config import RemixBatchConfig
@@ -31,10 +32,8 @@ ROW_FIELDS = tuple(ROW_SCHEMA.names)
 
 def flac_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
     """``audio`` (float32 ``(channels, samples)``) as a 16-bit FLAC file, clipped to [-1, 1]."""
-    import soundfile as sf
-
     buf = io.BytesIO()
-    sf.write(buf, np.clip(audio, -1.0, 1.0).T, sample_rate, format="FLAC", subtype="PCM_16")
+    write_pcm16(buf, audio, sample_rate, fmt="FLAC")
     return buf.getvalue()
 
 

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from hummingml.audio import F32, SOURCE_SAMPLE_RATE, downmix_to_stereo, resample
+from hummingml.audio import F32, SOURCE_SAMPLE_RATE, downmix_to_stereo, resample, write_pcm16
 from hummingml.eval.generate import Generated
 from hummingml.serve.config import RemixCommandConfig, RemixConfig
 from hummingml.serve.model import HumModel, load_hum_model
@@ -303,14 +303,14 @@ def run_command(cfg: RemixCommandConfig, log: TextIO | None = None) -> RemixResu
     result = remix(song, rate, clip, clip_rate, model, separate=separate, stems=stems, cfg=cfg.mix)
     result.report["song"] = os.path.abspath(cfg.song)
     result.report["instrument"] = cfg.instrument
-    write_wav(cfg.output, result.audio, result.sample_rate)
+    write_pcm16(cfg.output, result.audio, result.sample_rate)
     sidecar = os.path.splitext(cfg.output)[0] + ".json"
     with open(sidecar, "w") as f:
         json.dump(result.report, f, indent=2)
     if cfg.parts:
         os.makedirs(cfg.parts, exist_ok=True)
         for name, part in result.parts.items():
-            write_wav(os.path.join(cfg.parts, f"{name}.wav"), part, result.sample_rate)
+            write_pcm16(os.path.join(cfg.parts, f"{name}.wav"), part, result.sample_rate)
     print(
         f"[remix] wrote {cfg.output} ({result.audio.shape[1] / result.sample_rate:.2f} s, 44.1 kHz stereo, "
         f"{len(result.report['notes'])} notes, peak {result.report['mix']['peak']}) and {sidecar}; {model.label}",
@@ -318,9 +318,3 @@ def run_command(cfg: RemixCommandConfig, log: TextIO | None = None) -> RemixResu
     )
     return result
 
-
-def write_wav(path: str, audio: F32, sample_rate: int) -> None:
-    """``audio`` (float32 ``(channels, samples)``) as a 16-bit PCM WAV, clipped to [-1, 1]."""
-    import soundfile as sf
-
-    sf.write(path, np.clip(audio, -1.0, 1.0).T, sample_rate, subtype="PCM_16")
