@@ -13,7 +13,16 @@ import sys
 from collections.abc import Callable
 
 from hummingml import __version__
-from hummingml.config import ConfigError, above, add_flags, at_least, exit_on_config_error, from_flags
+from hummingml.config import (
+    DRY_RUN_HELP,
+    ConfigError,
+    above,
+    add_flags,
+    at_least,
+    exit_on_config_error,
+    from_flags,
+    print_plan,
+)
 from hummingml.eval.config import (
     DecodeConfig,
     GenerateConfig,
@@ -53,6 +62,11 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     cfg = from_flags(ExtractConfig, args)
+    if args.dry_run:
+        from hummingml.extract.config import dry_run_plan
+
+        print_plan("hummingml extract", dry_run_plan(cfg))
+        return 0
     from hummingml.extract.job import exit_code, run  # imports Ray
 
     return exit_code(run(cfg), cfg, "hummingml extract")
@@ -153,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("extract", help="run the extraction job (same flags as python -m ray_jobs.extract)")
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     add_flags(p, ExtractConfig)
     p.set_defaults(func=_extract)
 

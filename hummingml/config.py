@@ -217,20 +217,46 @@ def _name_flags(cls: type, prefix: str, message: str, given_flags: list[str]) ->
     return f"--{prefix.replace('_', '-')}*: {message}" if prefix else message
 
 
-def parse_job_flags(cls: type[T], prog: str, description: str | None, argv: list[str] | None = None) -> T:
-    """A job's command line -> its config: ``--version`` and one flag per field of ``cls`` (:func:`add_flags`).
+DRY_RUN_HELP = (
+    "check every flag and print the run's plan (config, placement, what it would read and write) as JSON, then exit 0"
+    " without reading the input, writing anything or starting Ray"
+)
 
-    Raises:
-        ConfigError: one line per invalid flag value (``cls.problems()``).
-    """
+
+def job_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """The parser every job starts from: its docstring as the description, ``--version`` and ``--dry-run``."""
     from hummingml import __version__
 
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    return parser
+
+
+def parse_job_flags(
+    cls: type[T], prog: str, description: str | None, argv: list[str] | None = None
+) -> tuple[T, bool]:
+    """A job's command line -> (its config, whether ``--dry-run`` was given): :func:`job_parser` plus one flag per
+    field of ``cls`` (:func:`add_flags`).
+
+    Raises:
+        ConfigError: one line per invalid flag value (``cls.problems()``).
+    """
+    parser = job_parser(prog, description)
     add_flags(parser, cls)
-    return from_flags(cls, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    return from_flags(cls, args), bool(args.dry_run)
+
+
+def print_plan(prog: str, plan: dict[str, Any], out: typing.TextIO | None = None) -> None:
+    """The ``--dry-run`` output: one line saying nothing ran, then ``plan`` as indented JSON."""
+    import json
+
+    out = out or sys.stdout
+    print(f"{prog}: dry run: the flags are valid; nothing was read, written or started", file=out)
+    print(json.dumps(plan, indent=2, default=str), file=out, flush=True)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -16,36 +16,38 @@ docs/evaluation.md says what each metric is computed against.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
 
-from hummingml import __version__
-from hummingml.config import exit_on_config_error
+from hummingml.config import exit_on_config_error, job_parser, print_plan
 from hummingml.eval.config import EvalConfig, add_eval_flags, eval_config_from_args
 
 PROG = "ray_jobs.evaluate"
 
 
-def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str]]:
-    """Flags -> (config, the ``--models-*`` fields given); see :func:`hummingml.eval.config.eval_config_from_args`.
+def parse(argv: list[str] | None = None) -> tuple[EvalConfig, set[str], bool]:
+    """Flags -> (config, the ``--models-*`` fields given, whether ``--dry-run`` was given); see
+    :func:`hummingml.eval.config.eval_config_from_args`.
 
     Raises:
         ConfigError: one line per invalid flag value (:meth:`EvalConfig.problems`).
     """
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    parser = job_parser(PROG, __doc__)
     add_eval_flags(parser)
-    return eval_config_from_args(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    cfg, models_given = eval_config_from_args(args)
+    return cfg, models_given, bool(args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate; write the JSON (and PNG) the flags name. Exit 2 on a ``ConfigError``."""
+    """Evaluate; write the JSON (and PNG) the flags name. Exit 2 on a ``ConfigError``; ``--dry-run``: print the
+    config as the plan (no checkpoint or feature is read) and exit 0."""
     with exit_on_config_error(PROG):
-        cfg, models_given = parse(argv)
+        cfg, models_given, dry_run = parse(argv)
+        if dry_run:
+            print_plan(PROG, {"job": "evaluate", "config": asdict(cfg), "models_flags_given": sorted(models_given)})
+            return 0
         from hummingml.eval.evaluate import run
 
         print(f"[evaluate] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)

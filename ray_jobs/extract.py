@@ -10,7 +10,8 @@ On a cluster (from the repository root; the cluster's workers need the project i
         python -m ray_jobs.extract --input s3://bucket/audio/ --output s3://bucket/features/ --models-kind pretrained
 
 Every flag is generated from ``hummingml.extract.config.ExtractConfig``; ``--help`` lists them. Invalid values are
-reported one line each on stderr, with exit code 2, before anything is created or started. A run that leaves an
+reported one line each on stderr, with exit code 2, before anything is created or started; ``--dry-run`` checks the
+flags and prints the run's plan without reading or writing anything. A run that leaves an
 input unaccounted for, or in which more than ``--max-failed-fraction`` (default 0.5) of the inputs failed, exits 1
 after writing every row.
 """
@@ -19,14 +20,14 @@ from __future__ import annotations
 
 import sys
 
-from hummingml.config import exit_on_config_error, parse_job_flags
-from hummingml.extract.config import ExtractConfig
+from hummingml.config import exit_on_config_error, parse_job_flags, print_plan
+from hummingml.extract.config import ExtractConfig, dry_run_plan
 
 PROG = "ray_jobs.extract"
 
 
-def parse(argv: list[str] | None = None) -> ExtractConfig:
-    """Flags -> config.
+def parse(argv: list[str] | None = None) -> tuple[ExtractConfig, bool]:
+    """Flags -> (config, whether ``--dry-run`` was given).
 
     Raises:
         ConfigError: one line per invalid flag value (:meth:`ExtractConfig.problems`).
@@ -36,9 +37,12 @@ def parse(argv: list[str] | None = None) -> ExtractConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job; exit 0 when every input is accounted for and no more than ``--max-failed-fraction`` of them
-    failed, 1 otherwise (after writing every row), 2 on a ``ConfigError``."""
+    failed, 1 otherwise (after writing every row), 2 on a ``ConfigError``. ``--dry-run``: print the plan, exit 0."""
     with exit_on_config_error(PROG):
-        cfg = parse(argv)
+        cfg, dry_run = parse(argv)
+        if dry_run:
+            print_plan(PROG, dry_run_plan(cfg))
+            return 0
         from hummingml.extract.job import exit_code, run
 
         summary = run(cfg)

@@ -12,21 +12,23 @@ On a cluster::
 Rerunnable: uploads already remixed (same size and modification time) are skipped, a changed one is remixed again,
 and a second driver on the same output is refused. Every flag is generated from
 ``hummingml.serve.config.RemixBatchConfig``; ``--help`` lists them. Invalid values are reported one line each on
-stderr with exit code 2 before anything is created. A run that leaves an upload unaccounted for exits 1.
+stderr with exit code 2 before anything is created; ``--dry-run`` checks the flags and prints the plan. A run that
+leaves an upload unaccounted for exits 1.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
-from hummingml.config import exit_on_config_error, parse_job_flags
+from hummingml.config import exit_on_config_error, parse_job_flags, print_plan
 from hummingml.serve.config import RemixBatchConfig
 
 PROG = "ray_jobs.remix"
 
 
-def parse(argv: list[str] | None = None) -> RemixBatchConfig:
-    """Flags -> config.
+def parse(argv: list[str] | None = None) -> tuple[RemixBatchConfig, bool]:
+    """Flags -> (config, whether ``--dry-run`` was given).
 
     Raises:
         ConfigError: one line per invalid flag value (:meth:`RemixBatchConfig.problems`).
@@ -35,9 +37,12 @@ def parse(argv: list[str] | None = None) -> RemixBatchConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, run, and exit 0 only when every upload is accounted for."""
+    """Parse, run, and exit 0 only when every upload is accounted for. ``--dry-run``: print the plan, exit 0."""
     with exit_on_config_error(PROG):
-        cfg = parse(argv)
+        cfg, dry_run = parse(argv)
+        if dry_run:
+            print_plan(PROG, {"job": "remix", "input": cfg.input, "output": cfg.output, "config": asdict(cfg)})
+            return 0
         from hummingml.serve.ray import run_batch  # imports Ray
 
         summary = run_batch(cfg)

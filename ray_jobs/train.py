@@ -11,7 +11,9 @@ On a cluster, from the repository root::
 
 ``--preset`` sets the model, parallel and optimizer sub-configs; every other flag (``--help``) overrides one field.
 Rerunning with the same ``--name`` and ``--storage`` resumes from the newest checkpoint. Invalid values are reported
-one line each on stderr, with exit code 2, before anything is created or started.
+one line each on stderr, with exit code 2, before anything is created or started. ``--dry-run`` checks the flags
+(including what only the workers would have found: the Neuron backend's requirements, tensor-parallel splits) and
+prints the plan: workers and their resources, the mesh, the models' sizes, tokens per step, where checkpoints go.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml import __version__
-from hummingml.config import add_flags, exit_on_config_error, from_flags
+from hummingml.config import add_flags, exit_on_config_error, from_flags, job_parser, print_plan
 from hummingml.train.config import PRESETS, TrainConfig, from_preset
 
 PROG = "ray_jobs.train"
 
 
-def parse(argv: list[str] | None = None) -> TrainConfig:
-    """Flags -> config: the preset first, then the overrides.
+def parse(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """Flags -> (config, whether ``--dry-run`` was given): the preset first, then the overrides.
 
     Raises:
         ConfigError: one line per invalid flag value (:meth:`TrainConfig.problems`).
@@ -37,18 +38,22 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     pre = argparse.ArgumentParser(prog=PROG, add_help=False)
     pre.add_argument("--preset", default="debug", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
+    parser = job_parser(PROG, __doc__)
     add_flags(parser, TrainConfig)
-    return from_flags(TrainConfig, parser.parse_args(argv), base=from_preset(known.preset))
+    args = parser.parse_args(argv)
+    return from_flags(TrainConfig, args, base=from_preset(known.preset)), bool(args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; print the final metrics and the checkpoint path. Exit 2 on a ``ConfigError``."""
+    """Train; print the final metrics and the checkpoint path. Exit 2 on a ``ConfigError``; ``--dry-run``: print
+    the plan (:func:`hummingml.train.plan.dry_run_plan`) and exit 0."""
     with exit_on_config_error(PROG):
-        cfg = parse(argv)
+        cfg, dry_run = parse(argv)
+        if dry_run:
+            from hummingml.train.plan import dry_run_plan
+
+            print_plan(PROG, dry_run_plan(cfg))
+            return 0
         from hummingml.train.ray import fit
 
         print(f"[train] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)

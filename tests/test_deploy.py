@@ -356,7 +356,7 @@ def test_kuberay_objects() -> None:
 def test_extraction_entrypoint_parses_and_pins_the_models() -> None:
     from ray_jobs.extract import parse
 
-    cfg = parse(entrypoint_args(one("RayJob", "hummingml-extract-v1"), "ray_jobs.extract"))
+    cfg, _ = parse(entrypoint_args(one("RayJob", "hummingml-extract-v1"), "ray_jobs.extract"))
     assert cfg.input.startswith("s3://") and cfg.output.startswith("s3://")
     assert cfg.models.kind == "pretrained"
     assert cfg.models.dac_weights.startswith(f"{FSX_MOUNT}/") and cfg.models.demucs_repo.startswith(f"{FSX_MOUNT}/")
@@ -367,7 +367,7 @@ def test_training_entrypoint_parses_and_fits_the_trn1_group() -> None:
     from ray_jobs.train import parse
 
     job = one("RayJob", "hummingml-train-m385")
-    cfg = parse(entrypoint_args(job, "ray_jobs.train"))
+    cfg, _ = parse(entrypoint_args(job, "ray_jobs.train"))
     assert cfg.preset == "m385"
     assert cfg.storage.startswith(f"{FSX_MOUNT}/")  # shared by every node: checkpoints and resume
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
@@ -624,3 +624,87 @@ def test_tests_cited_in_the_docs_exist() -> None:
         tree = ast.parse((REPO / path).read_text())
         names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert name in names, f"{path}::{name} is cited in docs/ but does not exist"
+
+
+# ---------------------------------------------------------------------------------------------------- --dry-run
+
+JOB_MODULES = ("extract", "train", "evaluate", "remix", "study")
+DOCUMENTED = [REPO / "README.md", *sorted(DOCS.glob("*.md")), *sorted((REPO / "ray_jobs").glob("*.py"))]
+_COMMAND = re.compile(r"(?:\.venv/bin/)?(?:python -m ray_jobs\.(\w+)|hummingml (extract|study))\b([^`\n]*)")
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, job, flags) of every concrete job command in the README, the docs and the jobs' docstrings.
+
+    Code blocks are read line by line with continuation lines joined; inline code spans may wrap. A command with no
+    flags is a mention, one holding ``...`` or ``<`` a pattern, ``--help`` or ``--version`` no run: none is run.
+    """
+    found = []
+    for path in DOCUMENTED:
+        if path.name.endswith("-flags.md"):  # the generated flag reference
+            continue
+        pieces = path.read_text().split("```")
+        for i, piece in enumerate(pieces):
+            if i % 2:  # a fenced code block
+                piece = re.sub(r"\\\n\s*", " ", piece)
+            else:  # prose, or a docstring's indented examples
+                piece = re.sub(r"\\\n\s*", " ", piece)
+                piece = re.sub(r"`([^`]*)`", lambda m: "`" + m.group(1).replace("\n", " ") + "`", piece)
+            for m in _COMMAND.finditer(piece):
+                job = m.group(1) or m.group(2)
+                rest = re.split(r"\s(?:&&|\||#|;)|\s\d?>", m.group(3))[0]
+                if not rest.strip() or "..." in rest or "<" in rest or re.search(r"--help|--version", rest):
+                    continue
+                found.append((f"{path.relative_to(REPO)}: {m.group(0).strip()}", job, shlex.split(rest)))
+    return found
+
+
+def _dry_run(job: str, flags: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any], str]:
+    """Run the job's entry point with ``--dry-run`` in this process: (exit code, the printed plan, stderr)."""
+    import importlib
+
+    flags = [re.sub(r"REPLACE_ME_\w*SHA256", "0" * 64, f) for f in flags]
+    if job in ("extract", "study") and flags and flags[0] == "hummingml":
+        flags = flags[1:]
+    try:
+        code = importlib.import_module(f"ray_jobs.{job}").main([*flags, "--dry-run"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    plan = json.loads(out[out.index("\n") + 1 :]) if code == 0 else {}
+    return code, plan, err
+
+
+def test_every_shipped_entrypoint_and_documented_command_passes_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = documented_commands()
+    for _, doc in kuberay_docs():
+        if doc["kind"] == "RayJob":
+            module = shlex.split(doc["spec"]["entrypoint"])[2]
+            commands.append((f"RayJob {doc['metadata']['name']}", module.split(".")[1], entrypoint_args(doc, module)))
+    jobs = {job for _, job, _ in commands}
+    assert {"extract", "train", "evaluate", "remix"} <= jobs, jobs  # the scan finds the commands it is meant to
+    assert any(where.startswith("RayJob hummingml-train") for where, _, _ in commands)
+    for where, job, flags in commands:
+        code, plan, err = _dry_run(job, flags, capsys)
+        assert code == 0, f"{where}: exit {code}: {err.strip()}"
+        assert plan["job"] == job, where
+
+
+def test_dry_run_refuses_what_the_workers_would(capsys: pytest.CaptureFixture[str]) -> None:
+    """The m385 Trainium launch without --parallel-zero1: refused in one line before any cluster is involved."""
+    job = one("RayJob", "hummingml-train-m385")
+    flags = [f for f in entrypoint_args(job, "ray_jobs.train") if f != "--parallel-zero1"]
+    code, _, err = _dry_run("train", flags, capsys)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert line.startswith("ray_jobs.train: error: ") and "--parallel-zero1" in line
+
+
+def test_training_dry_run_plans_the_trn1_launch(capsys: pytest.CaptureFixture[str]) -> None:
+    job = one("RayJob", "hummingml-train-m385")
+    code, plan, _ = _dry_run("train", entrypoint_args(job, "ray_jobs.train"), capsys)
+    assert code == 0
+    assert plan["placement"]["workers"] == 32 and plan["placement"]["per_worker"] == {"neuron_cores": 1}
+    assert plan["mesh"]["dp"] * plan["mesh"]["tp"] == 32
+    assert plan["models"]["ar_parameters"] == 384_943_104  # the m385 preset's docstring
+    assert plan["checkpoints"]["run_dir"] == "/fsx/hummingml/train-runs/hummingml-m385"

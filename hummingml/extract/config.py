@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from hummingml.audio import MELODIC_STEMS, STEMS
 from hummingml.config import above, at_least, names_in, within
-from hummingml.extract.sources import AUDIO_EXTENSIONS
+from hummingml.extract.sources import AUDIO_EXTENSIONS, MANIFEST_EXTENSIONS
 from hummingml.stages.codec import CodecConfig
 from hummingml.stages.pitch import PitchConfig
 from hummingml.stages.separate import SeparateConfig
@@ -172,4 +172,48 @@ def run_metadata(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[s
         "random_weights": any(i.get("random_weights") for i in identities),
         "versions": versions,
         "created_unix_s": time.time(),
+    }
+
+
+def input_kind(cfg: ExtractConfig) -> str:
+    """What ``--input`` names, as the listing will read it: a database query, a manifest, or files."""
+    if cfg.input.startswith("sqlite://"):
+        return "sqlite query"
+    place = "object store" if "://" in cfg.input and not cfg.input.startswith("file://") else "local"
+    if cfg.input.lower().endswith(MANIFEST_EXTENSIONS):
+        return f"manifest ({place})"
+    return f"files: directory, glob or file ({place})"
+
+
+def dry_run_plan(cfg: ExtractConfig) -> dict[str, Any]:
+    """What a run with ``cfg`` would do, from the config alone (``--dry-run``): nothing is read or loaded."""
+    from schemas.features import SCHEMA_VERSION
+
+    return {
+        "job": "extract",
+        "input": {"uri": cfg.input, "kind": input_kind(cfg), "uri_column": cfg.uri_column, "limit": cfg.limit or None},
+        "output": {
+            "root": cfg.output,
+            "sets": ["audio-feature", "sine-audio-feature", "errors"],
+            "schema_version": SCHEMA_VERSION,
+            "segments_per_commit": cfg.commit_rows,
+            "writers": cfg.writers or "one per 16 planned CPUs, at least 1",
+            "config_change": "allowed" if cfg.allow_config_change else "refused if the output was made differently",
+        },
+        "steps": {
+            "decode": f"resample to 22,050 Hz, mono reference = mean of the channels, {cfg.segment_s:g} s segments",
+            "separate": f"Demucs into {', '.join(STEMS)} ({cfg.stem_channels} DAC streams per stem)",
+            "pitch": f"Basic Pitch notes and a sine rendering of: mono, {', '.join(cfg.melodic_stems)}",
+            "codec": f"DAC codes of every stream, {cfg.mono_variants} augmented mono variant(s)",
+        }
+        if cfg.stages == "models"
+        else "null stages: stand-ins of the right shapes, no models (benchmarks and tests only)",
+        "models": {"kind": cfg.models.kind, "dac_weights": cfg.models.dac_weights, "demucs": cfg.models.demucs_name},
+        "placement": {
+            "cpus": cfg.plan_cpus or "the cluster's CPUs at start",
+            "torch_threads_per_actor": cfg.actor_threads,
+            "devices": {"separate": cfg.separate.device, "codec": cfg.codec.device},
+        },
+        "retries": {"read": cfg.read_retries, "first_backoff_s": cfg.read_backoff_s, "errors_again": cfg.retry_errors},
+        "exit_1_when_failed_fraction_above": cfg.max_failed_fraction,
     }

@@ -38,10 +38,30 @@ class ParallelConfig:
             raise ValueError("choose one of fsdp and zero1")
 
     def problems(self, prefix: str = "") -> list[str]:
-        """Degrees below 1, and options the chosen backend ignores; flags named ``--{prefix}{field}``."""
+        """Degrees below 1, options the chosen backend ignores or cannot run; flags named ``--{prefix}{field}``.
+
+        What the workers would refuse is refused here, before a cluster is asked for anything: bf16 on Neuron keeps
+        fp32 master weights in NxD's ZeRO-1 optimizer, so it needs zero1; torch's ZeRO-1 optimizer shards over a
+        flat dp group, so it needs tp == 1.
+        """
         problems = at_least(f"--{prefix}dp", self.dp, 1) + at_least(f"--{prefix}tp", self.tp, 1)
         if self.compile and self.backend != "torch":
             problems.append(f"--{prefix}compile applies to --{prefix}backend torch only")
+        if self.backend == "neuron":
+            if self.mixed_precision == "bf16" and not self.zero1:
+                problems.append(
+                    f"--{prefix}mixed-precision bf16 on --{prefix}backend neuron keeps fp32 master weights in NxD's "
+                    f"ZeRO-1 optimizer: add --{prefix}zero1 (or train in fp32)"
+                )
+            if self.fsdp:
+                problems.append(
+                    f"--{prefix}fsdp applies to --{prefix}backend torch only (Neuron: --{prefix}zero1 shards the "
+                    "optimizer state)"
+                )
+        elif self.zero1 and self.tp > 1:
+            problems.append(
+                f"--{prefix}zero1 with --{prefix}backend torch needs --{prefix}tp 1 (use --{prefix}fsdp with tp > 1)"
+            )
         return problems
 
 
@@ -91,7 +111,7 @@ def debug() -> Preset:
         codebook_size=1024,
         n_codebooks=4,
         cond_codebooks=2,
-        max_seq_len=256,
+        max_seq_len=576,  # the default data config's longest row: 3 + 431 timbre + 2 x 64 frames = 562, padded to 16
         pad_multiple=16,
     )
     return Preset(model=model, optim=OptimConfig(lr=3e-3, warmup=10, weight_decay=0.0))
@@ -177,6 +197,8 @@ class TrainConfig:
         problems += at_least("--keep-checkpoints", self.keep_checkpoints, 1)
         problems += at_least("--max-failures", self.max_failures, 0)
         problems += above("--cpus-per-worker", self.cpus_per_worker, 0)
+        if self.use_gpu and self.parallel.backend == "neuron":
+            problems.append("--use-gpu applies to --parallel-backend torch only (neuron: one NeuronCore per worker)")
         problems += at_least("--peak-flops", self.peak_flops, 0)
         problems += at_least("--seed", self.seed, 0)
         problems += at_least("--fail-at-step", self.fail_at_step, 0)

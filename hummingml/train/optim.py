@@ -31,8 +31,8 @@ def build_optimizer(
     groups = param_groups(model, optim.weight_decay)
     if not parallel.zero1:
         return torch.optim.AdamW(groups, **kwargs)
-    if parallel.tp > 1:
-        raise ValueError("zero1 with the torch backend needs tp == 1 (use fsdp with tp > 1)")
+    if problems := parallel.problems("parallel-"):
+        raise ValueError("; ".join(problems))
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     group = mesh["dp"].get_group() if mesh is not None else None

@@ -227,16 +227,13 @@ def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any
     Neuron needs ``zero1``. With fp32 there are no master weights to keep.
 
     Raises:
-        ValueError: bf16 without zero1.
+        ValueError: a config :meth:`ParallelConfig.problems` refuses (bf16 without zero1, ...).
     """
+    if problems := parallel.problems("parallel-"):
+        raise ValueError("; ".join(problems))
     import neuronx_distributed as nxd
 
     bf16 = parallel.mixed_precision == "bf16"
-    if bf16 and not parallel.zero1:
-        raise ValueError(
-            "bf16 on Neuron keeps fp32 master weights in NxD's ZeRO-1 optimizer: add --parallel-zero1 "
-            "(or train in fp32 with --parallel-mixed-precision fp32)"
-        )
     ac = {"none": None, "full": [TransformerBlock], "selective": [SDPA]}[parallel.activation_checkpoint]
     return nxd.neuronx_distributed_config(
         tensor_parallel_size=parallel.tp,
