@@ -14,7 +14,8 @@ Batch contract (``hummingml.model.batch.make_batch`` builds it from per-example 
 - NAR only, optional: ``level`` (B,) in [1, n_codebooks): the level to predict (drawn uniformly when absent).
 
 Each example is packed left-aligned into one row, padding only at the end, so the AR model needs just a causal
-mask (SDPA ``is_causal``; flash attention on GPU):
+mask (SDPA ``is_causal``; flash attention on GPU; the NKI flash kernel's own causal flag with ``attention="nki"``,
+see :func:`attention_core`):
 
 - humming: ``[BOS][TMB] t_1..t_P [MEL] c_1..c_T [GEN] y_1..y_{T-1}``; the position holding ``[GEN]`` or
   ``y_{j-1}`` predicts ``y_j`` (level 0 of the target). ``t_i`` sums the embeddings of all timbre levels, ``c_j``
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hummingml.model.config import ModelConfig
+from hummingml.model.nki_attention import NKIFlashAttention
 
 IGNORE_INDEX = -100
 Batch = dict[str, Tensor]
@@ -131,6 +133,21 @@ class SDPA(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def attention_core(cfg: ModelConfig, causal: bool) -> nn.Module:
+    """The attention core of one layer: :class:`~hummingml.model.nki_attention.NKIFlashAttention` (the Neuron SDK's
+    kernel, with its causal flag) for a causal model when ``cfg.attention == "nki"``, else :class:`SDPA`.
+
+    A non-causal model (the NAR upsampler) always gets SDPA: it needs a key-padding mask, which the kernel does not
+    take. :meth:`Attention.extend` (KV-cache generation) always runs SDPA with an explicit mask, whatever the core.
+
+    Raises:
+        ImportError: ``"nki"`` for a causal model without the Neuron SDK installed.
+    """
+    if cfg.attention == "nki" and causal:
+        return NKIFlashAttention(causal=True)
+    return SDPA(causal)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool) -> None:
         super().__init__()
@@ -140,7 +157,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
-        self.core = SDPA(causal)
+        self.core = attention_core(cfg, causal)
 
     def forward(self, x: Tensor, rope: Tensor, key_padding: Tensor | None = None) -> Tensor:
         """``x`` (B, S, d_model) -> (B, S, d_model)."""
@@ -156,7 +173,7 @@ class Attention(nn.Module):
         """Attention of new positions ``x`` (B, s, d_model) over ``cache`` plus themselves; appends their keys/values.
 
         ``rope`` (2, s, head_dim // 2) holds the new positions' angles; ``attn_mask`` (B, 1, s, cached + s) is True
-        where a new position may attend.
+        where a new position may attend. Always SDPA, not :attr:`core`: the NKI kernel takes no mask tensor.
         """
         B, s, _ = x.shape
         q = apply_rope(self.wq(x).view(B, s, -1, self.head_dim), rope).transpose(1, 2)

@@ -37,12 +37,30 @@ from torch import Tensor, nn
 
 from hummingml.model.config import ModelConfig
 from hummingml.model.lm import SDPA, CodecLM, HummingLM, TokenLoss, TransformerBlock
+from hummingml.model.nki_attention import NKIFlashAttention
 from hummingml.train.config import OptimConfig, ParallelConfig
 from hummingml.train.optim import param_groups
 
 _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 _ROW = ("attention.wo", "feed_forward.w2")
 _NEEDS = "the Neuron SDK's torch-neuronx and neuronx-distributed (see README: Trainium hosts)"
+
+
+def tp_split_dim(name: str) -> int | None:
+    """The dim along which tensor parallelism splits state-dict entry ``name`` over the tp ranks, in rank order
+    (rank r holds chunk r of ``tensor.chunk(tp, dim)``); None when every rank holds all of it.
+
+    The one statement of the layout: :func:`parallelize_neuron` slices with it, and
+    :func:`hummingml.train.checkpoint.merge_tp_shards` concatenates NxD checkpoint shards with it. Column-parallel
+    weights and biases (``wq wk wv w1 w3``, ``output``) split dim 0, row-parallel weights (``wo w2``) dim 1 (their
+    biases are whole), the vocab-parallel ``tok_embeddings`` dim 0; norms and everything else are replicated.
+    """
+    module, _, param = name.rpartition(".")
+    if module == "output" or module.endswith(tuple(f".{s}" for s in _COLUMN)):
+        return 0
+    if module.endswith(tuple(f".{s}" for s in _ROW)):
+        return 1 if param == "weight" else None
+    return 0 if module == "tok_embeddings" else None
 
 
 class LayerFactory(Protocol):
@@ -153,8 +171,10 @@ class NxDLayers:
         return self._scatter(x, sequence_dimension=dim)
 
 
-def _shard(t: Tensor, tp: int, rank: int, dim: int) -> Tensor:
-    return t.detach().chunk(tp, dim=dim)[rank].clone()
+def _shard(t: Tensor, tp: int, rank: int, name: str) -> Tensor:
+    """This rank's part of the full tensor ``t`` of state-dict entry ``name`` (:func:`tp_split_dim`), a copy."""
+    dim = tp_split_dim(name)
+    return t.detach().clone() if dim is None else t.detach().chunk(tp, dim=dim)[rank].clone()
 
 
 def _set(model: nn.Module, fqn: str, module: nn.Module) -> None:
@@ -188,22 +208,20 @@ def parallelize_neuron(
             linear = getattr(model.get_submodule(owner), attr)
             if linear is None:  # w3 of a GELU MLP
                 continue
-            if suffix in _COLUMN:
-                bias = None if linear.bias is None else _shard(linear.bias, tp_size, rank, 0)
-                new = layers.column(fqn, linear, _shard(linear.weight, tp_size, rank, 0), bias, sp)
-            else:
-                bias = None if linear.bias is None else linear.bias.detach().clone()
-                new = layers.row(fqn, linear, _shard(linear.weight, tp_size, rank, 1), bias, sp)
-            _set(model, fqn, new)
+            weight = _shard(linear.weight, tp_size, rank, f"{fqn}.weight")
+            bias = None if linear.bias is None else _shard(linear.bias, tp_size, rank, f"{fqn}.bias")
+            kind = layers.column if suffix in _COLUMN else layers.row
+            _set(model, fqn, kind(fqn, linear, weight, bias, sp))
         if sp:
             block = model.layers[i]
             for norm in (block.attention_norm, block.ffn_norm):
                 norm.weight.sequence_parallel_enabled = True  # NxD all-reduces these grads over TP
     head = model.output
-    model.output = layers.column("output", head, _shard(head.weight, tp_size, rank, 0), None, sp)
+    model.output = layers.column("output", head, _shard(head.weight, tp_size, rank, "output.weight"), None, sp)
     model.tok_embeddings = layers.embedding(
-        "tok_embeddings", model.tok_embeddings, _shard(model.tok_embeddings.weight, tp_size, rank, 0)
-    )
+        "tok_embeddings", model.tok_embeddings,
+        _shard(model.tok_embeddings.weight, tp_size, rank, "tok_embeddings.weight"),
+    )  # fmt: skip
     model.loss = layers.loss()
     if sp:
         model.norm.weight.sequence_parallel_enabled = True
@@ -220,7 +238,8 @@ def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any
     """``nxd.neuronx_distributed_config`` for our configs (also initialises NxD's parallel state).
 
     Activation checkpointing: "full" checkpoints each :class:`TransformerBlock`, "selective" the attention
-    core :class:`SDPA` (NxD's own selective recipe checkpoints its CoreAttention the same way).
+    core, :class:`SDPA` or :class:`NKIFlashAttention` (NxD's own selective recipe checkpoints its CoreAttention the
+    same way).
 
     ``mixed_precision="bf16"``: the model's weights are bf16 (:func:`neuron_model`) and NxD's ZeRO-1 optimizer keeps
     fp32 master weights and accumulates gradients in fp32 (its ``mixed_precision_config``), which is why bf16 on
@@ -234,7 +253,8 @@ def neuron_config(parallel: ParallelConfig, optim: OptimConfig) -> dict[str, Any
     import neuronx_distributed as nxd
 
     bf16 = parallel.mixed_precision == "bf16"
-    ac = {"none": None, "full": [TransformerBlock], "selective": [SDPA]}[parallel.activation_checkpoint]
+    cores = [SDPA, NKIFlashAttention]
+    ac = {"none": None, "full": [TransformerBlock], "selective": cores}[parallel.activation_checkpoint]
     return nxd.neuronx_distributed_config(
         tensor_parallel_size=parallel.tp,
         optimizer_config={
