@@ -1,8 +1,10 @@
-"""Write docs/extract-flags.md and docs/serve-flags.md from the configs: ``python docs/render_flags.py``."""
+"""Write docs/extract-flags.md, docs/serve-flags.md and docs/study-flags.md from the configs:
+``python docs/render_flags.py``."""
 
 from pathlib import Path
 
 from hummingml.config import flags_markdown
+from hummingml.eval.config import StudyConfig
 from hummingml.extract.config import ExtractConfig
 from hummingml.serve.config import RemixBatchConfig, RemixCommandConfig, ServeConfig
 
@@ -18,6 +20,14 @@ SERVE_HEADER = """# Serving and remix flags
 
 Generated from `hummingml/serve/config.py` by `python docs/render_flags.py`; a test keeps it current. Boolean flags
 also have a `--no-` form. See [serving.md](serving.md).
+"""
+
+STUDY_HEADER = """# Study flags
+
+`hummingml study` and `python -m ray_jobs.study` take the same flags, generated from
+`hummingml.eval.config.StudyConfig` by `python docs/render_flags.py`; a test keeps this file current. Both also take
+`--dry-run`. Boolean flags also have a `--no-` form. See [evaluation.md](evaluation.md#the-study-one-command).
+
 """
 
 
@@ -39,6 +49,12 @@ def render_serve() -> str:
     return "".join(parts)
 
 
+def render_study() -> str:
+    """docs/study-flags.md."""
+    return STUDY_HEADER + flags_markdown(StudyConfig)
+
+
 if __name__ == "__main__":
     (Path(__file__).parent / "extract-flags.md").write_text(render())
     (Path(__file__).parent / "serve-flags.md").write_text(render_serve())
+    (Path(__file__).parent / "study-flags.md").write_text(render_study())

@@ -26,6 +26,7 @@ from hummingml.config import (
 from hummingml.eval.config import (
     DecodeConfig,
     GenerateConfig,
+    StudyConfig,
     add_decode_flags,
     add_eval_flags,
     add_generate_flags,
@@ -33,6 +34,7 @@ from hummingml.eval.config import (
 )
 from hummingml.extract.config import ExtractConfig
 from hummingml.serve.config import RemixCommandConfig, ServeConfig
+from hummingml.stems.config import RenderConfig
 from hummingml.weights.cli import add_models_parser
 from hummingml.weights.config import ModelsConfig
 
@@ -109,12 +111,36 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    cfg = from_flags(StudyConfig, args)
+    from hummingml.eval.study import dry_run_plan, run
+
+    if args.dry_run:
+        print_plan("hummingml study", dry_run_plan(cfg))
+    else:
+        run(cfg)
+    return 0
+
+
 def _remix(args: argparse.Namespace) -> int:
     args.song = args.song_arg or args.song
     cfg = from_flags(RemixCommandConfig, args)
     from hummingml.serve.remix import run_command
 
     return _one_line_errors("hummingml remix", lambda: run_command(cfg), verbose=args.verbose)
+
+
+def _stems_render(args: argparse.Namespace) -> int:
+    args.midi_dir = args.midi_dir_arg or args.midi_dir
+    cfg = from_flags(RenderConfig, args)
+    from hummingml.stems.manifest import render_directory
+
+    summary = render_directory(cfg)
+    print(
+        f"rendered {len(summary.rendered)} MIDI files ({cfg.renderer}) to {cfg.out}, manifest {cfg.out}/manifest.jsonl"
+        + (f"; {len(summary.failed)} skipped (not MIDI)" if summary.failed else "")
+    )
+    return 1 if summary.failed else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -188,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_flags(p)
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("study", help="train HummingLM, VALL-E and HummingLM without augmentation; compare (a Ray job)")
+    p.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    add_flags(p, StudyConfig)
+    p.set_defaults(func=_study)
+
     p = sub.add_parser("remix", help="song -> separated, cleaned vocals + an instrument playing their melody + backing")
     p.add_argument("song_arg", nargs="?", default=None, metavar="SONG", help="same as --song")
     add_flags(p, RemixCommandConfig)
@@ -198,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, ServeConfig)
     p.set_defaults(func=_serve)
 
+    p = sub.add_parser("stems", help="prepare stems: render MIDI files to six stems, their mix and a manifest")
+    stems_sub = p.add_subparsers(dest="stems_command", required=True)
+    p = stems_sub.add_parser("render", help="MIDI files -> six stem WAVs, a mix and manifest.jsonl (docs/stems.md)")
+    p.add_argument("midi_dir_arg", nargs="?", default=None, metavar="MIDI_DIR", help="same as --midi-dir")
+    add_flags(p, RenderConfig)
+    p.set_defaults(func=_stems_render)
+
     p = sub.add_parser("doctor", help="check that every dependency imports and print versions")
     p.set_defaults(func=_doctor)
     add_models_parser(sub)
@@ -207,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hummingml`` console script; exit 2 on a ``ConfigError``, one line per problem."""
     args = build_parser().parse_args(argv)
-    prog = " ".join(["hummingml", args.command] + ([args.models_command] if args.command == "models" else []))
+    sub = {"models": "models_command", "stems": "stems_command"}.get(args.command)
+    prog = " ".join(["hummingml", args.command] + ([getattr(args, sub)] if sub else []))
     with exit_on_config_error(prog):
         if args.command == "models" and args.models_command == "prepare":
             from_flags(ModelsConfig, args)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.1"  # 1.1: sine-audio-feature.mono_variants; 2.0: canonical source ids, source_version;
-# 2.1: downmix (inputs of more than two channels are mixed down to stereo instead of refused)
+SCHEMA_VERSION = "2.2"  # 1.1: sine-audio-feature.mono_variants; 2.0: canonical source ids, source_version;
+# 2.1: downmix (inputs of more than two channels are mixed down to stereo instead of refused);
+# 2.2: audio-feature.stem_origins (stems given by the manifest are used instead of separated ones)
 
 
 URI_DOC = (
@@ -19,8 +20,9 @@ URI_DOC = (
 )
 ID_DOC = "stable id of the input: sha256 of its canonical URI (source_uri, real bytes), first 32 hex digits"
 VERSION_DOC = (
-    "the input's size and modification time when it was listed ('<bytes>:<mtime ns>'); a rerun that lists "
-    "another value processes the input again and its older rows are superseded"
+    "the input's size and modification time when it was listed ('<bytes>:<mtime ns>'), followed by "
+    "';stems=<16 hex>' (a hash of the given stems' URIs, sizes and modification times) when the manifest gives "
+    "stems; a rerun that lists another value processes the input again and its older rows are superseded"
 )
 
 
@@ -72,7 +74,12 @@ PROVENANCE = [
     _f("sample_rate", pa.int32(), "rate of the feature audio (22 050)", "Hz"),
     _f("frame_rate", pa.float32(), "DAC frames per second (86.13 for DAC 44 kHz)", "Hz"),
     _f("n_frames", pa.int32(), "DAC frames in this segment: ceil(segment samples at 22.05 kHz / 256)"),
-    _f("metadata", pa.string(), "JSON object of the manifest's extra columns for this input ('{}' if none)"),
+    _f(
+        "metadata",
+        pa.string(),
+        "JSON object of the manifest's extra columns for this input ('{}' if none); its 'stems' (given stems) maps "
+        "each stem to its file's canonical URI",
+    ),
 ]
 
 AUDIO_FEATURE_SCHEMA = pa.schema(
@@ -89,6 +96,14 @@ AUDIO_FEATURE_SCHEMA = pa.schema(
             "stem_codes",
             pa.list_(CODES),
             "DAC codes per stem, each (stem channels, n_codebooks, frames); stem channels = 1 (mono) or 2",
+        ),
+        _f(
+            "stem_origins",
+            pa.list_(pa.string()),
+            "where each stem came from, in stem_names order: 'given' (the manifest's stems column named its file, "
+            "decoded and used as it is; docs/stems.md) or the name of the separation model that made it (its "
+            "identity in the run's models); null in outputs written before schema 2.2",
+            nullable=True,
         ),
     ]
 )

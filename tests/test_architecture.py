@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.weights": {"hummingml.audio", "hummingml.config"},
     "hummingml.stages": {"hummingml.audio", "hummingml.weights"},
     "hummingml.testing": {"hummingml.audio", "hummingml.stages", "hummingml.output"},
+    "hummingml.stems": {"hummingml.audio", "hummingml.config", "hummingml.stages", "hummingml.testing"},
     "hummingml.extract": {
         "hummingml.audio", "hummingml.config", "hummingml.cluster", "hummingml.stages", "hummingml.weights",
         "hummingml.testing", "hummingml.output", "hummingml.quiet", "schemas",

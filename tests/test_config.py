@@ -62,3 +62,4 @@ def test_flags_docs_are_current() -> None:
     spec.loader.exec_module(module)
     assert (path.parent / "extract-flags.md").read_text() == module.render()
     assert (path.parent / "serve-flags.md").read_text() == module.render_serve()
+    assert (path.parent / "study-flags.md").read_text() == module.render_study()

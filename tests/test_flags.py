@@ -193,6 +193,7 @@ def test_extract_parse_names_each_refused_flag(flags: list[str], flag: str) -> N
         (["--parallel-backend", "neuron", "--parallel-fsdp"], "--parallel-fsdp"),
         (["--parallel-backend", "neuron", "--use-gpu"], "--use-gpu"),
         (["--parallel-zero1", "--parallel-tp", "2"], "--parallel-zero1"),
+        (["--model-attention", "nki", "--model-pad-to-max", "--model-max-seq-len", "2048"], "--model-attention"),
         (["--model-n-heads", "0"], "--model-n-heads"),
         (["--model-n-heads", "5"], "--model-n-heads"),
         (["--model-rope-theta", "0"], "--model-rope-theta"),

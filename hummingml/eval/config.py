@@ -1,4 +1,4 @@
-"""The configs and flags of the evaluation job, of ``hummingml generate`` and of ``hummingml decode``.
+"""The configs and flags of the evaluation job, of the study, of ``hummingml generate`` and of ``hummingml decode``.
 
 Light on purpose (no torch, no Ray): the ``hummingml`` command builds its parsers from them.
 """
@@ -84,6 +84,47 @@ def eval_config_from_args(args: argparse.Namespace) -> tuple[EvalConfig, set[str
     cfg = from_flags(EvalConfig, args)
     given = {f.name for f in dataclasses.fields(ModelsConfig) if getattr(args, f"models_{f.name}", None) is not None}
     return cfg, given
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """``hummingml study`` / ``python -m ray_jobs.study``: the research protocol on one feature set."""
+
+    features: str = ""  # extraction output made from a manifest that names each song's instruments and mode
+    out: str = "study-out"  # results.json, results.md, the PNG plots, the evaluation JSON and runs/ (the checkpoints)
+    preset: str = "debug"  # model sizes of all three models; the VALL-E baseline takes them with its own layout
+    steps: int = 300  # optimizer steps of each model: the same budget for all three
+    batch_size: int = 8  # examples per step
+    checkpoint_every: int = 25  # steps between metric reports: the points of the loss curves
+    parts: tuple[str, ...] = ("vocals", "lead")  # melodic stems used as target parts
+    frames: int = 64  # target window in DAC frames (86.13 frames/s)
+    timbre_min_frames: int = 86  # shortest timbre prompt (1 s)
+    timbre_max_frames: int = 431  # longest timbre prompt (5 s)
+    holdout_instruments: tuple[str, ...] = ()  # kept out of training (the unseen split); () = one per part, chosen
+    # from the features: the part's last instrument by name, where the part has more than one
+    max_examples: int = 64  # evaluation examples per (model, split)
+    codec_ceiling: bool = False  # also score against the parts' re-separated source audio (slower: runs Demucs)
+    cpus_per_worker: float = 1.0  # CPUs reserved by each training run's worker
+    seed: int = 0  # model initialisation, example cutting and sampling: the same for all three
+
+    def problems(self) -> list[str]:
+        """Every value no study can use, one line per problem naming its flag."""
+        from hummingml.train.config import PRESETS
+
+        problems = [] if self.features else ["--features is required"]
+        if not self.out:
+            problems.append("--out must not be empty")
+        if self.preset not in PRESETS or self.preset.startswith("valle"):
+            problems.append(f"--preset must be a HummingLM preset: {', '.join(p for p in PRESETS if 'valle' not in p)}")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size),
+                            ("--checkpoint-every", self.checkpoint_every), ("--frames", self.frames),
+                            ("--timbre-min-frames", self.timbre_min_frames), ("--max-examples", self.max_examples)):
+            problems += at_least(flag, value, 1)
+        if self.timbre_max_frames < self.timbre_min_frames:
+            problems.append("--timbre-max-frames must be >= --timbre-min-frames")
+        if not self.parts or any(p not in STEMS for p in self.parts):
+            problems.append(f"--parts must name one or more of {', '.join(STEMS)}")
+        return problems + above("--cpus-per-worker", self.cpus_per_worker, 0) + at_least("--seed", self.seed, 0)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from hummingml.eval.plots import plot_results, row_label, row_summary
 from hummingml.model.batch import make_batch
 from hummingml.stages.codec import CodecTokens, decode
 from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
-from hummingml.train.data import examples_from_row
+from hummingml.train.data import examples_from_row, instrument_of
 from hummingml.train.ray import read_joined
 from hummingml.weights.config import ModelsConfig
 from hummingml.weights.load import load_dac
@@ -72,7 +72,9 @@ METRICS = {
     "si_sdr_db.codec_ceiling": "SI-SDR of decode(ground truth) vs the part's audio (re-separated source segment)",
     "si_sdr_db.full_vs_audio": "SI-SDR of decode(generated level 0 + NAR levels) vs the part's audio",
     "part_audio_unavailable": "examples without the part's audio, by reason (not in codec_ceiling, full_vs_audio)",
+    "by_mode": "every metric above over the examples of each mode of the manifest's 'mode' column ('unknown': none)",
 }
+UNKNOWN = "unknown"  # the mode or instrument of an example whose input's manifest does not name it
 
 
 # --- examples ------------------------------------------------------------------------------------------------------
@@ -84,7 +86,9 @@ def load_examples(
     """Up to ``max_examples`` examples of ``split`` from an extraction output, rows in (source_id, segment_index) order.
 
     Reads with Ray Data (``hummingml.train.ray.read_joined``, sorted so the same rows come first in every run) on the
-    connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation).
+    connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation). Each example
+    also carries the song's ``mode`` and the part's ``instrument`` from the manifest's columns (``"unknown"`` where
+    the input had no manifest or the manifest does not say).
     """
     out: list[dict[str, Any]] = []
     if max_examples <= 0:
@@ -93,11 +97,23 @@ def load_examples(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     split_ = cast(Literal["train", "unseen", "all"], split)
     for row in read_joined(features).iter_rows():
+        metadata = row.get("metadata") or "{}"
+        mode = manifest_field(metadata, "mode") or UNKNOWN
         for example in examples_from_row(row, data, model.cond_codebooks, model.codebook_size, 0, split_):
+            example.update(mode=mode, instrument=instrument_of(metadata, example["part"]) or UNKNOWN)
             out.append(example)
             if len(out) >= max_examples:
                 return out
     return out
+
+
+def manifest_field(metadata: str, name: str) -> str | None:
+    """A value of the manifest's extra columns (a row's ``metadata`` JSON) as a string, None where absent."""
+    try:
+        value = json.loads(metadata or "{}").get(name)
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return None if value is None else str(value)
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
@@ -108,6 +124,48 @@ def _decode_clips(codes: Any, lengths: Any, dac: Any) -> list[npt.NDArray[np.flo
     hop = int(dac.hop_length)
     audio, _ = decode(CodecTokens(codes.cpu().numpy().astype(np.int16), float(dac.sample_rate) / hop), dac)
     return [audio[b, : int(n) * hop] for b, n in enumerate(lengths.tolist())]
+
+
+class _Sums:
+    """Token-weighted sums of the token metrics and the per-example SI-SDR scores of some examples."""
+
+    def __init__(self, levels: range, with_audio: bool) -> None:
+        self.ar = {"loss": 0.0, "acc": 0.0, "top10_acc": 0.0}
+        self.nar = {lvl: {"loss": 0.0, "acc": 0.0, "top10_acc": 0.0} for lvl in levels}
+        self.tokens = self.hits = self.n_examples = 0
+        self.scores: dict[str, list[float]] = {"full": [], "ar_only": [], "nar_only": []}
+        if with_audio:
+            self.scores.update(codec_ceiling=[], full_vs_audio=[])
+
+    def add(self, other: _Sums) -> None:
+        """Add ``other``'s sums and scores to these."""
+        for key in self.ar:
+            self.ar[key] += other.ar[key]
+        for lvl, values in other.nar.items():
+            for key in values:
+                self.nar[lvl][key] += values[key]
+        self.tokens, self.hits = self.tokens + other.tokens, self.hits + other.hits
+        self.n_examples += other.n_examples
+        for name, values in other.scores.items():
+            self.scores[name] += values
+
+    def result(self) -> dict[str, Any]:
+        """The metrics :func:`evaluate_models` documents; values None without examples."""
+        if not self.tokens:
+            return {
+                "n_examples": 0, "n_frames": 0, "ar_teacher_forced": None, "ar_free_running_acc": None,
+                "nar_teacher_forced": None, "nar_mean_acc": None, "si_sdr_db": None,
+            }  # fmt: skip
+        nar_tf = {str(lvl): {k: v / self.tokens for k, v in sums.items()} for lvl, sums in self.nar.items()}
+        return {
+            "n_examples": self.n_examples,
+            "n_frames": self.tokens,
+            "ar_teacher_forced": {k: v / self.tokens for k, v in self.ar.items()},
+            "ar_free_running_acc": self.hits / self.tokens,
+            "nar_teacher_forced": nar_tf,
+            "nar_mean_acc": float(np.mean([v["acc"] for v in nar_tf.values()])),
+            "si_sdr_db": {name: summarize_db(values) for name, values in self.scores.items()},
+        }
 
 
 def evaluate_models(
@@ -121,6 +179,7 @@ def evaluate_models(
     top_k: int = 1,
     seed: int = 0,
     audio: list[npt.NDArray[np.float32] | None] | None = None,
+    by: str = "",
 ) -> dict[str, Any]:
     """Token accuracies and SI-SDR of one checkpoint's models on ``examples`` (module docstring).
 
@@ -134,75 +193,71 @@ def evaluate_models(
         audio: per example, the target part's own audio at the codec's rate (:func:`part_audio`), or None where it
             could not be found; adds ``codec_ceiling`` and ``full_vs_audio`` to ``si_sdr_db`` over the examples
             that have it.
+        by: an example key (``"mode"``) to break the metrics down by as well; batches never mix its values, so the
+            breakdown costs no extra forward pass.
 
     Returns:
         ``{"n_examples", "n_frames", "ar_teacher_forced": {"loss", "acc", "top10_acc"}, "ar_free_running_acc",
         "nar_teacher_forced": {str(level): {"loss", "acc", "top10_acc"}}, "nar_mean_acc", "si_sdr_db": {"full",
         "ar_only", "nar_only"[, "codec_ceiling", "full_vs_audio"]} each {"mean", "median", "n_scored",
-        "n_skipped_silent"}}``; metric values are None without examples.
+        "n_skipped_silent"}}``, and with ``by`` also ``"by_<by>": {value: the same metrics}``; metric values are
+        None without examples.
     """
     import torch
 
     device = next(ar.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    ar_sums = {"loss": 0.0, "acc": 0.0, "top10_acc": 0.0}
     levels = range(1, cfg.model.n_codebooks)
-    nar_sums = {lvl: {"loss": 0.0, "acc": 0.0, "top10_acc": 0.0} for lvl in levels}
-    tokens, hits = 0, 0
-    scores: dict[str, list[float]] = {"full": [], "ar_only": [], "nar_only": []}
-    if audio is not None:
-        scores.update(codec_ceiling=[], full_vs_audio=[])
+    groups: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        groups.setdefault(str(example.get(by, "")) if by else "", []).append(i)
+    total = _Sums(levels, audio is not None)
+    per_group = {}
     ar.eval()
     nar.eval()
     with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            batch = make_batch(chunk, cfg.model, cfg.data.timbre_max_frames, cfg.data.frames)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            lengths, target = batch["target_len"], batch["target"]
-            n = int(lengths.sum())
-            _, m = ar(batch)
-            for key in ar_sums:
-                ar_sums[key] += float(m[key]) * n  # token means -> sums (tokens = n)
-            for lvl, values in nar.level_metrics(batch).items():
-                for key in values:
-                    nar_sums[lvl][key] += values[key] * n
-            level0 = ar.generate(batch, top_k=top_k, generator=generator)  # (B, T), 0 past target_len
-            valid = torch.arange(target.shape[-1], device=device)[None, :] < lengths[:, None]
-            hits += int(((level0 == target[:, 0]) & valid).sum())
-            tokens += n
-            gt = target * valid[:, None, :]
-            ar_only = gt.clone()
-            ar_only[:, 0] = level0
-            combos = {
-                "full": nar.generate(batch, level0),
-                "ar_only": ar_only,
-                "nar_only": nar.generate(batch, gt[:, 0]),
-            }
-            reference = _decode_clips(gt, lengths, dac)
-            decoded = {name: _decode_clips(codes, lengths, dac) for name, codes in combos.items()}
-            for name, clips in decoded.items():
-                for est, ref in zip(clips, reference, strict=True):
-                    scores[name].append(si_sdr(est, ref))
-            for j, part in enumerate(audio[i : i + batch_size] if audio is not None else []):
-                if part is not None:
-                    scores["codec_ceiling"].append(si_sdr(reference[j], part))
-                    scores["full_vs_audio"].append(si_sdr(decoded["full"][j], part))
-    if not tokens:
-        return {
-            "n_examples": 0, "n_frames": 0, "ar_teacher_forced": None, "ar_free_running_acc": None,
-            "nar_teacher_forced": None, "nar_mean_acc": None, "si_sdr_db": None,
-        }  # fmt: skip
-    nar_tf = {str(lvl): {k: v / tokens for k, v in sums.items()} for lvl, sums in nar_sums.items()}
-    return {
-        "n_examples": len(examples),
-        "n_frames": tokens,
-        "ar_teacher_forced": {k: v / tokens for k, v in ar_sums.items()},
-        "ar_free_running_acc": hits / tokens,
-        "nar_teacher_forced": nar_tf,
-        "nar_mean_acc": float(np.mean([v["acc"] for v in nar_tf.values()])),
-        "si_sdr_db": {name: summarize_db(values) for name, values in scores.items()},
-    }
+        for value, indices in sorted(groups.items()):
+            sums = per_group[value] = _Sums(levels, audio is not None)
+            for i in range(0, len(indices), batch_size):
+                chunk = [examples[j] for j in indices[i : i + batch_size]]
+                batch = make_batch(chunk, cfg.model, cfg.data.timbre_max_frames, cfg.data.frames)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                lengths, target = batch["target_len"], batch["target"]
+                n = int(lengths.sum())
+                _, m = ar(batch)
+                for key in sums.ar:
+                    sums.ar[key] += float(m[key]) * n  # token means -> sums (tokens = n)
+                for lvl, values in nar.level_metrics(batch).items():
+                    for key in values:
+                        sums.nar[lvl][key] += values[key] * n
+                level0 = ar.generate(batch, top_k=top_k, generator=generator)  # (B, T), 0 past target_len
+                valid = torch.arange(target.shape[-1], device=device)[None, :] < lengths[:, None]
+                sums.hits += int(((level0 == target[:, 0]) & valid).sum())
+                sums.tokens += n
+                sums.n_examples += len(chunk)
+                gt = target * valid[:, None, :]
+                ar_only = gt.clone()
+                ar_only[:, 0] = level0
+                combos = {
+                    "full": nar.generate(batch, level0),
+                    "ar_only": ar_only,
+                    "nar_only": nar.generate(batch, gt[:, 0]),
+                }
+                reference = _decode_clips(gt, lengths, dac)
+                decoded = {name: _decode_clips(codes, lengths, dac) for name, codes in combos.items()}
+                for name, clips in decoded.items():
+                    for est, ref in zip(clips, reference, strict=True):
+                        sums.scores[name].append(si_sdr(est, ref))
+                for j, example_index in enumerate(indices[i : i + batch_size] if audio is not None else []):
+                    part = audio[example_index] if audio is not None else None
+                    if part is not None:
+                        sums.scores["codec_ceiling"].append(si_sdr(reference[j], part))
+                        sums.scores["full_vs_audio"].append(si_sdr(decoded["full"][j], part))
+            total.add(sums)
+    result = total.result()
+    if by:
+        result[f"by_{by}"] = {value: sums.result() for value, sums in per_group.items()}
+    return result
 
 
 # --- the job -------------------------------------------------------------------------------------------------------
@@ -261,7 +316,7 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
                 parts = audio_cache[key, models]
             metrics = evaluate_models(
                 ar, nar, train_cfg, examples, dac, batch_size=cfg.batch_size, top_k=cfg.top_k, seed=cfg.seed,
-                audio=None if parts is None else parts.audio,
+                audio=None if parts is None else parts.audio, by="mode",
             )
             if parts is not None:
                 metrics["part_audio_unavailable"] = parts.unavailable

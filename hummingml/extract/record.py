@@ -79,6 +79,7 @@ class Segment:
     segment_index: int  # 0-based segment, or -1 for a source row and an error of the whole source
     source_uri: str  # the input's canonical URI, stored in the output
     open_uri: str | None = None  # what to open (an object store's URI with its ?options); source rows only
+    stem_uris: dict[str, str] | None = None  # stem -> what to open, for the stems the manifest gives; source rows only
     source_version: str = ""  # "<size>:<mtime ns>" as listed ("" when it could not be stat'ed)
     metadata: str = "{}"  # JSON object of the manifest's extra columns
     skip_segments: list[int] | None = None  # segments an earlier run committed; source rows only
@@ -94,7 +95,9 @@ class Segment:
     segment_samples: int | None = None  # samples of the segment at 22.05 kHz
     audio: F32 | None = None  # the segment's channels; dropped by the codec step
     mono: F32 | None = None  # the mono reference, (1, samples); dropped by the codec step
-    stems: dict[str, F32] | None = None  # stem name -> (2, samples), in STEMS order; dropped by the codec step
+    stems: dict[str, F32] | None = None  # stem name -> (2, samples), in STEMS order: the given stems after decoding,
+    # all six after separation; dropped by the codec step
+    stem_origins: list[str] | None = None  # per stem in STEMS order: "given" or the separation model's id
     melody: list[MelodyStream] | None = None  # the mono reference first, then each melodic stem
     channel_codes: I16 | None = None  # codes of ``audio``
     stem_names: list[str] | None = None  # names of the stems in ``stem_codes`` order
@@ -161,6 +164,7 @@ def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None)
             segment_index=-1,
             source_uri=s.canonical or s.uri,  # the identity, stored in the output
             open_uri=s.uri,  # what to open (an object store's URI keeps its ?options)
+            stem_uris=dict(s.stems) or None,
             source_version=s.version,
             metadata=s.metadata,
             skip_segments=sorted((skip or {}).get(s.source_id, [])),
@@ -220,6 +224,7 @@ def feature_tables(rows: list[Segment], frame_rate: float) -> dict[str, pa.Table
                 "channel_codes": _codes(row.channel_codes),
                 "stem_names": row.stem_names,
                 "stem_codes": [_codes(c) for c in row.stem_codes],
+                "stem_origins": row.stem_origins,
             }
         )
         melody = [

@@ -3,11 +3,15 @@
 Every input is named by its identity, ``Source.canonical``: a local file as its absolute path with symlinks resolved,
 an object as ``scheme://bucket/key``. Any spelling of one file (relative, ``file://``, through a linked folder) is
 one source with one ``source_id``.
+
+A manifest row may also give some of the input's stems (``{"uri": "mix/a.wav", "stems": {"vocals": "stems/a/vocals.wav",
+...}}``, see docs/stems.md): they are described like the input, and their versions are part of the input's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import glob
@@ -27,12 +31,13 @@ from typing import Any, BinaryIO, TypeVar
 
 import pyarrow as pa
 
-from hummingml.audio import DecodeError, open_local, read_local_bytes
+from hummingml.audio import STEMS, DecodeError, open_local, read_local_bytes
 from hummingml.config import ConfigError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
 LISTING_CHUNK = 2048  # inputs per listing chunk: one task stats (or asks the object store about) that many
+STEMS_COLUMN = "stems"  # the manifest column that gives an input's stems: an object stem -> URI
 T = TypeVar("T")
 
 
@@ -44,7 +49,9 @@ class Source:
     source_id: str  # source_id(canonical)
     metadata: str = "{}"
     canonical: str = ""  # the identity: a local real path, or scheme://bucket/key (no ?query)
-    version: str = ""  # "<size>:<mtime_ns>" as listed; "" when it could not be stat'ed (missing, broken link)
+    version: str = ""  # "<size>:<mtime_ns>" as listed, and ";stems=<hash>" of the given stems' versions (see
+    # stems_version); "" when the input could not be stat'ed (missing, broken link)
+    stems: tuple[tuple[str, str], ...] = ()  # (stem, what to open) of the stems the manifest gives, in STEMS order
 
 
 @dataclass(frozen=True)
@@ -210,29 +217,97 @@ def _unique(sources: Iterable[Source]) -> list[Source]:
     return list(unique.values())
 
 
+def stems_version(version: str, stems: list[tuple[str, str, str]]) -> str:
+    """The version of an input with given stems: its own ``version`` and ``;stems=`` the first 16 hex digits of
+    sha256 over each stem's name, canonical URI and version (``stems``: (stem, canonical, version) in STEMS order).
+
+    A changed, added, removed or moved stem file changes it, so extraction processes the input again. Without stems,
+    or when the input itself could not be stat'ed (``version`` ""), ``version`` is returned as it is.
+    """
+    if not stems or not version:
+        return version
+    text = "\n".join(f"{stem}={canonical}={v}" for stem, canonical, v in stems)
+    return f"{version};stems={hashlib.sha256(text.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
+
+
+def _stem_uris(value: Any, where: str, n: int, fix: str) -> dict[str, str]:
+    """A manifest row's ``stems`` value as stem -> URI in STEMS order: a JSON-lines or Parquet object (struct), a
+    Parquet map, or a JSON object in a string (CSV, SQL); null entries are stems not given.
+
+    Raises:
+        ConfigError: the value is not such an object, names something that is not a stem, or gives an empty URI.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ConfigError(f"{where}: row {n}: {STEMS_COLUMN!r} is not a JSON object ({exc}); {fix}") from exc
+    if isinstance(value, list) and all(isinstance(p, tuple | list) and len(p) == 2 for p in value):
+        value = dict(value)  # a Parquet map column
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: row {n}: {STEMS_COLUMN!r} must map stem names to URIs, got {value!r}; {fix}")
+    given = {str(k): v for k, v in value.items() if v is not None}
+    unknown = sorted(set(given) - set(STEMS))
+    if unknown:
+        raise ConfigError(f"{where}: row {n}: {STEMS_COLUMN!r} names {unknown}, which are not stems (stems are "
+                          f"{', '.join(STEMS)}); {fix}")
+    uris = {}
+    for stem in STEMS:
+        if stem in given:
+            uri = os.fsdecode(given[stem]) if isinstance(given[stem], bytes) else str(given[stem])
+            if not uri.strip():
+                raise ConfigError(f"{where}: row {n}: stem {stem!r} has an empty URI; {fix}")
+            uris[stem] = uri
+    return uris
+
+
 def _from_table(
     table: pa.Table, uri_column: str, base_dir: str | None, where: str, fix: str, first_row: int = 1
 ) -> list[Source]:
     if uri_column not in table.column_names:
         raise ConfigError(f"{where}: no {uri_column!r} column (columns: {table.column_names}); {fix}")
-    uris, metadata = [], []
+    uris, rows, stems = [], [], []
     for n, row in enumerate(table.to_pylist(), start=first_row):
         value = row.pop(uri_column)
         uri = os.fsdecode(value) if isinstance(value, bytes) else "" if value is None else str(value)
         if not uri.strip():
             raise ConfigError(f"{where}: row {n} has no {uri_column!r} (null or empty); {fix}")
         uris.append(uri)
-        metadata.append(json.dumps(row, sort_keys=True, default=str))
-    return _make_sources(uris, base_dir, metadata)
+        stems.append(_stem_uris(row.pop(STEMS_COLUMN, None), where, n, fix))
+        rows.append(row)
+    # every row's stems described at once: an object store is asked once per filesystem, as for the inputs
+    flat = [(i, stem, uri) for i, given in enumerate(stems) for stem, uri in given.items()]
+    described = _make_sources([uri for _, _, uri in flat], base_dir, ["{}"] * len(flat))
+    by_row: list[list[tuple[str, Source]]] = [[] for _ in uris]
+    for (i, stem, _), s in zip(flat, described, strict=True):
+        by_row[i].append((stem, s))
+    for row, given in zip(rows, by_row, strict=True):
+        if given:  # the stems as the identities that were read, like source_uri
+            row[STEMS_COLUMN] = {stem: printable(s.canonical) for stem, s in given}
+    sources = _make_sources(uris, base_dir, [json.dumps(row, sort_keys=True, default=str) for row in rows])
+    return [
+        dataclasses.replace(
+            source,
+            version=stems_version(source.version, [(stem, s.canonical, s.version) for stem, s in given]),
+            stems=tuple((stem, s.uri) for stem, s in given),
+        )
+        if given else source
+        for source, given in zip(sources, by_row, strict=True)
+    ]
 
 
 def read_manifest(path: str, uri_column: str = "uri") -> list[Source]:
     """Sources from a Parquet, CSV or JSON-lines manifest, one per row, in its order.
 
-    Relative local URIs are relative to the manifest's folder; ``file://`` URIs are understood.
+    Relative local URIs are relative to the manifest's folder; ``file://`` URIs are understood. A row's
+    :data:`STEMS_COLUMN` (stem -> URI, relative like the input's) becomes ``Source.stems``, its canonical URIs the
+    metadata's ``stems``, and their versions part of ``Source.version`` (:func:`stems_version`).
 
     Raises:
-        ConfigError: the manifest has no ``uri_column``, or a row's value is null or empty.
+        ConfigError: the manifest has no ``uri_column``, a row's value is null or empty, or a row's stems are not
+            an object of stem names to URIs.
     """
     return [s for chunk in _manifest_chunks(path, uri_column, LISTING_CHUNK) for s in describe(chunk)]
 

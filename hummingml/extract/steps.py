@@ -9,6 +9,7 @@ row per source in, one per segment out), separate, pitch, codec; commit writes i
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -17,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from hummingml.audio import (
+    F32,
     FEATURE_SAMPLE_RATE,
     STEMS,
     AudioReader,
+    DecodeError,
     n_frames,
     n_segments,
     resampled_pieces,
@@ -38,7 +41,7 @@ from hummingml.extract.record import (
     from_table,
     to_table,
 )
-from hummingml.extract.sources import SourceUnavailable, open_source, printable
+from hummingml.extract.sources import OpenSource, SourceUnavailable, open_source, printable
 from hummingml.extract.store import OutputStore
 from hummingml.quiet import quiet_libraries
 from hummingml.stages import augment
@@ -48,6 +51,32 @@ from hummingml.stages.pitch import PitchDetector, notes_to_midi
 from hummingml.stages.separate import Separator
 from hummingml.stages.synth import render_sine
 
+GIVEN = "given"  # the stem origin of a stem the manifest gives (Segment.stem_origins, audio-feature.stem_origins)
+STEM_DURATION_TOLERANCE_S = 0.05  # s: a given stem may last this much more or less than the mix (encoder padding)
+
+
+class StemMismatchError(ValueError):
+    """A stem the manifest gives does not fit its mix (another duration); the input becomes an error row."""
+
+
+class _GivenStem:
+    """A stem the manifest gives, opened and checked, read in the mix's segments (float32 ``(2, samples)``)."""
+
+    def __init__(self, stem: str, uri: str, source: OpenSource, cfg: ExtractConfig) -> None:
+        self.stem, self.uri = stem, uri
+        try:
+            self.reader = AudioReader(source.file, source.size, to_stereo=True)
+        except DecodeError as exc:
+            raise DecodeError(exc.kind, f"stem {stem!r} ({printable(uri)}): {exc.reason}") from exc
+        self.duration_s = self.reader.frames / self.reader.sample_rate
+        self.pieces = resampled_pieces(self.reader, FEATURE_SAMPLE_RATE, segment_length(cfg.segment_s))
+
+    def next_piece(self, n: int) -> F32:
+        """The stem's next segment, trimmed or zero-padded to the mix's ``n`` samples, stereo."""
+        piece = next(self.pieces, np.zeros((self.reader.channels, 0), np.float32))
+        piece = piece[:, :n] if piece.shape[1] >= n else np.pad(piece, ((0, 0), (0, n - piece.shape[1])))
+        return np.repeat(piece, 2, axis=0) if piece.shape[0] == 1 else piece
+
 
 class DecodeStep:
     """Read, hash, decode, resample to 22.05 kHz and cut into segments; one row per source in, one per segment out.
@@ -55,6 +84,12 @@ class DecodeStep:
     The source is streamed (:func:`hummingml.extract.sources.open_source`, :class:`hummingml.audio.AudioReader`): memory
     holds one segment and a few decoded blocks whatever the file's length. :meth:`batches` yields one batch per
     segment (the Ray job's decode tasks do this); calling the step returns them all in one batch.
+
+    The stems the manifest gives (``Segment.stem_uris``) are read alongside, in the same segments, into
+    ``Segment.stems`` (stereo; a mono stem is duplicated). A stem that cannot be read makes the input an error row of
+    stage read or decode naming the stem; one whose duration differs from the mix's by more than
+    :data:`STEM_DURATION_TOLERANCE_S` an error row of stage decode (:class:`StemMismatchError`); within it, a
+    stem's segments are trimmed or zero-padded to the mix's.
     """
 
     def __init__(self, cfg: ExtractConfig) -> None:
@@ -80,27 +115,49 @@ class DecodeStep:
 
     def _segments(self, row: Segment) -> Iterator[Segment]:
         stage = "read"
-        source = None
-        try:
-            source = open_source(row.open_uri or row.source_uri, self.cfg.read_retries, self.cfg.read_backoff_s)
-            row.content_sha256 = source.sha256
-            stage = "decode"
-            # more than two channels are mixed down to stereo by the file's layout (hummingml.audio.downmix_matrix)
-            reader = AudioReader(source.file, source.size, to_stereo=True)
-        except SourceUnavailable as exc:
-            row.deferred = printable(str(exc))  # not committed: the source stays pending for a rerun
-            yield row
-            return
-        except Exception as exc:
-            if source is not None:
-                source.close()
-            fail_row(row, stage, exc)
-            yield row
-            return
-        with source:
-            yield from self._cut(row, reader)
+        with contextlib.ExitStack() as opened:
+            try:
+                source = opened.enter_context(
+                    open_source(row.open_uri or row.source_uri, self.cfg.read_retries, self.cfg.read_backoff_s)
+                )
+                row.content_sha256 = source.sha256
+                stage = "decode"
+                # more than two channels are mixed down to stereo by the file's layout (hummingml.audio.downmix_matrix)
+                reader = AudioReader(source.file, source.size, to_stereo=True)
+                given = []
+                for stem, uri in (row.stem_uris or {}).items():
+                    stage = "read"
+                    try:
+                        stem_source = opened.enter_context(
+                            open_source(uri, self.cfg.read_retries, self.cfg.read_backoff_s)
+                        )
+                    except DecodeError as exc:
+                        raise DecodeError(exc.kind, f"stem {stem!r}: {exc.reason}") from exc
+                    stage = "decode"
+                    given.append(_GivenStem(stem, uri, stem_source, self.cfg))
+                self._check_durations(reader, given)
+            except SourceUnavailable as exc:
+                row.deferred = printable(str(exc))  # not committed: the source stays pending for a rerun
+                yield row
+                return
+            except Exception as exc:
+                fail_row(row, stage, exc)
+                yield row
+                return
+            yield from self._cut(row, reader, given)
 
-    def _cut(self, row: Segment, reader: AudioReader) -> Iterator[Segment]:
+    @staticmethod
+    def _check_durations(reader: AudioReader, given: list[_GivenStem]) -> None:
+        mix_s = reader.frames / reader.sample_rate
+        for stem in given:
+            if abs(stem.duration_s - mix_s) > STEM_DURATION_TOLERANCE_S:
+                raise StemMismatchError(
+                    f"stem {stem.stem!r} ({printable(stem.uri)}) lasts {stem.duration_s:.3f} s but the mix "
+                    f"{mix_s:.3f} s; a given stem must match the mix's duration within "
+                    f"{STEM_DURATION_TOLERANCE_S:g} s"
+                )
+
+    def _cut(self, row: Segment, reader: AudioReader, given: list[_GivenStem]) -> Iterator[Segment]:
         seg_len = segment_length(self.cfg.segment_s)
         segments = n_segments(reader.frames, reader.sample_rate, self.cfg.segment_s)
         common = {
@@ -117,6 +174,7 @@ class DecodeStep:
         try:
             for i, piece in enumerate(resampled_pieces(reader, FEATURE_SAMPLE_RATE, seg_len)):
                 done = i
+                stems = {g.stem: g.next_piece(piece.shape[1]) for g in given}  # read in step, skipped or not
                 if i in skip:
                     continue
                 yield Segment(
@@ -127,6 +185,7 @@ class DecodeStep:
                     segment_samples=piece.shape[1],
                     audio=piece,
                     mono=to_mono(piece),
+                    stems=stems or None,
                 )
                 done = i + 1
         except Exception as exc:  # the stream failed on the second reading (changed, or an I/O error)
@@ -172,16 +231,32 @@ class _ModelStep:
 
 
 class SeparateStep(_ModelStep):
-    """Six stems per segment with Demucs; adds ``stems`` (name -> float32 (2, samples) at 22.05 kHz)."""
+    """Six stems per segment; sets ``stems`` (name -> float32 (2, samples) at 22.05 kHz) and ``stem_origins``.
+
+    The stems the decode step read from the manifest's files are kept as they are (origin :data:`GIVEN`); Demucs
+    separates the mix only when some stem is missing, and only its outputs for the missing stems are used (origin
+    :attr:`model_id`). When all six are given, no separation runs.
+    """
 
     stage = "separate"
 
     def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
         self._set_threads(threads)
-        self.separator = NullSeparator() if cfg.stages == "null" else Separator(cfg.separate_config(), model=model)
+        if cfg.stages == "null":
+            self.separator: Separator | NullSeparator = NullSeparator()
+            self.model_id = "null-separate"  # as null_identities names it
+        else:
+            self.separator = Separator(cfg.separate_config(), model=model)
+            identity = self.separator.identity
+            self.model_id = identity.name if identity is not None else "demucs"  # an injected model has no identity
 
     def process(self, row: Segment) -> None:
-        row.stems = self.separator.separate(row.audio, FEATURE_SAMPLE_RATE).as_dict()
+        given = row.stems or {}
+        separated = {}
+        if len(given) < len(STEMS):
+            separated = self.separator.separate(row.audio, FEATURE_SAMPLE_RATE).as_dict()
+        row.stems = {s: given[s] if s in given else separated[s] for s in STEMS}
+        row.stem_origins = [GIVEN if s in given else self.model_id for s in STEMS]
 
 
 class PitchStep(_ModelStep):

@@ -1,7 +1,8 @@
 """A small, musical, deterministic synthesized corpus: six stems, their mix, and the notes as ground truth.
 
-Each song has a tempo, a key and mode, a four-chord progression, and six parts, each played by an instrument
-drawn from a few presets (additive synthesis with an ADSR envelope; drums are synthesized hits):
+Each song has a tempo, a key in one of the seven diatonic modes (song i in ``MODES[i % 7]``, so any seven
+consecutive songs cover them all, Aeolian included), a four-chord progression, and six parts, each played by an
+instrument drawn from a few presets (additive synthesis with an ADSR envelope; drums are synthesized hits):
 
 - ``vocals``: the main melody (formant-shaped harmonics, vibrato);
 - ``lead``: a counter-melody an octave up, answering the vocal phrases;
@@ -33,10 +34,18 @@ from hummingml.audio import F32, MELODIC_STEMS, SOURCE_SAMPLE_RATE, STEMS
 from hummingml.stages.pitch import NoteEvent
 from hummingml.stages.synth import midi_to_hz
 
-__all__ = ["MELODIC_STEMS", "STEMS", "Song", "SongInfo", "make_song", "write_corpus"]
+__all__ = ["MELODIC_STEMS", "MODES", "STEMS", "Song", "SongInfo", "make_song", "mode_scale", "write_corpus"]
 
-MAJOR = (0, 2, 4, 5, 7, 9, 11)  # scale degrees in semitones
-MINOR = (0, 2, 3, 5, 7, 8, 10)
+MAJOR = (0, 2, 4, 5, 7, 9, 11)  # scale degrees in semitones (Ionian)
+# The seven diatonic modes: the major scale started on each of its degrees. Song i of a corpus is in MODES[i % 7].
+MODES = ("ionian", "dorian", "phrygian", "lydian", "mixolydian", "aeolian", "locrian")
+
+
+def mode_scale(mode: str) -> tuple[int, ...]:
+    """The seven scale degrees of ``mode`` in semitones above its tonic (``aeolian``: 0 2 3 5 7 8 10)."""
+    start = MODES.index(mode)
+    return tuple((MAJOR[(start + d) % 7] - MAJOR[start]) % 12 for d in range(7))
+
 PROGRESSIONS = ((0, 4, 5, 3), (0, 5, 3, 4), (5, 3, 0, 4), (0, 3, 4, 4), (0, 5, 1, 4))  # scale-degree roots, 0 = I
 KICK, SNARE, HAT = 36, 38, 42  # General MIDI drum pitches
 MIX_PEAK = 0.9  # peak of the written mix, full scale = 1
@@ -115,8 +124,9 @@ class SongInfo:
     seconds: float
     sample_rate: int
     tempo_bpm: float
-    key: str  # e.g. "A minor"
+    key: str  # tonic and mode, e.g. "A aeolian"
     instruments: dict[str, str] = field(default_factory=dict)  # stem -> preset name
+    mode: str = "ionian"  # one of MODES: the song's diatonic mode
 
 
 @dataclass
@@ -194,15 +204,16 @@ def _pan(mono: np.ndarray, pan: float) -> F32:
     return np.stack([np.cos(angle) * mono, np.sin(angle) * mono]).astype(np.float32)
 
 
-def _compose(rng: np.random.Generator, seconds: float) -> tuple[float, str, dict[str, list[NoteEvent]]]:
-    """Tempo, key name and the notes of every stem for one song."""
+def _compose(
+    rng: np.random.Generator, seconds: float, mode: str
+) -> tuple[float, str, dict[str, list[NoteEvent]]]:
+    """Tempo, key name (tonic and ``mode``) and the notes of every stem for one song in ``mode``."""
     tempo = float(rng.choice([84, 92, 100, 108, 116, 124, 132]))
     beat = 60.0 / tempo
     tonic = int(rng.integers(0, 12))
-    minor = bool(rng.random() < 0.4)
-    scale = MINOR if minor else MAJOR
+    scale = mode_scale(mode)
     names = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-    key = f"{names[tonic]} {'minor' if minor else 'major'}"
+    key = f"{names[tonic]} {mode}"
     progression = PROGRESSIONS[int(rng.integers(len(PROGRESSIONS)))]
     n_bars = int(np.ceil(seconds / (4 * beat)))
 
@@ -254,9 +265,10 @@ def _compose(rng: np.random.Generator, seconds: float) -> tuple[float, str, dict
 
 
 def make_song(index: int, seed: int, seconds: float = 10.0, sample_rate: int = SOURCE_SAMPLE_RATE) -> Song:
-    """Compose and render song number ``index`` of corpus ``seed``."""
+    """Compose and render song number ``index`` of corpus ``seed``, in mode ``MODES[index % 7]``."""
     rng = np.random.default_rng([seed, index])
-    tempo, key, notes = _compose(rng, seconds)
+    mode = MODES[index % len(MODES)]
+    tempo, key, notes = _compose(rng, seconds, mode)
     n = round(seconds * sample_rate)
     instruments = {stem: PRESETS[stem][int(rng.integers(len(PRESETS[stem])))].name for stem in PRESETS}
     instruments["drums"] = DRUM_KITS[int(rng.integers(len(DRUM_KITS)))]
@@ -277,7 +289,7 @@ def make_song(index: int, seed: int, seconds: float = 10.0, sample_rate: int = S
     gain = MIX_PEAK / max(float(np.abs(mix).max()), 1e-9)
     stems = {k: (v * gain).astype(np.float32) for k, v in stems.items()}
     song_id = f"song_{index:05d}"
-    info = SongInfo(song_id, f"mix/{song_id}.wav", seconds, sample_rate, tempo, key, instruments)
+    info = SongInfo(song_id, f"mix/{song_id}.wav", seconds, sample_rate, tempo, key, instruments, mode)
     return Song(info, stems, (mix * gain).astype(np.float32), notes)
 
 
@@ -311,10 +323,18 @@ def iter_songs(n_songs: int, seed: int, seconds: float = 10.0) -> Iterator[Song]
         yield make_song(index, seed, seconds)
 
 
-def write_corpus(out: str | Path, n_songs: int, seed: int = 0, seconds: float = 10.0) -> list[SongInfo]:
-    """Render ``n_songs`` songs into ``out`` (layout in the module docstring); returns their descriptions."""
+def write_corpus(
+    out: str | Path, n_songs: int, seed: int = 0, seconds: float = 10.0, stems_in_manifest: bool = False
+) -> list[SongInfo]:
+    """Render ``n_songs`` songs into ``out`` (layout in the module docstring); returns their descriptions.
+
+    With ``stems_in_manifest``, each manifest line also lists the song's true stems,
+    ``"stems": {"drums": "stems/<song_id>/drums.wav", ...}`` (relative to the corpus root, as ``uri`` is), so that
+    extraction uses them instead of separating the mix (docs/stems.md).
+    """
     root = Path(out)
     infos = []
+    lines = []
     for song in iter_songs(n_songs, seed, seconds):
         info = song.info
         _write_wav(root / info.uri, song.mix, info.sample_rate)
@@ -331,5 +351,9 @@ def write_corpus(out: str | Path, n_songs: int, seed: int = 0, seconds: float = 
         (root / "midi").mkdir(parents=True, exist_ok=True)
         (root / "midi" / f"{info.song_id}.mid").write_bytes(song_midi(song))
         infos.append(info)
-    (root / "manifest.jsonl").write_text("".join(json.dumps(asdict(i), sort_keys=True) + "\n" for i in infos))
+        line = asdict(info)
+        if stems_in_manifest:
+            line["stems"] = {stem: f"stems/{info.song_id}/{stem}.wav" for stem in song.stems}
+        lines.append(json.dumps(line, sort_keys=True) + "\n")
+    (root / "manifest.jsonl").write_text("".join(lines))
     return infos

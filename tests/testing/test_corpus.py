@@ -77,3 +77,19 @@ def test_cli_writes_a_corpus(tmp_path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["synth-corpus", str(tmp_path / "c"), "--songs", "2", "--seed", "3", "--seconds", "1.5"]) == 0
     assert len(list((tmp_path / "c" / "mix").glob("*.wav"))) == 2
     assert "wrote 2 songs" in capsys.readouterr().out
+
+
+def test_seven_consecutive_songs_cover_the_seven_modes_and_their_notes_keep_to_the_scale() -> None:
+    from hummingml.testing.corpus import MODES, mode_scale
+
+    assert mode_scale("ionian") == (0, 2, 4, 5, 7, 9, 11) and mode_scale("aeolian") == (0, 2, 3, 5, 7, 8, 10)
+    assert mode_scale("dorian") == (0, 2, 3, 5, 7, 9, 10) and mode_scale("locrian") == (0, 1, 3, 5, 6, 8, 10)
+    names = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+    songs = [make_song(i, seed=3, seconds=4.0) for i in range(7)]
+    assert sorted(s.info.mode for s in songs) == sorted(MODES)
+    for song in songs:
+        tonic, mode = song.info.key.split()
+        assert mode == song.info.mode
+        allowed = {(names.index(tonic) + d) % 12 for d in mode_scale(mode)}
+        pitched = [n.pitch % 12 for stem, notes in song.notes.items() if stem != "drums" for n in notes]
+        assert pitched and set(pitched) <= allowed, (song.info.key, set(pitched) - allowed)
