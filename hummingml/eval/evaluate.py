@@ -73,8 +73,10 @@ METRICS = {
     "si_sdr_db.full_vs_audio": "SI-SDR of decode(generated level 0 + NAR levels) vs the part's audio",
     "part_audio_unavailable": "examples without the part's audio, by reason (not in codec_ceiling, full_vs_audio)",
     "by_mode": "every metric above over the examples of each mode of the manifest's 'mode' column ('unknown': none)",
+    "by_instrument": "every metric above over the examples of each target instrument (manifest 'instruments')",
 }
 UNKNOWN = "unknown"  # the mode or instrument of an example whose input's manifest does not name it
+BREAKDOWNS = ("mode", "instrument")  # every row's metrics are also given per value of these example keys
 
 
 # --- examples ------------------------------------------------------------------------------------------------------
@@ -141,13 +143,13 @@ class _Sums:
         """Add ``other``'s sums and scores to these."""
         for key in self.ar:
             self.ar[key] += other.ar[key]
-        for lvl, values in other.nar.items():
-            for key in values:
-                self.nar[lvl][key] += values[key]
+        for lvl, level_sums in other.nar.items():
+            for key in level_sums:
+                self.nar[lvl][key] += level_sums[key]
         self.tokens, self.hits = self.tokens + other.tokens, self.hits + other.hits
         self.n_examples += other.n_examples
-        for name, values in other.scores.items():
-            self.scores[name] += values
+        for name, scores in other.scores.items():
+            self.scores[name] += scores
 
     def result(self) -> dict[str, Any]:
         """The metrics :func:`evaluate_models` documents; values None without examples."""
@@ -179,7 +181,7 @@ def evaluate_models(
     top_k: int = 1,
     seed: int = 0,
     audio: list[npt.NDArray[np.float32] | None] | None = None,
-    by: str = "",
+    by: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Token accuracies and SI-SDR of one checkpoint's models on ``examples`` (module docstring).
 
@@ -193,24 +195,24 @@ def evaluate_models(
         audio: per example, the target part's own audio at the codec's rate (:func:`part_audio`), or None where it
             could not be found; adds ``codec_ceiling`` and ``full_vs_audio`` to ``si_sdr_db`` over the examples
             that have it.
-        by: an example key (``"mode"``) to break the metrics down by as well; batches never mix its values, so the
-            breakdown costs no extra forward pass.
+        by: example keys (``("mode", "instrument")``) to break the metrics down by as well, each on its own; batches
+            never mix their values, so the breakdowns cost no extra forward pass.
 
     Returns:
         ``{"n_examples", "n_frames", "ar_teacher_forced": {"loss", "acc", "top10_acc"}, "ar_free_running_acc",
         "nar_teacher_forced": {str(level): {"loss", "acc", "top10_acc"}}, "nar_mean_acc", "si_sdr_db": {"full",
         "ar_only", "nar_only"[, "codec_ceiling", "full_vs_audio"]} each {"mean", "median", "n_scored",
-        "n_skipped_silent"}}``, and with ``by`` also ``"by_<by>": {value: the same metrics}``; metric values are
-        None without examples.
+        "n_skipped_silent"}}``, and for each key of ``by`` also ``"by_<key>": {value: the same metrics}``; metric
+        values are None without examples.
     """
     import torch
 
     device = next(ar.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     levels = range(1, cfg.model.n_codebooks)
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, ...], list[int]] = {}
     for i, example in enumerate(examples):
-        groups.setdefault(str(example.get(by, "")) if by else "", []).append(i)
+        groups.setdefault(tuple(str(example.get(key, UNKNOWN)) for key in by), []).append(i)
     total = _Sums(levels, audio is not None)
     per_group = {}
     ar.eval()
@@ -255,8 +257,11 @@ def evaluate_models(
                         sums.scores["full_vs_audio"].append(si_sdr(decoded["full"][j], part))
             total.add(sums)
     result = total.result()
-    if by:
-        result[f"by_{by}"] = {value: sums.result() for value, sums in per_group.items()}
+    for k, key in enumerate(by):
+        per_value: dict[str, _Sums] = {}
+        for values, sums in per_group.items():
+            per_value.setdefault(values[k], _Sums(levels, audio is not None)).add(sums)
+        result[f"by_{key}"] = {value: sums.result() for value, sums in sorted(per_value.items())}
     return result
 
 
@@ -316,7 +321,7 @@ def run(cfg: EvalConfig, models_given: set[str] | None = None, log: TextIO = sys
                 parts = audio_cache[key, models]
             metrics = evaluate_models(
                 ar, nar, train_cfg, examples, dac, batch_size=cfg.batch_size, top_k=cfg.top_k, seed=cfg.seed,
-                audio=None if parts is None else parts.audio, by="mode",
+                audio=None if parts is None else parts.audio, by=BREAKDOWNS,
             )
             if parts is not None:
                 metrics["part_audio_unavailable"] = parts.unavailable

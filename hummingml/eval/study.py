@@ -129,7 +129,8 @@ def _delta(a: float | None, b: float | None) -> dict[str, float | None]:
 
 
 def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The study's findings from the evaluation rows: model pairs per split, seen against unseen, per mode."""
+    """The study's findings from the evaluation rows: model pairs per split, seen against unseen, per mode and per
+    instrument."""
     by = {(r["run_name"], r["split"]): r for r in rows}
     pairs = {
         title: {split: _delta(_value(by.get((a, split))), _value(by.get((b, split)))) for split in ("train", "unseen")}
@@ -138,19 +139,23 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     seen_unseen = {name: _delta(_value(by.get((name, "unseen"))), _value(by.get((name, "train")))) for name in MODELS}
     modes: dict[str, dict[str, dict[str, float | None]]] = {}
+    instruments: dict[str, dict[str, Any]] = {}
     for (name, split), row in sorted(by.items()):
         for mode, metrics in (row.get("by_mode") or {}).items():
             modes.setdefault(split, {}).setdefault(mode, {})[name] = _value(metrics)
+        for instrument, metrics in (row.get("by_instrument") or {}).items():
+            instruments.setdefault(instrument, {"split": split})[name] = _value(metrics)
     best_mode = {}
     for split, table in modes.items():
-        scored = {mode: v["hummingml"] for mode, v in table.items() if v.get("hummingml") is not None}
-        best_mode[split] = max(scored, key=lambda m: scored[m]) if scored else None
+        scored = {mode: float(v["hummingml"] or 0.0) for mode, v in table.items() if v.get("hummingml") is not None}
+        best_mode[split] = max(scored, key=scored.__getitem__) if scored else None
     return {
         "metric": "median SI-SDR (dB) of full generation (AR level 0 + NAR levels) vs the ground-truth decode",
         "pairs": pairs,
         "unseen_vs_seen": seen_unseen,
         "by_mode": modes,
         "hummingml_best_mode": best_mode,
+        "by_instrument": instruments,
     }
 
 
@@ -194,6 +199,10 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---:|---:|---:|"]  # fmt: skip
     for name, d in c["unseen_vs_seen"].items():
         lines.append(f"| {name} | {_fmt(d['b_db'])} | {_fmt(d['a_db'])} | {_fmt(d['delta_db'])} |")
+    lines += ["", "Per instrument (median SI-SDR full, dB; unseen = held out of training):", "",
+              "| instrument | split | " + " | ".join(MODELS) + " |", "|---|---|" + "---:|" * len(MODELS)]  # fmt: skip
+    for instrument, values in sorted(c["by_instrument"].items()):
+        lines.append(f"| {instrument} | {values['split']} | " + " | ".join(_fmt(values.get(m)) for m in MODELS) + " |")
     for split, table in c["by_mode"].items():
         lines += ["", f"Per mode, {split} split (median SI-SDR full, dB):", "", "| mode | " + " | ".join(MODELS) + " |",
                   "|---|" + "---:|" * len(MODELS)]  # fmt: skip

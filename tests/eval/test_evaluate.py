@@ -70,7 +70,7 @@ ROW_KEYS = {
     "checkpoint", "run_name", "step", "preset", "layout", "trained_with_augmentation", "trained_holdout_instruments",
     "split", "features", "holdout_instruments", "frames", "timbre_frames", "dac", "n_examples", "n_frames",
     "ar_teacher_forced", "ar_free_running_acc", "nar_teacher_forced", "nar_mean_acc", "si_sdr_db", "eval_s",
-    "part_audio_unavailable", "by_mode",
+    "part_audio_unavailable", "by_mode", "by_instrument",
 }  # fmt: skip
 
 

@@ -25,7 +25,8 @@ def test_comparisons_are_differences_of_the_rows() -> None:
         def metrics(v: float) -> dict:
             return {"si_sdr_db": {"full": {"median": v}}}
 
-        return {"run_name": name, "split": split, **metrics(full), "by_mode": {m: metrics(v) for m, v in modes.items()}}
+        return {"run_name": name, "split": split, **metrics(full), "by_mode": {m: metrics(v) for m, v in modes.items()},
+                "by_instrument": {("flute" if split == "unseen" else "organ"): metrics(full)}}  # fmt: skip
 
     rows = [row("hummingml", "train", -2.0, {"aeolian": -1.0, "dorian": -3.0}), row("valle", "train", -4.0, {}),
             row("hummingml_no_aug", "train", -5.0, {}), row("hummingml", "unseen", -3.0, {})]  # fmt: skip
@@ -36,6 +37,8 @@ def test_comparisons_are_differences_of_the_rows() -> None:
     assert c["pairs"]["HummingLM vs VALL-E"]["unseen"]["delta_db"] is None  # no VALL-E row on unseen
     assert c["unseen_vs_seen"]["hummingml"]["delta_db"] == -1.0
     assert c["hummingml_best_mode"]["train"] == "aeolian"
+    assert c["by_instrument"]["flute"] == {"split": "unseen", "hummingml": -3.0}
+    assert c["by_instrument"]["organ"] == {"split": "train", "hummingml": -2.0, "valle": -4.0, "hummingml_no_aug": -5.0}
 
 
 def test_study_flags_are_checked() -> None:
@@ -79,9 +82,10 @@ def test_study_trains_three_models_and_compares_them_seen_unseen_and_per_mode(
     by = {(r["run_name"], r["split"]): r["si_sdr_db"]["full"]["median"] for r in rows}
     pair = results["comparisons"]["pairs"]["HummingLM vs VALL-E"]["unseen"]
     assert pair["delta_db"] == pytest.approx(by["hummingml", "unseen"] - by["valle", "unseen"])
+    assert results["comparisons"]["by_instrument"][held_out]["split"] == "unseen"
     assert "RANDOM WEIGHTS" in results["codec"]  # the tiny test DAC is labelled
     table = (out / "results.md").read_text()
-    assert "HummingLM vs VALL-E" in table and "augmentation" in table and "Per mode" in table
+    assert "HummingLM vs VALL-E" in table and "augmentation" in table and "Per mode" in table and held_out in table
     assert all(mode in table for mode in modes)
     for png in ("loss.png", "si_sdr.png", "modes.png", "eval.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
