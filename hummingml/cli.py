@@ -1,26 +1,27 @@
 """The ``hummingml`` command: ``hummingml <subcommand> --help`` lists each subcommand's flags.
 
 Invalid flag values are reported one line each on stderr (``hummingml extract: error: --limit must be >= 0``), with
-exit code 2, before anything is created or started. ``hummingml decode`` and ``hummingml remix`` also report a
-failure to load a model, read a file or decode audio as one line, with exit code 1; ``hummingml --verbose ...``
-shows its traceback instead.
+exit code 2, before anything is created or started. ``extract``, ``evaluate``, ``study``, ``generate``, ``decode``
+and ``remix`` also report a failure to load a model, read a file or decode audio as one line, with exit code 1;
+``hummingml --verbose ...`` shows its traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from hummingml import __version__
 from hummingml.config import (
     DRY_RUN_HELP,
+    VERBOSE_HELP,
     ConfigError,
     above,
     add_flags,
     at_least,
     exit_on_config_error,
     from_flags,
+    one_line_errors,
     print_plan,
 )
 from hummingml.eval.config import (
@@ -71,7 +72,7 @@ def _extract(args: argparse.Namespace) -> int:
         return 0
     from hummingml.extract.job import exit_code, run  # imports Ray
 
-    return exit_code(run(cfg), cfg, "hummingml extract")
+    return one_line_errors("hummingml extract", lambda: exit_code(run(cfg), cfg, "hummingml extract"), args.verbose)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -92,23 +93,21 @@ def _generate(args: argparse.Namespace) -> int:
     from_flags(GenerateConfig, args)  # the flags alone, before the checkpoint's recorded models are read
     from hummingml.eval.generate import config_from_args, run
 
-    run(config_from_args(args))
-    return 0
+    return one_line_errors("hummingml generate", lambda: run(config_from_args(args)), args.verbose)
 
 
 def _decode(args: argparse.Namespace) -> int:
     cfg = from_flags(DecodeConfig, args)  # the flags alone, before the output is opened
     from hummingml.eval.decode import run
 
-    return _one_line_errors("hummingml decode", lambda: run(cfg), verbose=args.verbose)
+    return one_line_errors("hummingml decode", lambda: run(cfg), verbose=args.verbose)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from hummingml.eval.evaluate import run
 
     cfg, models_given = eval_config_from_args(args)
-    run(cfg, models_given)
-    return 0
+    return one_line_errors("hummingml evaluate", lambda: run(cfg, models_given), args.verbose)
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -117,9 +116,8 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         print_plan("hummingml study", dry_run_plan(cfg))
-    else:
-        run(cfg)
-    return 0
+        return 0
+    return one_line_errors("hummingml study", lambda: run(cfg), args.verbose)
 
 
 def _remix(args: argparse.Namespace) -> int:
@@ -127,7 +125,7 @@ def _remix(args: argparse.Namespace) -> int:
     cfg = from_flags(RemixCommandConfig, args)
     from hummingml.serve.remix import run_command
 
-    return _one_line_errors("hummingml remix", lambda: run_command(cfg), verbose=args.verbose)
+    return one_line_errors("hummingml remix", lambda: run_command(cfg), verbose=args.verbose)
 
 
 def _stems_render(args: argparse.Namespace) -> int:
@@ -150,32 +148,11 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_main(cfg)
 
 
-def _one_line_errors(prog: str, work: Callable[[], object], verbose: bool = False) -> int:
-    """Run ``work``; a failure to load a model, read a file or decode audio becomes one line on stderr and exit code
-    1 (``verbose``: the traceback instead). A ``ConfigError`` passes through (one line, exit 2)."""
-    import pyarrow as pa
-
-    from hummingml.audio import DecodeError
-    from hummingml.weights.config import ModelError
-
-    try:
-        work()
-    except ConfigError:
-        raise
-    except (ModelError, DecodeError, OSError, ValueError, pa.ArrowException) as exc:
-        if verbose:
-            raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"{prog}: error: {message} (--verbose shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``hummingml`` command."""
     parser = argparse.ArgumentParser(prog="hummingml", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show the traceback of a failure instead of one line")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth-corpus", help="write a small deterministic synthesized corpus (mix, six stems, notes)")

@@ -223,8 +223,12 @@ DRY_RUN_HELP = (
 )
 
 
+VERBOSE_HELP = "show the traceback of a failure instead of one line"
+
+
 def job_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """The parser every job starts from: its docstring as the description, ``--version`` and ``--dry-run``."""
+    """The parser every job starts from: its docstring as the description, ``--version``, ``--dry-run`` and
+    ``--verbose``."""
     from hummingml import __version__
 
     parser = argparse.ArgumentParser(
@@ -232,7 +236,39 @@ def job_parser(prog: str, description: str | None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hummingml {__version__}")
     parser.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
+
+
+def verbose_requested(argv: Sequence[str] | None) -> bool:
+    """Whether a job's command line asks for ``--verbose`` (read before its flags are parsed, so that a failure
+    while parsing or checking them is reported the same way)."""
+    return "--verbose" in (sys.argv[1:] if argv is None else argv)
+
+
+def one_line_errors(prog: str, work: typing.Callable[[], object], verbose: bool = False) -> int:
+    """Run ``work``; return what it returns when that is an exit code (an int), else 0.
+
+    An expected failure (a model that cannot be loaded, a file that cannot be read, audio that cannot be decoded, a
+    value a library refuses) becomes one line on stderr and exit code 1; ``verbose`` re-raises it for the traceback.
+    A ``ConfigError`` passes through (one line, exit 2, from :func:`exit_on_config_error`); anything else is a bug and
+    keeps its traceback.
+    """
+    import pyarrow as pa
+
+    from hummingml.weights.config import ModelError
+
+    try:
+        result = work()
+    except ConfigError:
+        raise
+    except (ModelError, OSError, ValueError, pa.ArrowException) as exc:  # DecodeError is a ValueError
+        if verbose:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{prog}: error: {message} (--verbose shows the traceback)", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def parse_job_flags(

@@ -20,7 +20,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml.config import exit_on_config_error, job_parser, print_plan
+from hummingml.config import exit_on_config_error, job_parser, one_line_errors, print_plan, verbose_requested
 from hummingml.eval.config import EvalConfig, add_eval_flags, eval_config_from_args
 
 PROG = "ray_jobs.evaluate"
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from hummingml.eval.evaluate import run
 
         print(f"[evaluate] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
-        run(cfg, models_given)
-    return 0
+        return one_line_errors(PROG, lambda: run(cfg, models_given), verbose_requested(argv))
 
 
 if __name__ == "__main__":

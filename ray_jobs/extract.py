@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from hummingml.config import exit_on_config_error, parse_job_flags, print_plan
+from hummingml.config import exit_on_config_error, one_line_errors, parse_job_flags, print_plan, verbose_requested
 from hummingml.extract.config import ExtractConfig, dry_run_plan
 
 PROG = "ray_jobs.extract"
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from hummingml.extract.job import exit_code, run
 
-        summary = run(cfg)
-    return exit_code(summary, cfg, PROG)
+        return one_line_errors(PROG, lambda: exit_code(run(cfg), cfg, PROG), verbose_requested(argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from hummingml.config import exit_on_config_error, parse_job_flags, print_plan
+from hummingml.config import exit_on_config_error, one_line_errors, parse_job_flags, print_plan, verbose_requested
 from hummingml.serve.config import RemixBatchConfig
 
 PROG = "ray_jobs.remix"
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from hummingml.serve.ray import run_batch  # imports Ray
 
-        summary = run_batch(cfg)
-    return 0 if summary["accounted"] else 1
+        return one_line_errors(PROG, lambda: 0 if run_batch(cfg)["accounted"] else 1, verbose_requested(argv))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from hummingml.config import exit_on_config_error, parse_job_flags, print_plan
+from hummingml.config import exit_on_config_error, one_line_errors, parse_job_flags, print_plan, verbose_requested
 from hummingml.eval.config import StudyConfig
 
 PROG = "ray_jobs.study"
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if dry_run:
             print_plan(PROG, dry_run_plan(cfg))
             return 0
-        run(cfg)
-    return 0
+        return one_line_errors(PROG, lambda: run(cfg), verbose_requested(argv))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ import json
 import sys
 from dataclasses import asdict
 
-from hummingml.config import add_flags, exit_on_config_error, from_flags, job_parser, print_plan
+from hummingml.config import (
+    add_flags,
+    exit_on_config_error,
+    from_flags,
+    job_parser,
+    one_line_errors,
+    print_plan,
+    verbose_requested,
+)
 from hummingml.train.config import PRESETS, TrainConfig, from_preset
 
 PROG = "ray_jobs.train"
@@ -54,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print_plan(PROG, dry_run_plan(cfg))
             return 0
-        from hummingml.train.ray import fit
-
         print(f"[train] config:\n{json.dumps(asdict(cfg), indent=2, default=str)}", flush=True)
-        result = fit(cfg)
+        return one_line_errors(PROG, lambda: _fit(cfg), verbose_requested(argv))
+
+
+def _fit(cfg: TrainConfig) -> int:
+    """Train; print the final metrics and the checkpoint path; 0 when Ray Train reports no error, else 1."""
+    from hummingml.train.ray import fit
+
+    result = fit(cfg)
     print(f"[train] final metrics: {json.dumps(result.metrics, default=str)}", flush=True)
     print(f"[train] checkpoint: {result.checkpoint.path if result.checkpoint else None}", flush=True)
     return 0 if result.error is None else 1

@@ -637,7 +637,8 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
     """(where, job, flags) of every concrete job command in the README, the docs and the jobs' docstrings.
 
     Code blocks are read line by line with continuation lines joined; inline code spans may wrap. A command with no
-    flags is a mention, one holding ``...`` or ``<`` a pattern, ``--help`` or ``--version`` no run: none is run.
+    flags is a mention, one holding ``...``, ``<`` or ``[`` a pattern, ``--help`` or ``--version`` no run: none is
+    run.
     """
     found = []
     for path in DOCUMENTED:
@@ -653,7 +654,7 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             for m in _COMMAND.finditer(piece):
                 job = m.group(1) or m.group(2)
                 rest = re.split(r"\s(?:&&|\||#|;)|\s\d?>", m.group(3))[0]
-                if not rest.strip() or "..." in rest or "<" in rest or re.search(r"--help|--version", rest):
+                if not rest.strip() or re.search(r"\.\.\.|<|\[|--help|--version", rest):
                     continue
                 found.append((f"{path.relative_to(REPO)}: {m.group(0).strip()}", job, shlex.split(rest)))
     return found

@@ -333,3 +333,34 @@ def test_every_command_refuses_an_unknown_flag_in_one_line(work: Path, argv: lis
     error = r"[\w. -]+: error: (unrecognized arguments: --no-such-flag=1|the following arguments are required: \w+)"
     assert re.fullmatch(error, lines[-1]), lines
     assert lines[0].startswith("usage: ") and not any("Traceback" in line for line in lines)
+
+
+def test_an_expected_failure_is_one_line_exit_1_and_verbose_keeps_the_traceback(capsys) -> None:
+    from hummingml.config import one_line_errors
+    from hummingml.weights.config import ModelUnavailableError
+
+    def missing() -> int:
+        raise FileNotFoundError("no such checkpoint:\n  /runs/x")
+
+    assert one_line_errors("ray_jobs.train", missing) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "ray_jobs.train: error: no such checkpoint: /runs/x (--verbose shows the traceback)"
+    with pytest.raises(FileNotFoundError):
+        one_line_errors("ray_jobs.train", missing, verbose=True)
+    with pytest.raises(ConfigError):  # exit 2 is exit_on_config_error's
+        one_line_errors("j", lambda: (_ for _ in ()).throw(ConfigError("--x must be >= 1")))
+    with pytest.raises(RuntimeError):  # a bug keeps its traceback
+        one_line_errors("j", lambda: (_ for _ in ()).throw(RuntimeError("bug")))
+    assert one_line_errors("j", lambda: (_ for _ in ()).throw(ModelUnavailableError("offline"))) == 1
+    assert one_line_errors("j", lambda: 3) == 3 and one_line_errors("j", lambda: {"rows": 1}) == 0
+
+
+def test_a_study_on_unusable_features_is_one_line_and_creates_nothing(tmp_path, capsys) -> None:
+    from ray_jobs.study import main
+
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exc:
+        main(["--features", str(tmp_path / "nothing"), "--out", str(out)])
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("ray_jobs.study: error: --features ") and not out.exists()

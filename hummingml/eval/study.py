@@ -291,10 +291,10 @@ def run(cfg: StudyConfig, log: TextIO | None = None) -> dict[str, Any]:
 
     log = log or sys.stdout
     started = time.time()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     instruments, modes = catalogue(cfg.features, cfg.parts)
     holdout = cfg.holdout_instruments or choose_holdout(instruments)
+    out = Path(cfg.out)  # created once the features are known to be usable
+    out.mkdir(parents=True, exist_ok=True)
     print(f"[study] held out: {', '.join(holdout)}; segments per mode: {json.dumps(modes, sort_keys=True)}", file=log)
     configs = train_configs(cfg, holdout)
     runs: dict[str, dict[str, Any]] = {}
