@@ -170,7 +170,7 @@ class CurrentView:
     def describe(self, listed: set[str] | None = None) -> dict[str, Any]:
         """The whole output in numbers; with ``listed`` (the source ids an input lists), the sources it lacks."""
         states = self.sources.values()
-        out = {
+        out: dict[str, Any] = {
             "sources": len(self.sources),
             "complete_ok": sum(p.complete and not p.failed for p in states),
             "complete_failed": sum(p.complete and p.failed for p in states),

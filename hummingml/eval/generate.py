@@ -221,7 +221,8 @@ def generate(
         warnings.warn("Basic Pitch found no notes in the hum: the sine conditioning is silence", stacklevel=2)
     sine = render_sine(notes, hum.shape[1], FEATURE_SAMPLE_RATE)
     tokens = encode_batch([sine, hum, timbre], FEATURE_SAMPLE_RATE, dac, CodecConfig())
-    windows = make_windows(*(t.codes[0] for t in tokens), cfg, P)
+    sine_codes, hum_codes, timbre_codes = (t.codes[0] for t in tokens)
+    windows = make_windows(sine_codes, hum_codes, timbre_codes, cfg, P)
     outs = generate_windows(windows, ar, nar, cfg, top_k=top_k, temperature=temperature, seed=seed,
                             batch_size=batch_size)  # fmt: skip
     codes = np.concatenate(outs, axis=1)  # (N, F)

@@ -100,6 +100,7 @@ def part_audio(
             if row.content_sha256 != first["content_sha256"]:
                 missing("source changed since extraction", len(indices))
                 continue
+            assert row.stems is not None  # the separate step sets the stems of every row without an error
             for i in indices:
                 stem = row.stems[examples[i]["part"]]
                 channel = to_mono(stem) if cfg.stem_channels == "mono" else stem[:1]

@@ -19,6 +19,7 @@ import pickle
 import traceback
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -35,7 +36,7 @@ from hummingml.stages.pitch import NoteEvent
 F32 = npt.NDArray[np.float32]
 I16 = npt.NDArray[np.int16]
 
-Batch = pa.Table  # a batch of segment records, of BATCH_SCHEMA
+Batch: TypeAlias = pa.Table  # a batch of segment records, of BATCH_SCHEMA
 Summary = dict[str, np.ndarray]  # a commit's summary columns (hummingml.extract.steps.CommitStep)
 
 
@@ -79,10 +80,10 @@ class Segment:
     segment_index: int  # 0-based segment, or -1 for a source row and an error of the whole source
     source_uri: str  # the input's canonical URI, stored in the output
     open_uri: str | None = None  # what to open (an object store's URI with its ?options); source rows only
-    stem_uris: dict[str, str] | None = None  # stem -> what to open, for the stems the manifest gives; source rows only
     source_version: str = ""  # "<size>:<mtime ns>" as listed ("" when it could not be stat'ed)
     metadata: str = "{}"  # JSON object of the manifest's extra columns
     skip_segments: list[int] | None = None  # segments an earlier run committed; source rows only
+    stem_uris: dict[str, str] | None = None  # stem -> what to open, for the stems the manifest gives; source rows only
     content_sha256: str | None = None  # sha256 of the input's bytes (hex), once read
     source_sample_rate: int | None = None  # Hz, of the decoded input
     source_channels: int | None = None  # channels in the input file
@@ -173,9 +174,19 @@ def source_rows(sources: list[Source], skip: dict[str, list[int]] | None = None)
     )
 
 
-def _codes(array: np.ndarray) -> list:
+def _codes(array: npt.NDArray[np.integer]) -> list[Any]:
     """int16 (channels, n_codebooks, frames) -> nested lists for Arrow."""
     return np.asarray(array, dtype=np.int16).tolist()
+
+
+_T = TypeVar("_T")
+
+
+def _finished(row: Segment, value: _T | None, name: str) -> _T:
+    """``value``, the field ``name`` of ``row``, which every finished row has; raises ValueError when it is None."""
+    if value is None:
+        raise ValueError(f"segment {row.source_id}/{row.segment_index} has no error but no {name}")
+    return value
 
 
 PROVENANCE_KEYS = (
@@ -221,9 +232,9 @@ def feature_tables(rows: list[Segment], frame_rate: float) -> dict[str, pa.Table
         audio.append(
             {
                 **common,
-                "channel_codes": _codes(row.channel_codes),
+                "channel_codes": _codes(_finished(row, row.channel_codes, "channel_codes")),
                 "stem_names": row.stem_names,
-                "stem_codes": [_codes(c) for c in row.stem_codes],
+                "stem_codes": [_codes(c) for c in _finished(row, row.stem_codes, "stem_codes")],
                 "stem_origins": row.stem_origins,
             }
         )
@@ -232,15 +243,16 @@ def feature_tables(rows: list[Segment], frame_rate: float) -> dict[str, pa.Table
                 "stream": m.stream,
                 "notes": [asdict(n) for n in m.notes],
                 "midi": m.midi,
-                "sine_codes": _codes(m.sine_codes),
+                "sine_codes": _codes(_finished(row, m.sine_codes, f"sine_codes of {m.stream}")),
             }
-            for m in row.melody
+            for m in _finished(row, row.melody, "melody")
         ]
         variants = [
             {**{f.name: getattr(v, f.name) for f in fields(MonoVariant)}, "codes": _codes(v.codes)}
             for v in row.mono_variants or []
         ]
-        sine.append({**common, "mono_codes": _codes(row.mono_codes), "mono_variants": variants, "melody": melody})
+        mono_codes = _codes(_finished(row, row.mono_codes, "mono_codes"))
+        sine.append({**common, "mono_codes": mono_codes, "mono_variants": variants, "melody": melody})
     return {
         "audio-feature": pa.Table.from_pylist(audio, schema=SCHEMAS["audio-feature"]),
         "sine-audio-feature": pa.Table.from_pylist(sine, schema=SCHEMAS["sine-audio-feature"]),

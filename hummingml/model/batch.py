@@ -82,7 +82,7 @@ def make_batch(
         out["timbre"][b, :, : timbre.shape[1]] = torch.from_numpy(timbre.astype(np.int64))
         out["cond"][b, 0, :, : sine.shape[1]] = torch.from_numpy(sine.astype(np.int64))
         out["cond"][b, 1, :, : mono.shape[1]] = torch.from_numpy(mono.astype(np.int64))
-        if with_target:
+        if with_target and target is not None:  # with_target: no row's target is None
             out["target"][b, :, : target.shape[1]] = torch.from_numpy(target.astype(np.int64))
     return out
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -261,6 +262,7 @@ class CodecLM(nn.Module):
     """Shared trunk of :class:`HummingLM` and :class:`NARUpsampler`: embeddings, blocks, norm, head."""
 
     causal: bool = True
+    rope: Tensor  # (2, max_seq_len, head_dim // 2) float32, a non-persistent buffer
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -282,8 +284,7 @@ class CodecLM(nn.Module):
         cfg = self.cfg
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # residual branches, as GPT-2
         nn.init.normal_(self.tok_embeddings.weight, std=cfg.init_std)
-        for block in self.layers:
-            block = getattr(block, "_checkpoint_wrapped_module", block)
+        for block in self.blocks():
             a, f = block.attention, block.feed_forward
             for lin in (a.wq, a.wk, a.wv, f.w1, f.w3):
                 if lin is not None:
@@ -296,6 +297,11 @@ class CodecLM(nn.Module):
         head_std = cfg.d_model**-0.5
         nn.init.trunc_normal_(self.output.weight, std=head_std, a=-3 * head_std, b=3 * head_std)
         self.rope.copy_(rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, device=self.rope.device))
+
+    def blocks(self) -> list[TransformerBlock]:
+        """The blocks of :attr:`layers`, unwrapped from activation checkpointing's wrapper where it is applied."""
+        # cast: ``layers`` holds only TransformerBlocks; nn.ModuleList types its items as plain Modules.
+        return [cast(TransformerBlock, getattr(b, "_checkpoint_wrapped_module", b)) for b in self.layers]
 
     # --- packing -------------------------------------------------------------------------------------------------
 
@@ -509,7 +515,7 @@ class HummingLM(CodecLM):
         rope = self.rope if self.rope.shape[1] >= length else rope_table(
             self.cfg.head_dim, length, self.cfg.rope_theta, device=device)
         caches = [KVCache() for _ in self.layers]
-        blocks = [getattr(b, "_checkpoint_wrapped_module", b) for b in self.layers]
+        blocks = self.blocks()
 
         def run(lo: int, hi: int) -> Tensor:
             """Positions [lo, hi) through the trunk; their final-norm hidden states (B, hi - lo, d_model)."""

@@ -64,6 +64,15 @@ def _wav_bytes(audio: F32, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
+def _set_batching(method: Any, max_batch: int, batch_wait_s: float) -> None:
+    """Set the batch size and wait of a ``@serve.batch`` method of this replica.
+
+    ``method`` is ``Any``: Ray annotates ``serve.batch`` as returning a plain callable, without these two setters.
+    """
+    method.set_max_batch_size(max_batch)
+    method.set_batch_wait_timeout_s(batch_wait_s)
+
+
 # --- model deployments ---------------------------------------------------------------------------------------------
 
 
@@ -76,8 +85,7 @@ class Pitch:
         from hummingml.stages.pitch import PitchDetector
 
         self.detector = PitchDetector()
-        self.detect.set_max_batch_size(max_batch)
-        self.detect.set_batch_wait_timeout_s(batch_wait_s)
+        _set_batching(self.detect, max_batch, batch_wait_s)
 
     @serve.batch
     async def detect(self, audios: list[F32]) -> list[list[Any]]:
@@ -99,8 +107,7 @@ class Codec:
         self.dac = self.dac.to(resolve_device("auto"))  # a GPU when the replica was given one
         self.receptive_frames = receptive_field_frames(self.dac)
         for method in (self.encode, self.decode):
-            method.set_max_batch_size(max_batch)
-            method.set_batch_wait_timeout_s(batch_wait_s)
+            _set_batching(method, max_batch, batch_wait_s)
 
     def info(self) -> dict[str, Any]:
         """The encoder's receptive field in frames and the weights' identity."""
@@ -145,8 +152,7 @@ class HumLM:
         self.model.ar.to(device)
         self.model.nar.to(device)
         self.prompt_frames = timbre_frames(self.model.cfg, TIMBRE_SECONDS)
-        self.generate.set_max_batch_size(max_batch)
-        self.generate.set_batch_wait_timeout_s(batch_wait_s)
+        _set_batching(self.generate, max_batch, batch_wait_s)
 
     def info(self) -> dict[str, Any]:
         """The prompt length in frames and the model's description (label, trained or not, DAC)."""
@@ -179,8 +185,7 @@ class Separation:
         from hummingml.weights.config import ModelsConfig
 
         self.separator = Separator(SeparateConfig(models=from_dict(ModelsConfig, models)))
-        self.separate.set_max_batch_size(max_batch)
-        self.separate.set_batch_wait_timeout_s(batch_wait_s)
+        _set_batching(self.separate, max_batch, batch_wait_s)
 
     @serve.batch
     async def separate(self, songs: list[F32]) -> list[dict[str, F32]]:
@@ -396,7 +401,7 @@ class Api:
         self.token = Path(self.cfg.token_file).read_text().strip() if self.cfg.token_file else ""
         self.remixer, self.hum = remixer, HumPath(pitch, codec, lm)
         self.inflight = 0
-        self.presets: dict[str, tuple[F32, int]] = {}
+        self.preset_clips: dict[str, tuple[F32, int]] = {}  # preset name -> (clip, sample rate), loaded on first use
         mb = int(self.cfg.max_upload_mb * 1024 * 1024)
         api.state.guard = (self.token, mb)  # read by the guard middleware in this replica
         self.hum_limits = UploadLimits(max_bytes=mb, max_seconds=self.cfg.max_hum_s)
@@ -413,9 +418,9 @@ class Api:
         name = preset or DEFAULT_INSTRUMENT
         if name not in preset_names():
             raise UploadError(422, "unknown_preset", f"no preset {name!r}; presets: {', '.join(preset_names())}")
-        if name not in self.presets:
-            self.presets[name] = (preset_clip(name, TIMBRE_SECONDS), SOURCE_SAMPLE_RATE)
-        return (*self.presets[name], name)
+        if name not in self.preset_clips:
+            self.preset_clips[name] = (preset_clip(name, TIMBRE_SECONDS), SOURCE_SAMPLE_RATE)
+        return (*self.preset_clips[name], name)
 
     async def _read(self, upload: UploadFile, limits: UploadLimits) -> tuple[F32, int]:
         data = await upload.read(limits.max_bytes + 1)

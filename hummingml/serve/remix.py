@@ -107,7 +107,7 @@ def mix(parts: Mapping[str, F32], sample_rate: int, offsets_db: Mapping[str, flo
         before = loudness_db(part, sample_rate)
         leveled[name], gain_db = gain_to(part, sample_rate, cfg.target_lufs + offsets_db[name])
         report[name] = {"loudness_db": _finite(before), "gain_db": round(gain_db, 2)}
-    total = np.sum(list(leveled.values()), axis=0, dtype=np.float64).astype(np.float32)
+    total = np.stack(list(leveled.values())).sum(axis=0, dtype=np.float64).astype(np.float32)
     total, mix_gain_db = gain_to(total, sample_rate, cfg.target_lufs)
     peak = float(np.abs(total).max()) if total.size else 0.0
     limiter_db = 0.0
@@ -209,7 +209,7 @@ def assemble(
     parts = {
         "vocals": vocals,
         "instrument": np.pad(played_audio, ((0, 0), (0, audio.shape[1] - played_audio.shape[1]))),
-        "backing": np.sum([stem[s] for s in BACKING_STEMS], axis=0, dtype=np.float64).astype(np.float32),
+        "backing": np.stack([stem[s] for s in BACKING_STEMS]).sum(axis=0, dtype=np.float64).astype(np.float32),
     }
     offsets = {"vocals": cfg.vocals_db, "instrument": cfg.instrument_db, "backing": cfg.backing_db}
     out, as_mixed, mixed = mix(parts, rate, offsets, cfg)

@@ -202,9 +202,9 @@ def separate_batch(
                     model, (x - mean) / std, shifts=cfg.shifts, split=True, overlap=cfg.overlap,
                     segment=cfg.segment_s, device=device, progress=False,
                 )  # (B, sources, 2, T)
-            out = (out * std[:, None] + mean[:, None]).cpu().numpy()
+            separated = (out * std[:, None] + mean[:, None]).cpu().numpy()  # (B, sources, 2, T) float32
             for j, i in enumerate(batch):
-                results[i] = _collect_stems(out[j], list(model.sources), mapping, model_rate, audios[i].shape[-1],
+                results[i] = _collect_stems(separated[j], list(model.sources), mapping, model_rate, audios[i].shape[-1],
                                             rates[i], cfg.output_sample_rate)
     return [r for r in results if r is not None]
 

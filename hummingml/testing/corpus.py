@@ -285,7 +285,7 @@ def make_song(index: int, seed: int, seconds: float = 10.0, sample_rate: int = S
         peak = np.abs(track).max()
         track = track / peak * STEM_GAIN[stem] if peak > 0 else track
         stems[stem] = _pan(track, float(rng.uniform(-0.6, 0.6)))
-    mix = sum(stems.values())
+    mix = np.stack(list(stems.values())).sum(axis=0)
     gain = MIX_PEAK / max(float(np.abs(mix).max()), 1e-9)
     stems = {k: (v * gain).astype(np.float32) for k, v in stems.items()}
     song_id = f"song_{index:05d}"

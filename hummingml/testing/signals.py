@@ -20,7 +20,7 @@ def sine(
 
 def chord(frequencies_hz: list[float], seconds: float = 1.0, sample_rate: int = 16_000, amplitude: float = 0.5) -> F32:
     """The sum of equal-level tones scaled to peak ``amplitude`` or less, float32 ``(1, samples)``."""
-    mix = sum(sine(f, seconds, sample_rate, 1.0) for f in frequencies_hz)
+    mix = np.stack([sine(f, seconds, sample_rate, 1.0) for f in frequencies_hz]).sum(axis=0)
     return (amplitude * mix / len(frequencies_hz)).astype(np.float32)
 
 

@@ -15,7 +15,8 @@ from hummingml.train.config import OptimConfig, ParallelConfig
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only; norms and the embedding table are not decayed."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -27,16 +28,17 @@ def build_optimizer(
     model: nn.Module, optim: OptimConfig, parallel: ParallelConfig, mesh: DeviceMesh | None = None
 ) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`; ``parallel.zero1`` shards its state over ``mesh["dp"]`` (needs tp == 1)."""
-    kwargs = {"lr": optim.lr, "betas": optim.betas, "eps": optim.eps}
     groups = param_groups(model, optim.weight_decay)
     if not parallel.zero1:
-        return torch.optim.AdamW(groups, **kwargs)
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
     if problems := parallel.problems("parallel-"):
         raise ValueError("; ".join(problems))
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
     group = mesh["dp"].get_group() if mesh is not None else None
-    return ZeroRedundancyOptimizer(groups, torch.optim.AdamW, process_group=group, **kwargs)
+    return ZeroRedundancyOptimizer(
+        groups, torch.optim.AdamW, process_group=group, lr=optim.lr, betas=optim.betas, eps=optim.eps
+    )
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int) -> Callable[[int], float]:

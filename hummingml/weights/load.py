@@ -25,6 +25,7 @@ Every loaded model comes with a ``ModelIdentity`` (sha256 of its file, library v
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -126,8 +127,9 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(p)`` then rename, so concurrent readers never see half a file.
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write ``path`` through ``write(p)`` (its return value is ignored) then rename, so concurrent readers never see
+    half a file.
 
     ``p`` has ``path``'s file name, in a private staging directory beside it: torch.save records the file's stem
     inside the archive, so the bytes must be written under the final name.
@@ -455,7 +457,7 @@ def prepare(cfg: ModelsConfig) -> list[ModelIdentity]:
     if repo.resolve() != demucs_dir.resolve():
         sources = demucs_files(repo, name) + [p for p in [repo / f"{name}.yaml"] if p.is_file()]
         for src in sources:
-            _atomic_write(demucs_dir / src.name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+            _atomic_write(demucs_dir / src.name, functools.partial(shutil.copyfile, src))
         files = demucs_files(demucs_dir, name)
         demucs_identity = dataclasses.replace(
             demucs_identity, path=str(files[0] if len(files) == 1 else demucs_dir)

@@ -43,6 +43,7 @@ from hummingml.train.optim import param_groups
 
 _COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
 _ROW = ("attention.wo", "feed_forward.w2")
+_SEQUENCE_PARALLEL_FLAG = "sequence_parallel_enabled"
 _NEEDS = "the Neuron SDK's torch-neuronx and neuronx-distributed (see README: Trainium hosts)"
 
 
@@ -132,9 +133,9 @@ class NxDLayers:
     @staticmethod
     @torch.no_grad()
     def _load(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
-        layer.weight.copy_(weight)
+        layer.get_parameter("weight").copy_(weight)
         if bias is not None:
-            layer.bias.copy_(bias)
+            layer.get_parameter("bias").copy_(bias)
         return layer
 
     def _linear(
@@ -177,6 +178,12 @@ def _shard(t: Tensor, tp: int, rank: int, name: str) -> Tensor:
     return t.detach().clone() if dim is None else t.detach().chunk(tp, dim=dim)[rank].clone()
 
 
+def _mark_sequence_parallel(norm: nn.RMSNorm) -> None:
+    """Tag ``norm``'s weight so NxD's optimizer all-reduces its grads over TP (each rank sees a sequence shard)."""
+    # NxD reads a plain attribute of the Parameter, which torch does not declare: set it by name.
+    setattr(norm.weight, _SEQUENCE_PARALLEL_FLAG, True)
+
+
 def _set(model: nn.Module, fqn: str, module: nn.Module) -> None:
     parent, _, child = fqn.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -213,18 +220,19 @@ def parallelize_neuron(
             kind = layers.column if suffix in _COLUMN else layers.row
             _set(model, fqn, kind(fqn, linear, weight, bias, sp))
         if sp:
-            block = model.layers[i]
+            block = model.blocks()[i]
             for norm in (block.attention_norm, block.ffn_norm):
-                norm.weight.sequence_parallel_enabled = True  # NxD all-reduces these grads over TP
+                _mark_sequence_parallel(norm)
+    # _set, not attribute assignment: the model declares the plain nn.Linear / nn.Embedding these replace.
     head = model.output
-    model.output = layers.column("output", head, _shard(head.weight, tp_size, rank, "output.weight"), None, sp)
-    model.tok_embeddings = layers.embedding(
+    _set(model, "output", layers.column("output", head, _shard(head.weight, tp_size, rank, "output.weight"), None, sp))
+    _set(model, "tok_embeddings", layers.embedding(
         "tok_embeddings", model.tok_embeddings,
         _shard(model.tok_embeddings.weight, tp_size, rank, "tok_embeddings.weight"),
-    )  # fmt: skip
+    ))  # fmt: skip
     model.loss = layers.loss()
     if sp:
-        model.norm.weight.sequence_parallel_enabled = True
+        _mark_sequence_parallel(model.norm)
 
         def scatter_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             return (layers.scatter_to_sequence(args[0], 1), *args[1:])

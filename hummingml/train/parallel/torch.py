@@ -17,7 +17,7 @@ import math
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -87,7 +87,7 @@ def tp_plan(model: CodecLM, sequence_parallel: bool) -> dict[str, ParallelStyle]
     """
     plan: dict[str, ParallelStyle] = {}
     seq = Shard(1)
-    for i, block in enumerate(model.layers):
+    for i, block in enumerate(model.blocks()):
         p = f"layers.{i}"
         if sequence_parallel:
             plan[f"{p}.attention_norm"] = SequenceParallel()
@@ -244,23 +244,25 @@ def sync_gradients(model: nn.Module, dp_mesh: DeviceMesh, bucket_numel: int = 1 
 @torch.no_grad()
 def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
     """Clip to a global L2 norm over plain and DTensor grads (any mix of meshes); returns the norm before clipping."""
-    params = [p for p in parameters if p.grad is not None]
-    plain = [p.grad for p in params if not isinstance(p.grad, DTensor)]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    plain = [g for g in grads if not isinstance(g, DTensor)]
     by_mesh: dict[DeviceMesh, list[Tensor]] = {}
-    for p in params:
-        if isinstance(p.grad, DTensor):
-            by_mesh.setdefault(p.grad.device_mesh, []).append(p.grad)
-    squares = []
+    for g in grads:
+        if isinstance(g, DTensor):
+            by_mesh.setdefault(g.device_mesh, []).append(g)
+    squares: list[Tensor] = []
     if plain:
         squares.append(torch.nn.utils.get_total_norm(plain).float() ** 2)  # replicated: counted once
-    for grads in by_mesh.values():
-        squares.append(torch.nn.utils.get_total_norm(grads).full_tensor().float() ** 2)
+    for sharded in by_mesh.values():
+        # cast: the norm of DTensors is a DTensor on their mesh; get_total_norm is annotated as returning a Tensor.
+        norm = cast(DTensor, torch.nn.utils.get_total_norm(sharded))
+        squares.append(norm.full_tensor().float() ** 2)
     if not squares:
         return torch.zeros(())
     total = torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
     if max_norm > 0:
         # One call per mesh: a foreach op cannot mix DTensors of different meshes.
-        for grads in [plain, *by_mesh.values()]:
-            if grads:
-                torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
+        for group in [plain, *by_mesh.values()]:
+            if group:
+                torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
     return total
