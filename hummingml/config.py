@@ -25,6 +25,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class OperatorError(Exception):
+    """A failure the operator fixes outside the code (weights that cannot be loaded offline, a checksum that does not
+    match): :func:`one_line_errors` reports it as one line. ``hummingml.weights.config.ModelError`` is one."""
+
+
 class ConfigError(ValueError):
     """A problem with a job's flags or with the state of its output that the operator must fix.
 
@@ -256,13 +261,11 @@ def one_line_errors(prog: str, work: typing.Callable[[], object], verbose: bool 
     """
     import pyarrow as pa
 
-    from hummingml.weights.config import ModelError
-
     try:
         result = work()
     except ConfigError:
         raise
-    except (ModelError, OSError, ValueError, pa.ArrowException) as exc:  # DecodeError is a ValueError
+    except (OperatorError, OSError, ValueError, pa.ArrowException) as exc:  # DecodeError is a ValueError
         if verbose:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -11,6 +11,7 @@ Layout under the output root::
     _staging/<batch>.<attempt>/<set>.parquet  files being written, one folder per attempt; never read as output
     _commits/<batch>.json                     the commit point of a batch: its rows' keys and files
     _commits/quarantine/<batch>.json          damaged markers, set aside with a warning
+    summary.json, README.md                   the last run's summary and the dataset card (``write_summary``)
 
 A batch is committed when its marker exists. Its files are written and checked (each file's Parquet footer is read
 back and its row count compared; on local disks the files and their folder are fsynced), then the marker is written
@@ -46,6 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hummingml.config import ConfigError
+from hummingml.extract.card import CARD, SUMMARY, render_card
 from hummingml.output import (
     COMMITS,
     QUARANTINE,
@@ -104,6 +106,7 @@ class OutputStore:
         self.uri = root
         self.log = log
         self.newest_ns = 0  # the newest commit time this store has seen or written (commit times only grow)
+        self.written_bytes = 0  # bytes of the Parquet files this object's commit() committed
         if create:
             self.fs.create_dir(self.root, recursive=True)
 
@@ -257,6 +260,7 @@ class OutputStore:
             self._finish(parse_marker(marker_path, self.read_bytes(marker_path) or b""))
             return batch
         files = {}
+        size = 0  # bytes of the staged files
         attempt = f"{STAGING}/{batch}.{uuid.uuid4().hex[:12]}"  # this writer's own staging folder
         for name, table in tables.items():
             if table.num_rows == 0:
@@ -274,6 +278,7 @@ class OutputStore:
                 pq.write_table(
                     table.cast(schema), sink, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True
                 )
+                size += sink.tell()
             self._fsync(self._path(staged))
             with self.fs.open_input_file(self._path(staged)) as f:
                 written = pq.read_metadata(f).num_rows
@@ -296,6 +301,7 @@ class OutputStore:
         if lease:
             self.check_lease(lease)
         self.write_atomic(marker_path, json.dumps(marker).encode())
+        self.written_bytes += size
         if after_marker is not None:
             after_marker()
         self._finish(Marker(marker_path, batch, 0, files, ()))
@@ -310,9 +316,12 @@ class OutputStore:
         return f"{base.rstrip('/')}/{name}" + (f"?{query}" if query else "")
 
     def write_summary(self, summary: dict) -> str:
-        """Write ``summary.json`` at the output root atomically; returns its path."""
-        path = self._path("summary.json")
+        """Write ``summary.json`` and then the dataset card ``README.md`` (``hummingml.extract.card``, from the
+        commit markers) at the output root, each atomically; returns the summary's path."""
+        path = self._path(SUMMARY)
         self.write_atomic(path, json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+        card = render_card(self.uri, summary, self.schemas, self.schema_version)
+        self.write_atomic(self._path(CARD), card.encode())
         return path
 
     def check_record(self, fingerprint: dict[str, Any], allow_change: bool) -> list[str]:

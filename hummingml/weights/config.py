@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hummingml.config import above, at_least
+from hummingml.config import OperatorError, above, at_least
 
 KINDS: tuple[str, ...] = ("tiny", "random-full", "pretrained")
 CACHE_ENV = "HUMMINGML_CACHE"  # environment variable that overrides the default cache directory
@@ -18,7 +18,7 @@ DAC_MODEL_TYPE, DAC_BITRATE, DAC_TAG = "44khz", "8kbps", "0.0.1"
 DAC_PRETRAINED_FILE = f"weights_{DAC_MODEL_TYPE}_{DAC_BITRATE}_{DAC_TAG}.pth"  # dac.utils.download's file name
 
 
-class ModelError(RuntimeError):
+class ModelError(RuntimeError, OperatorError):
     """Base class of the errors raised while locating or loading model weights."""
 
 
