@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv at the repository root with every dependency of hummingml, from the package
-# registries only. Usage: ./install.sh [--python PYTHON] [--neuron]
+# registries only. Usage: ./install.sh [--python PYTHON] [--neuron] [--no-dev]
 #   --python PYTHON  interpreter to build the venv with (default: python3.11, else python3).
 #   --neuron         Trainium host: keep the Neuron SDK's torch, torch-neuronx and neuronx-distributed that are
 #                    already installed in that interpreter's environment (see README) instead of the locked torch.
+#   --no-dev         the runtime lock only: no test or lint tools (requirements/dev-lock*.txt); images use this.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 python_bin=""
 neuron=0
+dev=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) python_bin="$2"; shift 2 ;;
     --neuron) neuron=1; shift ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --no-dev) dev=0; shift ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -22,8 +25,8 @@ if [ -z "$python_bin" ]; then
 fi
 version=$("$python_bin" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 case "$version" in
-  3.10) lock=requirements/lock-py310.txt ;;
-  3.1[1-9]) lock=requirements/lock.txt ;;
+  3.10) lock=requirements/lock-py310.txt; dev_lock=requirements/dev-lock-py310.txt ;;
+  3.1[1-9]) lock=requirements/lock.txt; dev_lock=requirements/dev-lock.txt ;;
   *) echo "install.sh: Python >= 3.10 is required, $python_bin is $version" >&2; exit 2 ;;
 esac
 
@@ -43,6 +46,9 @@ if [ "$neuron" = 1 ]; then
   "${pip[@]}" install -r .venv/lock-neuron.txt
 else
   "${pip[@]}" install -r "$lock"
+fi
+if [ "$dev" = 1 ]; then
+  "${pip[@]}" install -r "$dev_lock"  # the test and lint tools, on top of the runtime lock
 fi
 # Installed without their declared dependencies (reasons in the file); their real runtime dependencies are in the lock.
 "${pip[@]}" install --no-deps -r requirements/no-deps.txt
