@@ -16,7 +16,7 @@ REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements"
 
 def pins(name: str) -> dict[str, str]:
     lines = (REQUIREMENTS / name).read_text().splitlines()
-    return {canonicalize_name(n): v for n, v in (line.split("==") for line in lines if line and not line[0] == "#")}
+    return {canonicalize_name(n): v for n, v in (line.split("==") for line in lines if line and line[0] != "#")}
 
 
 def top_level(name: str) -> set[str]:

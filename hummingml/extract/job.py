@@ -15,7 +15,7 @@ from hummingml.audio import FRAME_RATE
 from hummingml.cluster import connect
 from hummingml.config import ConfigError
 from hummingml.extract.config import ExtractConfig, run_metadata
-from hummingml.extract.ray import Listing, account_run, build_dataset, list_input, plan_run
+from hummingml.extract.ray import Listing, RayMetrics, account_run, build_dataset, list_input, plan_run
 from hummingml.extract.sources import listing
 from hummingml.extract.store import Lease, LeaseLost, OutputStore
 from hummingml.stages.codec import frame_rate
@@ -256,6 +256,8 @@ def _run_holding(
         ds = build_dataset(cfg, blocks, metadata, codec_frame_rate, log, lease=lease.token)
         del blocks  # the dataset holds them now
         stop = threading.Event()
+        metrics = RayMetrics()  # the driver's gauges, inputs planned and done: exported while the pipeline runs
+        metrics.progress(progress.total, progress.done)
 
         def report() -> None:
             while not stop.wait(PROGRESS_EVERY_S):
@@ -267,6 +269,7 @@ def _run_holding(
                 if lease.lost:
                     raise LeaseLost(lease.lost)
                 progress.add(summary)
+                metrics.progress(progress.total, progress.done)
         except Exception as exc:
             _say(
                 log,
@@ -278,6 +281,7 @@ def _run_holding(
             raise
         finally:
             stop.set()
+            metrics.close()
         _say(log, progress.line(time.monotonic()))
     summary = summary_now(completed=True)
     if deferred:

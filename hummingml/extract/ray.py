@@ -1,12 +1,14 @@
 """The Ray Data adapter of the extraction: the steps as ``map_batches`` operators with actor pools sized from the
-cluster, Ray's SQL reader for database inputs, and the commit metrics as Ray metrics.
+cluster, Ray's SQL reader for database inputs, and the extraction's metrics as Ray metrics.
 
 The only module of ``hummingml.extract`` that imports ``ray`` directly.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,17 +16,17 @@ from typing import Any, TextIO
 
 import ray
 import ray.data
+from ray.util.metrics import Counter, Gauge, Histogram
 
 from hummingml.audio import STEMS
 from hummingml.config import ConfigError
 from hummingml.extract import plan
 from hummingml.extract.config import ExtractConfig
+from hummingml.extract.metrics import METRICS, StepMetrics
 from hummingml.extract.record import Batch, source_rows
 from hummingml.extract.sources import Chunk, describe
 from hummingml.extract.steps import (
-    COMMIT_METRICS,
     CodecStep,
-    CommitMetrics,
     CommitStep,
     DecodeStep,
     PitchStep,
@@ -184,7 +186,7 @@ def writers(cfg: ExtractConfig, cpus: float) -> int:
 def _decode(batch: Batch, cfg: ExtractConfig) -> Iterator[Batch]:
     """Output blocks of about ``BLOCK_BYTES`` of decoded audio, as decoded: one 30 s segment is a block of its own
     (Ray Data's backpressure then bounds a long file's memory); short segments travel many to a block."""
-    yield from DecodeStep(cfg).batches(batch, BLOCK_BYTES)
+    yield from DecodeStep(cfg, metrics=_task_metrics).batches(batch, BLOCK_BYTES)
 
 
 
@@ -338,7 +340,7 @@ def build_dataset(
         plan = plans[stage]
         ds = ds.map_batches(
             cls,
-            fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads},
+            fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads, "metrics": RayMetrics},
             compute=ray.data.ActorPoolStrategy(min_size=starting_size(plan, cpus, present), max_size=plan.size),
             batch_size=1,
             batch_format="pyarrow",
@@ -356,14 +358,59 @@ def build_dataset(
     )
 
 
-class RayMetrics(CommitMetrics):
-    """:data:`~hummingml.extract.steps.COMMIT_METRICS` as Ray counters (the dashboard's Metrics view)."""
+# s: how often a process sets its gauges again. Ray's metrics agent drops a gauge that was not set within two report
+# intervals (2 x metrics_report_interval_ms, 10 s by default), even while the process that set it lives.
+GAUGE_REFRESH_S = 5.0
 
-    def __init__(self) -> None:
-        from ray.util.metrics import Counter
 
-        self.counters = {name: Counter(name, text, tag_keys=keys) for name, (text, keys) in COMMIT_METRICS.items()}
+class RayMetrics(StepMetrics):
+    """:data:`~hummingml.extract.metrics.METRICS` as Ray metrics, made in the process that reports them.
+
+    Each node's metrics agent exports them to Prometheus as ``ray_<name>`` (docs/monitoring.md), and the Ray
+    dashboard's Metrics view shows them with Prometheus and Grafana. A thread sets every gauge again each
+    ``refresh_s`` seconds until :meth:`close`, so that a gauge of a long batch stays exported.
+    """
+
+    def __init__(self, refresh_s: float = GAUGE_REFRESH_S) -> None:
+        super().__init__()
+        kinds = {k: {n: m for n, m in METRICS.items() if m.kind == k} for k in ("counter", "gauge", "histogram")}
+        self.counters = {n: Counter(n, m.description, m.tag_keys) for n, m in kinds["counter"].items()}
+        self.gauges = {n: Gauge(n, m.description, m.tag_keys) for n, m in kinds["gauge"].items()}
+        self.histograms = {
+            n: Histogram(n, m.description, list(m.boundaries), m.tag_keys) for n, m in kinds["histogram"].items()
+        }
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # (gauge, tags) -> its last value
+        self.lock = threading.Lock()
+        self.closed = threading.Event()
+        threading.Thread(target=self._refresh, args=(refresh_s,), name="hummingml-gauges", daemon=True).start()
+
+    def _refresh(self, every_s: float) -> None:
+        while not self.closed.wait(every_s):
+            with self.lock:
+                for (metric, tags), value in self.values.items():
+                    self.gauges[metric].set(value, tags=dict(tags))
+
+    def close(self) -> None:
+        """Stop setting the gauges again: Ray's agent drops them after two report intervals."""
+        self.closed.set()
 
     def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
-        """Add ``value`` to the Ray counter ``metric``."""
-        self.counters[metric].inc(value, tags=tags)
+        """Add ``value`` to the Ray counter ``metric`` (nothing for 0: a Ray counter takes only positive values)."""
+        if value > 0:
+            self.counters[metric].inc(value, tags=tags or {})
+
+    def set(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
+        """Set the Ray gauge ``metric`` (and again every ``refresh_s`` until :meth:`close`)."""
+        with self.lock:
+            self.values[(metric, tuple(sorted((tags or {}).items())))] = value
+            self.gauges[metric].set(value, tags=tags or {})
+
+    def observe(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
+        """Add an observation to the Ray histogram ``metric``."""
+        self.histograms[metric].observe(value, tags=tags or {})
+
+
+@functools.cache
+def _task_metrics() -> RayMetrics:
+    """The decode tasks' reporter: one per worker process, which runs one task at a time (its in-flight counts)."""
+    return RayMetrics()

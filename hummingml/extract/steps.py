@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -30,6 +31,7 @@ from hummingml.audio import (
     to_mono,
 )
 from hummingml.extract.config import ExtractConfig
+from hummingml.extract.metrics import StepMetrics
 from hummingml.extract.record import (
     Batch,
     CodedVariant,
@@ -90,28 +92,49 @@ class DecodeStep:
     stage read or decode naming the stem; one whose duration differs from the mix's by more than
     :data:`STEM_DURATION_TOLERANCE_S` an error row of stage decode (:class:`StemMismatchError`); within it, a
     stem's segments are trimmed or zero-padded to the mix's.
+
+    ``metrics`` makes the step's reporter (:class:`~hummingml.extract.metrics.StepMetrics`): :meth:`batches` reports
+    each output batch's time as stage decode, and each opened file's bytes.
     """
 
-    def __init__(self, cfg: ExtractConfig) -> None:
+    def __init__(self, cfg: ExtractConfig, metrics: Callable[[], StepMetrics] = StepMetrics) -> None:
         self.cfg = cfg
+        self.metrics = metrics()
 
     def __call__(self, batch: Batch) -> Batch:
         return to_table(out for row in from_table(batch) for out in self._segments(row))
 
     def batches(self, batch: Batch, block_bytes: int = 0) -> Iterator[Batch]:
         """The output rows in batches, as they are decoded: each batch holds rows until their arrays reach
-        ``block_bytes`` (0: one row per batch), so memory holds about one batch whatever the sources' lengths."""
+        ``block_bytes`` (0: one row per batch), so memory holds about one batch whatever the sources' lengths.
+
+        The input's sources are in flight at stage decode until the last batch is taken; each batch's time (from
+        the previous one taken to this one made) is reported for the segments it holds.
+        """
         rows: list[Segment] = []
         size = 0
-        for row in from_table(batch):
-            for out in self._segments(row):
-                rows.append(out)
-                size += out.nbytes
-                if size >= block_bytes:
-                    yield to_table(rows)
-                    rows, size = [], 0
-        if rows:
-            yield to_table(rows)
+        sources = from_table(batch)
+        self.metrics.enter("decode", len(sources))
+        try:
+            start = time.perf_counter()
+            for row in sources:
+                for out in self._segments(row):
+                    rows.append(out)
+                    size += out.nbytes
+                    if size >= block_bytes:
+                        yield self._block_done(rows, start)
+                        start = time.perf_counter()
+                        rows, size = [], 0
+            if rows:
+                yield self._block_done(rows, start)
+        finally:
+            self.metrics.enter("decode", -len(sources), -1)
+
+    def _block_done(self, rows: list[Segment], start: float) -> Batch:
+        table = to_table(rows)
+        segments = sum(1 for r in rows if not (r.error or r.deferred))
+        self.metrics.batch_done("decode", time.perf_counter() - start, segments)
+        return table
 
     def _segments(self, row: Segment) -> Iterator[Segment]:
         stage = "read"
@@ -121,6 +144,7 @@ class DecodeStep:
                     open_source(row.open_uri or row.source_uri, self.cfg.read_retries, self.cfg.read_backoff_s)
                 )
                 row.content_sha256 = source.sha256
+                self.metrics.inc("hummingml_read_bytes", source.size)
                 stage = "decode"
                 # more than two channels are mixed down to stereo by the file's layout (hummingml.audio.downmix_matrix)
                 reader = AudioReader(source.file, source.size, to_stereo=True)
@@ -133,6 +157,7 @@ class DecodeStep:
                         )
                     except DecodeError as exc:
                         raise DecodeError(exc.kind, f"stem {stem!r}: {exc.reason}") from exc
+                    self.metrics.inc("hummingml_read_bytes", stem_source.size)
                     stage = "decode"
                     given.append(_GivenStem(stem, uri, stem_source, self.cfg))
                 self._check_durations(reader, given)
@@ -201,29 +226,32 @@ class _ModelStep:
 
     A step built with ``threads > 0`` sets torch's intra-op threads of its process to that many (Ray's default for an
     actor that reserves under one CPU is one); 0 leaves torch's default. Building one also installs the filters of
-    the libraries' known warnings in its process (:func:`hummingml.quiet.quiet_libraries`).
+    the libraries' known warnings in its process (:func:`hummingml.quiet.quiet_libraries`). ``metrics`` makes its
+    reporter (:class:`~hummingml.extract.metrics.StepMetrics`), which times each batch for the good rows it
+    processes.
     """
 
     stage = ""
 
-    @staticmethod
-    def _set_threads(threads: int) -> None:
+    def _setup(self, threads: int, metrics: Callable[[], StepMetrics]) -> None:
         quiet_libraries()
+        self.metrics = metrics()
         if threads > 0:
             import torch
 
             torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
-        rows = from_table(batch)
-        for row in rows:
-            if row.error or row.deferred:
-                continue
-            try:
-                self.process(row)
-            except Exception as exc:
-                fail_row(row, self.stage, exc)
-        return to_table(rows)
+        with self.metrics.timed(self.stage, batch.num_rows) as timed:
+            rows = from_table(batch)
+            todo = [row for row in rows if not (row.error or row.deferred)]
+            timed.segments = len(todo)
+            for row in todo:
+                try:
+                    self.process(row)
+                except Exception as exc:
+                    fail_row(row, self.stage, exc)
+            return to_table(rows)
 
     def process(self, row: Segment) -> None:
         """Set this step's fields of ``row`` in place."""
@@ -240,8 +268,10 @@ class SeparateStep(_ModelStep):
 
     stage = "separate"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        self._set_threads(threads)
+    def __init__(
+        self, cfg: ExtractConfig, model: Any = None, threads: int = 0, metrics: Callable[[], StepMetrics] = StepMetrics
+    ) -> None:
+        self._setup(threads, metrics)
         if cfg.stages == "null":
             self.separator: Separator | NullSeparator = NullSeparator()
             self.model_id = "null-separate"  # as null_identities names it
@@ -264,8 +294,10 @@ class PitchStep(_ModelStep):
 
     stage = "pitch"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        self._set_threads(threads)
+    def __init__(
+        self, cfg: ExtractConfig, model: Any = None, threads: int = 0, metrics: Callable[[], StepMetrics] = StepMetrics
+    ) -> None:
+        self._setup(threads, metrics)
         self.cfg = cfg
         self.detector = NullDetector() if cfg.stages == "null" else PitchDetector(cfg.pitch, model=model)
 
@@ -284,8 +316,10 @@ class CodecStep(_ModelStep):
 
     stage = "codec"
 
-    def __init__(self, cfg: ExtractConfig, model: Any = None, threads: int = 0) -> None:
-        self._set_threads(threads)
+    def __init__(
+        self, cfg: ExtractConfig, model: Any = None, threads: int = 0, metrics: Callable[[], StepMetrics] = StepMetrics
+    ) -> None:
+        self._setup(threads, metrics)
         self.cfg = cfg
         self.codec = (
             NullCodec(cfg.codec.n_codebooks) if cfg.stages == "null" else Codec(cfg.codec_config(), model=model)
@@ -315,37 +349,6 @@ class CodecStep(_ModelStep):
             raise RuntimeError(f"codec returned {row.n_frames} frames, expected {expected}")
 
 
-COMMIT_METRICS = {  # name -> (description, tag keys); shown in the dashboard's Metrics view with Prometheus/Grafana
-    "hummingml_segments": ("segments by status: ok, error, deferred (unreadable now)", ("status",)),
-    "hummingml_audio_seconds": ("seconds of audio committed as features", ()),
-    "hummingml_errors": ("error rows committed, by stage", ("stage",)),
-}
-
-
-class CommitMetrics:
-    """The counters of :data:`COMMIT_METRICS` that :class:`CommitStep` adds to after each batch.
-
-    This base class reports nowhere (a run in one process); the Ray adapter's ``RayMetrics`` overrides :meth:`inc`
-    to report Ray metrics.
-    """
-
-    def inc(self, metric: str, value: float, tags: dict[str, str] | None = None) -> None:
-        """Add ``value`` to the counter ``metric`` (a key of :data:`COMMIT_METRICS`) under ``tags``."""
-
-    def record(self, summary: Summary) -> None:
-        """Count a commit's summary rows: ok segments and their audio, deferred inputs, error rows by stage."""
-        ok = int(summary["ok"].sum())
-        if ok:
-            self.inc("hummingml_segments", ok, {"status": "ok"})
-            self.inc("hummingml_audio_seconds", float(summary["audio_s"].sum()))
-        for stage, deferred in zip(summary["stage"], summary["deferred"], strict=True):
-            if deferred:
-                self.inc("hummingml_segments", 1, {"status": "deferred"})
-            elif stage:
-                self.inc("hummingml_segments", 1, {"status": "error"})
-                self.inc("hummingml_errors", 1, {"stage": str(stage)})
-
-
 class CommitStep:
     """Write a batch of finished rows exactly once (``hummingml.extract.store``); returns a summary row per key.
 
@@ -355,7 +358,9 @@ class CommitStep:
     (the lease's; every key in the output without a lease) when it starts (also after a restart), and adds each
     batch's, so its memory grows with the run, not with the output. With a ``lease`` token, a batch is committed
     only while the output's lease names it. ``cfg.fail_after_commits`` ends the writer's process right after that
-    many commit markers, once per output (a fault-injection hook for tests).
+    many commit markers, once per output (a fault-injection hook for tests). ``metrics`` makes the step's reporter
+    (:class:`~hummingml.extract.metrics.StepMetrics`): each batch's time as stage commit, the bytes of the Parquet
+    files it committed, and its summary (:meth:`~hummingml.extract.metrics.StepMetrics.record`).
     """
 
     def __init__(
@@ -363,7 +368,7 @@ class CommitStep:
         cfg: ExtractConfig,
         run_metadata: dict[str, Any],
         frame_rate: float,
-        metrics: Callable[[], CommitMetrics] = CommitMetrics,
+        metrics: Callable[[], StepMetrics] = StepMetrics,
         lease: str = "",
     ) -> None:
         self.store = OutputStore(cfg.output)
@@ -391,6 +396,13 @@ class CommitStep:
         return crash
 
     def __call__(self, batch: Batch) -> Summary:
+        with self.metrics.timed("commit", batch.num_rows) as timed:
+            summary, timed.segments = self._commit(batch)
+        self.metrics.record(summary)
+        return summary
+
+    def _commit(self, batch: Batch) -> tuple[Summary, int]:
+        """The batch's summary and the rows written."""
         def key(r: Segment) -> tuple[str, str, int, bool]:
             return r.source_id, r.source_version, int(r.segment_index), r.error is None
 
@@ -402,7 +414,9 @@ class CommitStep:
         keys = [(r.source_id, int(r.segment_index), n_segments(r), r.error is None, r.source_version) for r in done]
         if done:
             self.commits += 1
+            written = self.store.written_bytes
             self.store.commit(feature_tables(done, self.frame_rate), keys, self.metadata, self.lease, self._fault())
+            self.metrics.inc("hummingml_written_bytes", self.store.written_bytes - written)
             self.committed.update(key(r) for r in done)
         failed = [bool(r.error or r.deferred) for r in rows]
         summary = {
@@ -415,5 +429,4 @@ class CommitStep:
             "stage": np.array([r.error.stage if r.error else "" for r in rows], dtype=object),
             "audio_s": np.array([0.0 if f else r.segment_duration_s for r, f in zip(rows, failed, strict=True)]),
         }
-        self.metrics.record(summary)
-        return summary
+        return summary, len(done)
