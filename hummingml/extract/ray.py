@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import ray
 import ray.data
@@ -255,7 +255,7 @@ def list_input(chunks: Iterator[Chunk]) -> Listing:
     listing = Listing([[] for _ in range(parts)], [])
     count_refs: list[ray.ObjectRef] = []
     for number, chunk in enumerate(chunks):
-        refs = describe_task.remote(chunk, number, parts)
+        refs = cast(list[ray.ObjectRef], describe_task.remote(chunk, number, parts))  # num_returns: one ref each
         for p in range(parts):
             listing.parts[p].append(refs[p])
         count_refs.append(refs[parts])
@@ -268,7 +268,7 @@ def list_input(chunks: Iterator[Chunk]) -> Listing:
 
 def _state(root: str, parts: int) -> tuple[list[ray.ObjectRef], dict[str, Any]]:
     """The output's committed state cut into parts (refs), read by a task, and the whole output's description."""
-    refs = ray.remote(_committed).options(num_returns=parts + 1).remote(root, parts)
+    refs = cast(list[ray.ObjectRef], ray.remote(_committed).options(num_returns=parts + 1).remote(root, parts))
     return refs[:parts], _get(refs[parts])
 
 
@@ -333,8 +333,8 @@ def build_dataset(
         print(f"[extract] actor pools for {cpus:g} CPUs, {gpus:g} GPUs: {pools}; {writers(cfg, cpus)} writer(s)",
               file=log, flush=True)
     decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
-    ds = ray.data.from_arrow_refs(blocks)
-    ds = ds.map_batches(_decode, fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
+    ds: ray.data.Dataset = ray.data.from_arrow_refs(cast(Any, blocks))  # Ray's stub names another ObjectRef class
+    ds = ds.map_batches(cast(Any, _decode), fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
                         num_cpus=DECODE_CPUS, concurrency=decode_tasks)
     for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
         plan = plans[stage]

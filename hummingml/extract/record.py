@@ -182,8 +182,8 @@ def _codes(array: npt.NDArray[np.integer]) -> list[Any]:
 _T = TypeVar("_T")
 
 
-def _finished(row: Segment, value: _T | None, name: str) -> _T:
-    """``value``, the field ``name`` of ``row``, which every finished row has; raises ValueError when it is None."""
+def required(row: Segment, value: _T | None, name: str) -> _T:
+    """``value``, the field ``name`` of ``row``, which the row must have by now; raises ValueError when it is None."""
     if value is None:
         raise ValueError(f"segment {row.source_id}/{row.segment_index} has no error but no {name}")
     return value
@@ -232,9 +232,9 @@ def feature_tables(rows: list[Segment], frame_rate: float) -> dict[str, pa.Table
         audio.append(
             {
                 **common,
-                "channel_codes": _codes(_finished(row, row.channel_codes, "channel_codes")),
+                "channel_codes": _codes(required(row, row.channel_codes, "channel_codes")),
                 "stem_names": row.stem_names,
-                "stem_codes": [_codes(c) for c in _finished(row, row.stem_codes, "stem_codes")],
+                "stem_codes": [_codes(c) for c in required(row, row.stem_codes, "stem_codes")],
                 "stem_origins": row.stem_origins,
             }
         )
@@ -243,15 +243,15 @@ def feature_tables(rows: list[Segment], frame_rate: float) -> dict[str, pa.Table
                 "stream": m.stream,
                 "notes": [asdict(n) for n in m.notes],
                 "midi": m.midi,
-                "sine_codes": _codes(_finished(row, m.sine_codes, f"sine_codes of {m.stream}")),
+                "sine_codes": _codes(required(row, m.sine_codes, f"sine_codes of {m.stream}")),
             }
-            for m in _finished(row, row.melody, "melody")
+            for m in required(row, row.melody, "melody")
         ]
         variants = [
             {**{f.name: getattr(v, f.name) for f in fields(MonoVariant)}, "codes": _codes(v.codes)}
             for v in row.mono_variants or []
         ]
-        mono_codes = _codes(_finished(row, row.mono_codes, "mono_codes"))
+        mono_codes = _codes(required(row, row.mono_codes, "mono_codes"))
         sine.append({**common, "mono_codes": mono_codes, "mono_variants": variants, "melody": melody})
     return {
         "audio-feature": pa.Table.from_pylist(audio, schema=SCHEMAS["audio-feature"]),

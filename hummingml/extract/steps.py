@@ -41,6 +41,7 @@ from hummingml.extract.record import (
     fail_row,
     feature_tables,
     from_table,
+    required,
     to_table,
 )
 from hummingml.extract.sources import OpenSource, SourceUnavailable, open_source, printable
@@ -284,7 +285,7 @@ class SeparateStep(_ModelStep):
         given = row.stems or {}
         separated = {}
         if len(given) < len(STEMS):
-            separated = self.separator.separate(row.audio, FEATURE_SAMPLE_RATE).as_dict()
+            separated = self.separator.separate(required(row, row.audio, "audio"), FEATURE_SAMPLE_RATE).as_dict()
         row.stems = {s: given[s] if s in given else separated[s] for s in STEMS}
         row.stem_origins = [GIVEN if s in given else self.model_id for s in STEMS]
 
@@ -302,8 +303,9 @@ class PitchStep(_ModelStep):
         self.detector = NullDetector() if cfg.stages == "null" else PitchDetector(cfg.pitch, model=model)
 
     def process(self, row: Segment) -> None:
-        streams = {"mono": row.mono}
-        streams.update({s: to_mono(row.stems[s]) for s in self.cfg.melodic_stems})
+        stems = required(row, row.stems, "stems")
+        streams = {"mono": required(row, row.mono, "mono")}
+        streams.update({s: to_mono(stems[s]) for s in self.cfg.melodic_stems})
         row.melody = []
         for name, audio in streams.items():
             notes = list(self.detector.detect(audio, FEATURE_SAMPLE_RATE))
@@ -329,7 +331,8 @@ class CodecStep(_ModelStep):
         def encode(audio: np.ndarray) -> np.ndarray:
             return self.codec.encode(audio, FEATURE_SAMPLE_RATE).codes
 
-        audio, stems, mono = row.audio, row.stems, row.mono
+        audio, stems = required(row, row.audio, "audio"), required(row, row.stems, "stems")
+        mono = required(row, row.mono, "mono")
         row.audio = row.stems = row.mono = None
         row.channel_codes = encode(audio)
         row.stem_names = list(STEMS)
@@ -340,11 +343,11 @@ class CodecStep(_ModelStep):
             variant = augment.draw(augment.AugmentConfig(), row.source_id, int(row.segment_index), copy)
             codes = encode(augment.apply(mono, FEATURE_SAMPLE_RATE, variant))
             row.mono_variants.append(CodedVariant(**asdict(variant), codes=codes))
-        for stream in row.melody:
-            stream.sine_codes = encode(stream.sine)
+        for stream in required(row, row.melody, "melody"):
+            stream.sine_codes = encode(required(row, stream.sine, f"sine of {stream.stream}"))
             stream.sine = None
         row.n_frames = int(row.channel_codes.shape[-1])
-        expected = n_frames(row.segment_samples)
+        expected = n_frames(required(row, row.segment_samples, "segment_samples"))
         if row.n_frames != expected:
             raise RuntimeError(f"codec returned {row.n_frames} frames, expected {expected}")
 
