@@ -85,9 +85,10 @@ BREAKDOWNS = ("mode", "instrument")  # every row's metrics are also given per va
 def load_examples(
     features: str, data: DataConfig, model: ModelConfig, split: str, max_examples: int
 ) -> list[dict[str, Any]]:
-    """Up to ``max_examples`` examples of ``split`` from an extraction output, rows in (source_id, segment_index) order.
+    """Up to ``max_examples`` examples of ``split`` from an extraction output, rows in commit order (key order within
+    a commit batch).
 
-    Reads with Ray Data (``hummingml.train.ray.read_joined``, sorted so the same rows come first in every run) on the
+    Reads with Ray Data (``hummingml.train.ray.read_joined``: the same rows come first in every run) on the
     connected Ray cluster; cuts examples with ``data`` as given (pass ``augment=False`` for evaluation). Each example
     also carries the song's ``mode`` and the part's ``instrument`` from the manifest's columns (``"unknown"`` where
     the input had no manifest or the manifest does not say).
@@ -259,8 +260,8 @@ def evaluate_models(
     result = total.result()
     for k, key in enumerate(by):
         per_value: dict[str, _Sums] = {}
-        for values, sums in per_group.items():
-            per_value.setdefault(values[k], _Sums(levels, audio is not None)).add(sums)
+        for group_key, group_sums in per_group.items():
+            per_value.setdefault(group_key[k], _Sums(levels, audio is not None)).add(group_sums)
         result[f"by_{key}"] = {value: sums.result() for value, sums in sorted(per_value.items())}
     return result
 

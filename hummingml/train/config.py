@@ -172,7 +172,8 @@ class TrainConfig:
     use_gpu: bool = False  # one GPU per worker (NCCL), else CPU (gloo)
     peak_flops: float = 0.0  # peak FLOP/s of one worker's device for the MFU estimate; 0: known GPUs only
     seed: int = 0  # model initialisation and NAR level sampling
-    cache_dataset: bool = True  # keep the joined rows in Ray's object store (off when they do not fit)
+    tensorboard: bool = True  # rank 0 writes every report as TensorBoard scalars to <storage>/<name>/tensorboard
+    # (a local or shared-filesystem --storage; with an object store the curves are in each checkpoint's history)
     fail_at_step: int = 0  # fault injection: rank 0 raises once per run at this step (0 = never); tests use it
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,6 +198,8 @@ class TrainConfig:
         problems += at_least("--keep-checkpoints", self.keep_checkpoints, 1)
         problems += at_least("--max-failures", self.max_failures, 0)
         problems += above("--cpus-per-worker", self.cpus_per_worker, 0)
+        if self.model.attention == "nki" and self.parallel.backend != "neuron":
+            problems.append("--model-attention nki runs only with --parallel-backend neuron")
         if self.use_gpu and self.parallel.backend == "neuron":
             problems.append("--use-gpu applies to --parallel-backend torch only (neuron: one NeuronCore per worker)")
         problems += at_least("--peak-flops", self.peak_flops, 0)
@@ -225,6 +228,7 @@ def _data_problems(data: DataConfig, model: ModelConfig) -> list[str]:
     problems += within("--data-mono-variant-prob", data.mono_variant_prob, 0, 1)
     problems += at_least("--data-jitter-frames", data.jitter_frames, 0)
     problems += at_least("--data-seed", data.seed, 0)
+    problems += at_least("--data-prefetch-batches", data.prefetch_batches, 0)
     tokens = _PACKED_EXTRA.get(model.layout, 0) + data.timbre_max_frames + 2 * data.frames
     if tokens > model.max_seq_len:
         problems.append(

@@ -15,19 +15,29 @@ Augmentation: with probability ``mono_variant_prob`` the mono reference is one o
 mono-reference tokens (noise), a random shift of the sine stream by up to ``jitter_frames`` (note timing jitter),
 random timbre length and position. Parts whose instrument (the manifest's ``instruments`` metadata) is in
 ``holdout_instruments`` form the unseen-instrument split.
+
+Reading: the extraction commits both feature sets in the same batches, so the rows are joined one commit batch at a
+time (:func:`commit_batches` reads the plan from the commit markers, :func:`join_batch` joins a batch's two files,
+:class:`JoinedRows` streams them); :func:`shard` cuts a dp rank's contiguous share of the rows. There is no other
+join: ``hummingml.train.ray.read_joined`` runs the same one on Ray Data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TextIO
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from hummingml.output import read_set, set_files
+from hummingml.output import join, open_root, view
 
 
 @dataclass(frozen=True)
@@ -37,14 +47,15 @@ class DataConfig:
     features: str = "demo-out/features"  # extraction output root (holds audio-feature/ and sine-audio-feature/)
     parts: tuple[str, ...] = ("vocals", "lead")  # melodic stems used as target parts
     frames: int = 64  # target window in DAC frames (86.13 frames/s)
-    timbre_min_frames: int = 16  # shortest timbre clip in frames (86 = 1 s)
-    timbre_max_frames: int = 32  # longest timbre clip in frames (431 = 5 s)
+    timbre_min_frames: int = 86  # shortest timbre clip in frames (86 = 1 s); a segment must hold it beside the window
+    timbre_max_frames: int = 431  # longest timbre clip in frames (431 = 5 s); capped by what the segment leaves
     augment: bool = True  # token-level augmentation (noise, jitter, timbre length/position); off for evaluation
     mono_noise: float = 0.1  # fraction of mono-reference tokens replaced by random tokens
     mono_variant_prob: float = 0.5  # chance to condition on an audio-augmented mono variant (gain/noise/EQ) instead
     jitter_frames: int = 1  # the sine stream shifts by up to this many frames
     holdout_instruments: tuple[str, ...] = ()  # instruments (metadata 'instruments'[part]) kept out of training
     seed: int = 0  # example randomness: crop positions, timbre clips, augmentation
+    prefetch_batches: int = 2  # batches cut and collated ahead by a background thread while a step runs (0: none)
 
 
 def _rng(cfg: DataConfig, *key: Any) -> np.random.Generator:
@@ -76,7 +87,9 @@ def examples_from_row(
     """The examples of one joined row (audio-feature columns plus sine-audio-feature's ``mono_codes``, ``melody``).
 
     Parts with no notes, parts of the other split, and segments too short for a target window plus the shortest
-    timbre clip yield nothing.
+    timbre clip yield nothing. The timbre clip's length is drawn uniformly from ``timbre_min_frames`` up to
+    ``timbre_max_frames`` or what the segment leaves beside the window, whichever is less (that bound without
+    augmentation).
     """
     names = list(row["stem_names"])
     streams = {m["stream"]: m for m in row["melody"]}
@@ -92,12 +105,8 @@ def examples_from_row(
         if n < cfg.frames + cfg.timbre_min_frames:
             continue
         rng = _rng(cfg, row["source_id"], int(row["segment_index"]), part, epoch)
-        p = (
-            int(rng.integers(cfg.timbre_min_frames, cfg.timbre_max_frames + 1))
-            if cfg.augment
-            else cfg.timbre_max_frames
-        )
-        p = min(p, n - cfg.frames)
+        longest = min(cfg.timbre_max_frames, n - cfg.frames)  # what the segment leaves beside the window
+        p = int(rng.integers(cfg.timbre_min_frames, longest + 1)) if cfg.augment else longest
         # target window and timbre clip never overlap: the clip goes before or after the window
         start = int(rng.integers(0, n - cfg.frames - p + 1))
         if rng.random() < 0.5:
@@ -132,36 +141,173 @@ def examples_from_row(
 
 
 AUDIO_COLUMNS = ("source_id", "segment_index", "metadata", "stem_names", "stem_codes")  # what training reads
+SINE_COLUMNS = ("source_id", "segment_index", "mono_codes", "melody", "mono_variants")  # mono_variants: schema >= 1.1
+SETS = ("audio-feature", "sine-audio-feature")
+
+Key = tuple[str, int]  # (source_id, segment_index)
 
 
-def sine_columns(features: str) -> list[str]:
-    """The sine-audio-feature columns training reads; ``mono_variants`` only where the set has it (schema >= 1.1)."""
-    import pyarrow.dataset as pads
+@dataclass(frozen=True)
+class CommitBatch:
+    """One commit batch's current feature rows: where its two files are and which of their rows to read.
 
-    fs, files, _ = set_files(features, "sine-audio-feature")
-    names = pads.dataset(files, filesystem=fs, format="parquet").schema.names if files else []
-    columns = ["source_id", "segment_index", "mono_codes", "melody"]
-    return [*columns, "mono_variants"] if "mono_variants" in names else columns
+    The extraction commits both feature sets in the same batches, one file per set per batch, holding the same keys
+    (``hummingml.output``), so the join of two sets is the join of each batch's two files.
+    """
+
+    batch: str
+    audio: str  # its audio-feature file, a path in the output root's filesystem
+    sine: str  # its sine-audio-feature file
+    keys: tuple[Key, ...]  # the batch's current feature rows (superseded ones left out), sorted: the join's order
+
+
+def commit_batches(features: str, log: TextIO | None = sys.stderr) -> list[CommitBatch]:
+    """The commit batches of an extraction output that hold current feature rows, oldest commit first.
+
+    Read from the commit markers alone (no Parquet file is opened): a batch's keys are its rows with ``ok`` that no
+    newer commit superseded. A file that the marker names but that is neither in its set nor still in staging is
+    reported on ``log`` and its batch left out (``hummingml.output.set_files`` does the same).
+
+    Raises:
+        FileNotFoundError: ``features`` has no commit log (not an extraction output).
+    """
+    current = view(features, log)
+    if current is None:
+        raise FileNotFoundError(f"{features} has no commit log (_commits/): not an extraction output")
+    fs, root = open_root(features)
+    out = []
+    for marker in current.markers:
+        drop = current.superseded.get(marker.batch, set())
+        keys = sorted({(r.source_id, r.segment_index) for r in marker.rows if r.ok} - drop)
+        if not keys:
+            continue
+        files = {
+            final.split("/", 1)[0]: (join(root, final), join(root, staged))
+            for staged, final in marker.files.items()
+        }
+        paths = []
+        for name in SETS:
+            final, staged = files.get(name, ("", ""))
+            found = next((p for p in (final, staged) if p and fs.get_file_info(p).type == pafs.FileType.File), None)
+            if found is None and log is not None:
+                print(f"[train] warning: batch {marker.batch} has no {name} file; its rows are left out", file=log)
+            paths.append(found)
+        if paths[0] and paths[1]:
+            out.append(CommitBatch(marker.batch, paths[0], paths[1], tuple(keys)))
+    return out
+
+
+def shard(batches: list[CommitBatch], index: int, count: int) -> list[CommitBatch]:
+    """Shard ``index`` of ``count``: a contiguous run of the rows of ``batches`` (in order), ``1/count`` of them.
+
+    The cut falls between rows, so shard sizes differ by at most one row whatever the batch sizes, and a batch on a
+    boundary is read by both shards (each keeps its own keys). The same batches always give the same shards.
+    """
+    total = sum(len(b.keys) for b in batches)
+    lo, hi = total * index // count, total * (index + 1) // count
+    out, seen = [], 0
+    for b in batches:
+        first, last = max(lo - seen, 0), min(hi - seen, len(b.keys))
+        if first < last:
+            out.append(b if (first, last) == (0, len(b.keys)) else replace(b, keys=b.keys[first:last]))
+        seen += len(b.keys)
+    return out
+
+
+def _is_int_lists(t: pa.DataType) -> bool:
+    """Lists of lists ... of integers (DAC codes)."""
+    while pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    return pa.types.is_integer(t)
+
+
+def _ndarray(value: pa.Array) -> Any:
+    """The single value of a one-element array of nested integer lists as a numpy array, (d0, d1, ...).
+
+    The Arrow buffers are reshaped, not walked in Python; a ragged value (one stem stereo, another mono) comes back
+    as nested Python lists.
+    """
+    dims: list[int] = []
+    while pa.types.is_list(value.type) or pa.types.is_large_list(value.type):
+        lengths = pc.list_value_length(value)
+        low, high = pc.min_max(lengths).values()
+        if low.as_py() != high.as_py() or lengths.null_count:
+            return value.to_pylist()[0]
+        dims.append(high.as_py() if dims else len(value.flatten()))
+        value = value.flatten()
+    return value.to_numpy(zero_copy_only=False).reshape(dims)
+
+
+def _python(array: pa.Array) -> list[Any]:
+    """One Python value per element of ``array``, with integer lists (codes) as numpy arrays (:func:`_ndarray`)."""
+    t = array.type
+    if _is_int_lists(t) and not pa.types.is_integer(t):
+        return [_ndarray(array[i : i + 1]) for i in range(len(array))]
+    if pa.types.is_struct(t) and not array.null_count:
+        fields = {f.name: _python(column) for f, column in zip(t, array.flatten(), strict=True)}
+        return [dict(zip(fields, values, strict=True)) for values in zip(*fields.values(), strict=True)]
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type) and not array.null_count:
+        flat = _python(array.flatten())
+        ends = np.cumsum(pc.list_value_length(array).to_numpy(zero_copy_only=False))
+        return [flat[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends, strict=True)]
+    return array.to_pylist()
+
+
+def rows_of(table: pa.Table) -> list[dict[str, Any]]:
+    """A table's rows as dicts, codes as numpy arrays (what :func:`examples_from_row` takes)."""
+    columns = {name: _python(table.column(name).combine_chunks()) for name in table.column_names}
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+
+
+def _read(fs: pafs.FileSystem, path: str, columns: tuple[str, ...]) -> tuple[pa.Table, dict[Key, int]]:
+    """One file's ``columns`` (those it has), and the row number of each key."""
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        table = parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
+    keys = zip(table["source_id"].to_pylist(), table["segment_index"].to_pylist(), strict=True)
+    return table, {(s, int(i)): n for n, (s, i) in enumerate(keys)}
+
+
+def join_batch(fs: pafs.FileSystem, batch: CommitBatch) -> pa.Table:
+    """The batch's rows of both sets joined on the key, in ``batch.keys`` order: the audio-feature columns
+    (:data:`AUDIO_COLUMNS`) then the sine-audio-feature ones (:data:`SINE_COLUMNS`; ``mono_variants`` where the file
+    has it). Only the batch's two files are read; a key missing from either is left out (an inner join)."""
+    audio, audio_at = _read(fs, batch.audio, AUDIO_COLUMNS)
+    sine, sine_at = _read(fs, batch.sine, SINE_COLUMNS)
+    keys = [k for k in batch.keys if k in audio_at and k in sine_at]
+    joined = audio.take(pa.array([audio_at[k] for k in keys], pa.int64()))
+    sine = sine.take(pa.array([sine_at[k] for k in keys], pa.int64()))
+    for name in sine.column_names:
+        if name not in ("source_id", "segment_index"):
+            joined = joined.append_column(sine.field(name), sine.column(name))
+    return joined
 
 
 class JoinedRows:
-    """The two feature sets' current rows joined on (source_id, segment_index), sorted by that key, read here.
+    """The two feature sets' current rows joined on (source_id, segment_index), one commit batch at a time.
 
-    The rows :func:`hummingml.train.ray.read_joined` gives, without Ray: for runs in one process (tests, small
-    local runs). Holds every row in memory.
+    Rows come in commit order (oldest batch first), and in key order within a batch: the same rows in the same order
+    on every call and in every process given the same ``batches``. Holds one batch's rows at a time. Training runs
+    read their dp rank's :meth:`shard`; evaluation and tests read all rows (``hummingml.train.ray.read_joined`` is the
+    same join on Ray Data).
     """
 
-    def __init__(self, features: str) -> None:
-        def rows(name: str, columns: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
-            table = read_set(features, name, columns)
-            if table is None:
-                return {}
-            return {(r["source_id"], r["segment_index"]): r for r in table.to_pylist()}
+    def __init__(self, features: str, batches: list[CommitBatch] | None = None) -> None:
+        """``batches`` default to :func:`commit_batches` of ``features`` (read from its commit markers now)."""
+        self.features = features
+        self.batches = commit_batches(features) if batches is None else batches
 
-        audio = rows("audio-feature", list(AUDIO_COLUMNS))
-        sine = rows("sine-audio-feature", sine_columns(features))
-        self.rows = [{**audio[key], **sine[key]} for key in sorted(audio.keys() & sine.keys())]
+    def shard(self, index: int, count: int) -> JoinedRows:
+        """The rows of dp rank ``index`` of ``count`` (:func:`shard`)."""
+        return JoinedRows(self.features, shard(self.batches, index, count))
+
+    def iter_tables(self) -> Iterator[pa.Table]:
+        """Each batch's joined rows as one table (:func:`join_batch`)."""
+        fs, _ = open_root(self.features)
+        for batch in self.batches:
+            yield join_batch(fs, batch)
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
-        """Every joined row, in key order."""
-        return iter(self.rows)
+        """Every joined row, in order (codes as numpy arrays, :func:`rows_of`)."""
+        for table in self.iter_tables():
+            yield from rows_of(table)

@@ -6,20 +6,26 @@ Dataset shard and Ray Train's reports; :class:`DirectoryReporter` keeps both in 
 tests). Each step (:func:`train_step`) trains the AR model (codebook 0) and the NAR upsampler (one random level
 1..N-1 per example) on the same batch. Workers form a (dp, tp) device mesh; tensor parallelism and FSDP are applied
 by ``hummingml.train.parallel.torch``.
-Every worker reads the whole joined dataset in the same order and takes every dp-th batch, starting at its dp rank,
-so the tp ranks of one dp group see the same batch (a streaming split per worker would give them different ones).
+Each dp rank reads only its own shard of the rows (``data.shard(dp_rank, dp)``: a contiguous run of commit batches,
+:func:`hummingml.train.data.shard`), so the tp ranks of one dp group read the same rows and train on the same
+batches. A background thread cuts and collates the next batches (``data.prefetch_batches``) while the step runs.
+Shards differ by at most one row but may cut into different numbers of batches, so every step the ranks agree
+(one all-reduce of a flag) whether all of them still have a batch; the epoch ends for all at once when one has
+none. Every rank is then at the same (epoch, batch index), which is the position a checkpoint stores.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -30,13 +36,21 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from hummingml.model.batch import make_batch
 from hummingml.model.flops import count_parameters, flops_per_token, mfu
 from hummingml.model.lm import HummingLM, NARUpsampler, packed_length
-from hummingml.train.checkpoint import Position, read_position, resolve_checkpoint, write_run_files
+from hummingml.train.checkpoint import (
+    Position,
+    read_history,
+    read_position,
+    resolve_checkpoint,
+    write_run_files,
+)
 from hummingml.train.config import TrainConfig
+from hummingml.train.curves import Curves, curves_dir
 from hummingml.train.data import examples_from_row
 from hummingml.train.optim import build_optimizer, lr_lambda
 from hummingml.train.parallel.neuron import neuron_config, neuron_model, neuron_optimizer
 from hummingml.train.parallel.torch import ParallelDims, autocast, clip_grad_norm_, parallelize_torch, sync_gradients
 
+T = TypeVar("T")
 KNOWN_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 
 
@@ -53,28 +67,88 @@ def _peak_flops(cfg: TrainConfig) -> float:
 
 
 class Batches:
-    """Fixed-shape batches for one dp rank, resumable at (epoch, batch index)."""
+    """Fixed-shape batches of one dp rank's rows, resumable at (epoch, batch index)."""
 
-    def __init__(self, dataset: Rows, cfg: TrainConfig, dp_rank: int) -> None:
-        self.dataset, self.cfg, self.dp_rank = dataset, cfg, dp_rank
+    def __init__(self, rows: Rows, cfg: TrainConfig) -> None:
+        self.rows, self.cfg = rows, cfg
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches of this rank."""
+        """Yield ``(index, batch)`` of ``epoch``, skipping the first ``skip`` batches (cut, not collated)."""
         cfg, model = self.cfg, self.cfg.model
+        shape = {"timbre_frames": cfg.data.timbre_max_frames, "frames": cfg.data.frames}  # fixed: one batch shape
         pending: list[dict[str, Any]] = []
-        index = 0  # global batch counter of this epoch, across all dp ranks
-        for row in self.dataset.iter_rows():
+        index = 0  # batch counter of this epoch on this rank
+        for row in self.rows.iter_rows():
             pending.extend(examples_from_row(row, cfg.data, model.cond_codebooks, model.codebook_size, epoch))
             while len(pending) >= cfg.batch_size:
                 chunk, pending = pending[: cfg.batch_size], pending[cfg.batch_size :]
-                mine = index % cfg.parallel.dp == self.dp_rank
-                local = index // cfg.parallel.dp
+                if index >= skip:
+                    yield index, make_batch(chunk, model, **shape)
                 index += 1
-                if mine and local >= skip:
-                    yield (
-                        local,
-                        make_batch(chunk, model, timbre_frames=cfg.data.timbre_max_frames, frames=cfg.data.frames),
-                    )
+
+
+def prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
+    """``items`` in the same order, up to ``depth`` of them made ahead by a background thread (``depth`` 0: none).
+
+    An exception in the thread is raised here, at the item it stopped at; closing the generator stops the thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def fill() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=fill, name="hummingml-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
+def all_ranks_have(has: bool, backend: TorchBackend | NeuronBackend) -> bool:
+    """Whether every rank has a batch for the next step (``has`` on this one); an all-reduce when dp > 1."""
+    if backend.cfg.parallel.dp == 1 or not dist.is_initialized():
+        return has  # the tp ranks of one dp group read the same rows: they agree already
+    flag = torch.tensor([int(has)], dtype=torch.int32, device=backend.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def in_step(
+    batches: Iterator[tuple[int, dict[str, torch.Tensor]]], backend: TorchBackend | NeuronBackend
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``batches`` while every rank still has one (:func:`all_ranks_have`): all ranks end an epoch at the same step."""
+    for item in batches:
+        if not all_ranks_have(True, backend):
+            return
+        yield item
+    all_ranks_have(False, backend)
 
 
 class TorchBackend:
@@ -187,7 +261,12 @@ class NeuronBackend:
 
 
 class Rows(Protocol):
-    """What the loop reads: the joined feature rows, the same ones in the same order on every call."""
+    """What the loop reads: the joined feature rows, the same ones in the same order on every call
+    (:class:`hummingml.train.data.JoinedRows`)."""
+
+    def shard(self, index: int, count: int) -> Rows:
+        """The rows of dp rank ``index`` of ``count``: disjoint shards that together hold every row."""
+        ...
 
     def iter_rows(self) -> Iterable[dict[str, Any]]:
         """Every row once, in a fixed order."""
@@ -284,7 +363,8 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
     """Train ``cfg.steps`` steps (resuming where ``reporter``'s latest checkpoint stopped) on ``data``.
 
     Every ``cfg.checkpoint_every`` steps and at the end, every rank writes its checkpoint shards into
-    ``reporter.checkpoint_dir(step)``, rank 0 adds the run files (``hummingml.train.checkpoint``), and every rank
+    ``reporter.checkpoint_dir(step)``, rank 0 adds the run files (``hummingml.train.checkpoint``, with the metrics
+    history) and the TensorBoard scalars (``hummingml.train.curves``, when ``cfg.tensorboard``), and every rank
     calls ``reporter.report`` with the metrics averaged since the last report. The torch backend needs a process group
     (Ray Train makes one; in one process, ``hummingml.train.parallel.torch.local_process_group``).
 
@@ -302,10 +382,14 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
         )
 
     position = Position()
+    history: list[dict[str, float]] = []  # every report of the run, resumed runs included (the loss curves)
+    logdir = curves_dir(cfg.storage, cfg.name) if cfg.tensorboard and rank == 0 else None
+    curves = Curves(logdir) if logdir is not None else None
     with reporter.latest_checkpoint() as directory:
         if directory is not None:
             backend.load(directory)
             position = read_position(directory)
+            history = read_history(directory)
             if rank == 0:
                 print(
                     f"[train] resumed at step {position.step} (epoch {position.epoch}, "
@@ -314,7 +398,7 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
                 )
     step, epoch, batch_in_epoch = position.step, position.epoch, position.batch_in_epoch
 
-    batches = Batches(data, cfg, backend.dp_rank)
+    batches = Batches(data.shard(backend.dp_rank, cfg.parallel.dp), cfg)
     seq_len = packed_length(cfg.model.layout, cfg.data.timbre_max_frames, cfg.data.frames)
     flops_tok = flops_per_token(cfg.model, seq_len)
     peak = _peak_flops(cfg)
@@ -322,7 +406,8 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
     tokens, started = 0, time.perf_counter()
     while step < cfg.steps:
         produced = False
-        for index, batch in batches.epoch(epoch, skip=batch_in_epoch):
+        ahead = prefetch(batches.epoch(epoch, skip=batch_in_epoch), cfg.data.prefetch_batches)
+        for index, batch in in_step(ahead, backend):
             produced = True
             batch = {k: v.to(backend.device) for k, v in batch.items()}
             step_metrics = train_step(backend, batch, step)
@@ -338,17 +423,21 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
                 elapsed = time.perf_counter() - started
                 tokens_per_s = tokens * cfg.parallel.dp / elapsed  # AR target tokens over all dp ranks
                 report = {k: float(np.mean(v)) for k, v in window.items()}
-                report.update(step=step, epoch=epoch, tokens_per_s=tokens_per_s, lr=schedulers["ar"].get_last_lr()[0])
+                lr = float(schedulers["ar"].get_last_lr()[0])
+                report.update(step=step, epoch=epoch, tokens_per_s=tokens_per_s, lr=lr)
                 if peak:
                     report["mfu"] = mfu(tokens_per_s / cfg.world_size * 2, flops_tok, peak)  # AR + NAR
                 with torch.no_grad():  # teacher-forced accuracy of every NAR level on this step's batch
-                    for level_index, level_metrics in models["nar"].level_metrics(batch).items():
+                    for level_index, level_metrics in cast(NARUpsampler, models["nar"]).level_metrics(batch).items():
                         for name in ("acc", "top10_acc"):
                             report[f"nar_level{level_index}_{name}"] = level_metrics[name]
                 with reporter.checkpoint_dir(step) as directory:
                     backend.save(directory)
                     if rank == 0:
-                        write_run_files(directory, cfg, Position(step, epoch, batch_in_epoch))
+                        history.append(report)
+                        write_run_files(directory, cfg, Position(step, epoch, batch_in_epoch), history)
+                        if curves is not None:
+                            curves.add(report)
                     if dist.is_initialized():
                         dist.barrier()
                     reporter.report(report, directory)
@@ -361,6 +450,7 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
                 window, tokens, started = {}, 0, time.perf_counter()
             if step >= cfg.steps:
                 break
+        ahead.close()  # stops the prefetch thread when the run ends inside the epoch
         if not produced and batch_in_epoch == 0:
             raise RuntimeError(
                 f"no training examples in {cfg.data.features}: the parts {cfg.data.parts} need notes and segments of "
@@ -368,6 +458,8 @@ def loop(cfg: TrainConfig, data: Rows, reporter: Reporter, ctx: WorkerContext | 
             )
         if step < cfg.steps:
             epoch, batch_in_epoch = epoch + 1, 0
+    if curves is not None:
+        curves.close()
 
 
 def _inject_failure_once(cfg: TrainConfig) -> None:

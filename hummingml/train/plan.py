@@ -53,7 +53,7 @@ def dry_run_plan(cfg: TrainConfig) -> dict[str, Any]:
             "ar_parameters": count_parameters(ar),
             "nar_parameters": count_parameters(nar),
             "layout": cfg.model.layout,
-            "attention": getattr(cfg.model, "attention", "sdpa"),
+            "attention": cfg.model.attention,
         },
         "sequence": {
             "target_frames": cfg.data.frames,

@@ -1,9 +1,22 @@
-"""The Ray Train adapter: the joined feature sets as a Ray Dataset, the training loop as Ray Train workers.
+"""The Ray Train adapter: the training loop as Ray Train workers, each reading its own shard of the feature sets.
 
-:func:`fit` starts a ``TorchTrainer`` whose workers each run :func:`hummingml.train.loop.loop` with their Dataset
-shard and a :class:`RayReporter` (reports and checkpoints go to Ray Train, which restarts failed workers from the
-last one and resumes a rerun with the same ``name`` and ``storage``). Every worker gets the whole joined dataset
-(``datasets_to_split=[]``); the loop takes its dp rank's share.
+:func:`fit` starts a ``TorchTrainer`` whose workers each run :func:`hummingml.train.loop.loop` with the rows of
+their dp rank and a :class:`RayReporter` (reports and checkpoints go to Ray Train, which restarts failed workers from
+the last one and resumes a rerun with the same ``name`` and ``storage``).
+
+How the rows reach the workers. The driver reads the commit markers once (:func:`hummingml.train.data.commit_batches`:
+each commit batch's two files and its current keys, superseded rows left out) and puts that plan in the object
+store; each worker cuts its dp rank's shard from it (a contiguous run of rows, :func:`hummingml.train.data.shard`)
+and reads only those commit batches' files, one batch at a time, joining the two sets within the batch
+(:func:`hummingml.train.data.join_batch`). Nothing is joined across batches, sorted, or materialised.
+Not Ray Train's dataset sharding: ``get_dataset_shard`` is a streaming split that hands each *worker* different rows
+as they come, but the tp ranks of one dp group must train on the same batches, and a row's place in a streaming split
+depends on timing, so a checkpoint's (epoch, batch) position would not name the same rows after a restart. A shard
+that depends only on the plan and the dp rank gives both: tp ranks read identical rows, and a resumed worker skips
+to exactly where a continuous run would be. The cost: shards are fixed for a run, and a worker's reads are not
+spread over the cluster by Ray Data (each worker reads its own files, as a data loader would).
+
+:func:`read_joined` gives the same rows as a Ray Dataset, for readers that want one (evaluation).
 
 The only module of ``hummingml.train`` that imports ``ray`` directly.
 """
@@ -17,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.data
 import ray.train
@@ -24,9 +38,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from hummingml.cluster import connect
 from hummingml.config import from_dict
-from hummingml.output import set_files, superseded_filter
+from hummingml.output import open_root, set_files, superseded_filter
 from hummingml.train.config import TrainConfig
-from hummingml.train.data import AUDIO_COLUMNS, sine_columns
+from hummingml.train.data import CommitBatch, JoinedRows, commit_batches, join_batch
 from hummingml.train.loop import WorkerContext, loop
 
 
@@ -53,14 +67,26 @@ def read_current(features: str, name: str, columns: list[str] | None = None) -> 
     return ds.filter(lambda r: keep(r["path"], r["source_id"], r["segment_index"])).drop_columns(["path", *keys])
 
 
-def read_joined(features: str, parallelism: int = 2) -> ray.data.Dataset:
-    """The two feature sets' current rows as one Ray Dataset, joined on (source_id, segment_index), sorted by it."""
-    audio = read_current(features, "audio-feature", list(AUDIO_COLUMNS))
-    sine = read_current(features, "sine-audio-feature", sine_columns(features))
-    joined = audio.join(sine, join_type="inner", num_partitions=parallelism, on=("source_id", "segment_index"))
-    # a hash join's output order varies between runs; a fixed order makes the data position in a checkpoint mean
-    # the same rows when a later run resumes from it
-    return joined.sort(["source_id", "segment_index"])
+def read_joined(features: str, batches: list[CommitBatch] | None = None) -> ray.data.Dataset:
+    """The two feature sets' current rows as one Ray Dataset, one commit batch per block, joined within each batch.
+
+    The rows and their order are those of :class:`hummingml.train.data.JoinedRows` (commit order, key order within a
+    batch; ``preserve_order`` is set on the current ``DataContext`` so that every run reads them in that order).
+
+    Raises:
+        FileNotFoundError: the output has no committed feature rows.
+    """
+    batches = commit_batches(features) if batches is None else batches
+    if not batches:
+        raise FileNotFoundError(f"{features} has no committed feature rows")
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+
+    def join(indices: dict[str, Any]) -> Any:
+        fs, _ = open_root(features)
+        return pa.concat_tables([join_batch(fs, batches[int(i)]) for i in indices["batch"]])
+
+    items = ray.data.from_items([{"batch": i} for i in range(len(batches))], override_num_blocks=len(batches))
+    return items.map_batches(join, batch_size=1, batch_format="numpy")
 
 
 class RayReporter:
@@ -103,11 +129,16 @@ class RayReporter:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker: the loop on this worker's Dataset shard, reporting to Ray Train."""
+    """The Ray Train worker: the loop on its dp rank's rows, reporting to Ray Train.
+
+    ``config`` is ``asdict(cfg)`` plus ``commit_batches``: the object ref of the run's plan (:func:`fit`).
+    """
+    config = dict(config)
+    batches = ray.get(config.pop("commit_batches"))
     cfg = from_dict(TrainConfig, config)
     ctx = ray.train.get_context()
     worker = WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank())
-    loop(cfg, ray.train.get_dataset_shard("train"), RayReporter(cfg, worker.world_rank), worker)
+    loop(cfg, JoinedRows(cfg.data.features, batches), RayReporter(cfg, worker.world_rank), worker)
 
 
 def neuron_train_config(num_workers: int, neuron_parallel_compile: bool = False) -> dict[str, Any]:
@@ -125,12 +156,20 @@ def neuron_train_config(num_workers: int, neuron_parallel_compile: bool = False)
 
 
 def fit(cfg: TrainConfig) -> ray.train.Result:
-    """Run (or resume) training on the Ray cluster (:func:`hummingml.cluster.connect`); returns Ray Train's result."""
+    """Run (or resume) training on the Ray cluster (:func:`hummingml.cluster.connect`); returns Ray Train's result.
+
+    The commit markers are read here, once; the plan they give (every commit batch's files and current keys) goes to
+    the workers through the object store. A rerun on an output that grew since reads the new plan: its rows,
+    and so the shards and positions, differ from the first run's.
+
+    Raises:
+        FileNotFoundError: the output has no committed feature rows.
+    """
     connect()
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # resumable batch order
-    dataset = read_joined(cfg.data.features)
-    if cfg.cache_dataset:
-        dataset = dataset.materialize()
+    batches = commit_batches(cfg.data.features)
+    if not batches:
+        raise FileNotFoundError(f"{cfg.data.features} has no committed feature rows")
+    plan = ray.put(batches)  # held here until fit returns: the workers (and restarted ones) get it by reference
     if cfg.parallel.backend == "neuron":
         placement = neuron_train_config(cfg.world_size)  # TorchXLAConfig, one worker per NeuronCore
     else:
@@ -142,7 +181,7 @@ def fit(cfg: TrainConfig) -> ray.train.Result:
         }
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(cfg),
+        train_loop_config={**asdict(cfg), "commit_batches": plan},
         **placement,
         run_config=ray.train.RunConfig(
             name=cfg.name,
@@ -150,7 +189,5 @@ def fit(cfg: TrainConfig) -> ray.train.Result:
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     return trainer.fit()

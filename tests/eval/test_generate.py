@@ -109,7 +109,7 @@ def test_checkpoint_without_stored_config_needs_one(debug_run, tmp_path) -> None
     neuron.mkdir(parents=True)
     neuron_cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, backend="neuron"))
     (neuron / "train_config.json").write_text(json.dumps(dataclasses.asdict(neuron_cfg), default=str))
-    with pytest.raises(NotImplementedError, match="neuron backend"):
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):  # NxD's files missing
         load_checkpoint(neuron.parent)
 
 
@@ -143,9 +143,11 @@ def test_timbre_prompt_is_capped_by_the_config_and_max_seq_len() -> None:
     assert timbre_frames(cfg, 5.0) == 32  # timbre_max_frames
     assert timbre_frames(cfg, 0.1) == round(0.1 * FEATURE_SAMPLE_RATE / 256)
     long_window = from_preset("debug", data=DataConfig(frames=100, timbre_max_frames=431))
-    assert timbre_frames(long_window, 5.0) == 256 - (3 + 2 * 100)  # what max_seq_len leaves beside the window
+    room = long_window.model.max_seq_len - (3 + 2 * 100)  # what max_seq_len leaves beside the window
+    assert timbre_frames(long_window, 5.0) == min(431, room)
+    too_long = long_window.model.max_seq_len // 2  # 3 + 2 x frames > max_seq_len: no room for a prompt
     with pytest.raises(ValueError, match="max_seq_len"):
-        timbre_frames(from_preset("debug", data=DataConfig(frames=200)), 1.0)
+        timbre_frames(from_preset("debug", data=DataConfig(frames=too_long)), 1.0)
 
 
 def test_a_codec_that_does_not_match_the_checkpoint_is_refused(tmp_path, pitch_detector) -> None:
@@ -167,7 +169,7 @@ def test_a_codec_that_does_not_match_the_checkpoint_is_refused(tmp_path, pitch_d
 
 
 @pytest.mark.slow
-def test_generate_command_writes_the_wav_and_checks_the_codec(debug_run, tmp_path) -> None:
+def test_generate_command_writes_the_wav_and_checks_the_codec(debug_run, tmp_path, capsys) -> None:
     from hummingml.cli import main
 
     sf.write(tmp_path / "hum.wav", melody([392.0, 440.0], 0.3, 48_000).T, 48_000)
@@ -180,6 +182,11 @@ def test_generate_command_writes_the_wav_and_checks_the_codec(debug_run, tmp_pat
     audio, rate = sf.read(out, always_2d=True)
     assert rate == 44_100 and audio.shape == (round(0.6 * 44_100), 1) and np.isfinite(audio).all()
     # another tiny DAC (seed 1) has the right sizes but other weights than the features' codec
+    other = [*args, "-o", str(tmp_path / "x.wav"), "--models-seed", "1", "--models-cache-dir", str(tmp_path / "m")]
+    capsys.readouterr()
+    assert main(other) == 1  # one line, exit 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("hummingml generate: error: the DAC does not match") and "weights" in line
     with pytest.raises(CodecMismatchError, match="weights"):
-        main([*args, "-o", str(tmp_path / "x.wav"), "--models-seed", "1", "--models-cache-dir", str(tmp_path / "m")])
+        main(["--verbose", *other])
     assert not (tmp_path / "x.wav").exists()

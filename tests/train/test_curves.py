@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hummingml.train.curves import Curves, curves_dir, tag
 
 
@@ -39,3 +41,16 @@ def test_tags_and_where_curves_go(tmp_path: Path) -> None:
     assert tag("ar_top10_acc") == "ar/ar_top10_acc" and tag("lr") == "run/lr" and tag("nar_acc") == "nar/nar_acc"
     assert curves_dir(str(tmp_path), "run1") == str(tmp_path / "run1" / "tensorboard")
     assert curves_dir("s3://bucket/runs", "run1") is None
+
+
+def test_a_training_run_writes_its_reports_as_curves(trained_run) -> None:
+    from hummingml.train.checkpoint import read_history, resolve_checkpoint
+
+    run_dir, last = trained_run("debug")
+    history = read_history(resolve_checkpoint(run_dir))
+    assert history[-1]["ar_loss"] == last["ar_loss"]
+    scalars = _scalars(run_dir / "tensorboard")
+    steps, values = zip(*scalars["ar/ar_loss"], strict=True)
+    assert list(steps) == [int(h["step"]) for h in history]
+    assert list(values) == pytest.approx([h["ar_loss"] for h in history], rel=1e-6)  # TensorBoard keeps float32
+    assert {"nar/nar_loss", "run/tokens_per_s", "run/lr"} <= set(scalars)

@@ -9,12 +9,12 @@ from hummingml.train.data import DataConfig, examples_from_row, split_of
 K, F = 4, 200
 
 
-def row(notes: bool = True, instruments: dict | None = None) -> dict:
+def row(notes: bool = True, instruments: dict | None = None, n_frames: int = F, source_id: str = "s") -> dict:
     rng = np.random.default_rng(0)
-    codes = lambda: rng.integers(0, 1024, (1, K, F))  # noqa: E731
+    codes = lambda: rng.integers(0, 1024, (1, K, n_frames))  # noqa: E731
     note = [{"start_s": 0.1, "end_s": 0.5, "pitch": 60, "amplitude": 0.8}] if notes else []
     return {
-        "source_id": "s",
+        "source_id": source_id,
         "segment_index": 0,
         "metadata": json.dumps({"instruments": instruments or {}}),
         "stem_names": ["drums", "bass", "vocals", "lead", "chordal", "other"],
@@ -92,3 +92,30 @@ def test_augmentation_conditions_on_an_audio_variant_of_the_mono_reference() -> 
     assert not any((e["mono"] == 7).all() for e in examples_from_row(r, never, 2, 1024, split="all"))
     off = DataConfig(frames=64, timbre_min_frames=16, timbre_max_frames=32, augment=False, mono_variant_prob=1.0)
     assert not any((e["mono"] == 7).all() for e in examples_from_row(r, off, 2, 1024, split="all"))
+
+
+def test_default_timbre_prompts_are_1_to_5_s_capped_by_what_the_segment_leaves() -> None:
+    cfg = DataConfig()  # timbre 86..431 frames (1-5 s at 86.13 frames/s), 64-frame window
+    assert (cfg.timbre_min_frames, cfg.timbre_max_frames) == (round(1 * 86.13), round(5 * 86.13))
+    for n_frames in (345, 600):  # a 4 s demo segment leaves 281 frames beside the window; 600 frames leave 536
+        longest = min(cfg.timbre_max_frames, n_frames - cfg.frames)
+        lengths = []
+        for i in range(40):
+            r = row(n_frames=n_frames, source_id=f"s{i}")
+            stem = r["stem_codes"][r["stem_names"].index("lead")][0]
+            for e in examples_from_row(r, cfg, 2, 1024, split="all"):
+                p, y = e["timbre"].shape[1], e["target_start"]
+                assert cfg.timbre_min_frames <= p <= longest and e["target"].shape == (K, cfg.frames)
+                if e["part"] == "lead":  # the clip is the stem somewhere outside the window
+                    t = next(s for s in range(n_frames - p + 1) if np.array_equal(stem[:, s : s + p], e["timbre"]))
+                    assert t + p <= y or y + cfg.frames <= t
+                lengths.append(p)
+        assert min(lengths) < cfg.timbre_min_frames + 40 and max(lengths) > longest - 40  # drawn across the range
+        assert lengths.count(longest) < len(lengths) / 4  # drawn within the cap, not piled up on it
+        plain = next(examples_from_row(row(n_frames=n_frames), DataConfig(augment=False), 2, 1024, split="all"))
+        assert plain["timbre"].shape[1] == longest
+    # a segment too short for the window plus a 1 s clip gives nothing
+    too_short = row(n_frames=cfg.frames + cfg.timbre_min_frames - 1)
+    assert list(examples_from_row(too_short, cfg, 2, 1024, split="all")) == []
+    fits = row(n_frames=cfg.frames + cfg.timbre_min_frames)
+    assert [e["part"] for e in examples_from_row(fits, cfg, 2, 1024, split="all")] == ["vocals", "lead"]

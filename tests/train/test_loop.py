@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from hummingml.train.checkpoint import load_checkpoint, read_position, resolve_checkpoint
 from hummingml.train.config import TrainConfig, from_preset
 from hummingml.train.data import DataConfig, JoinedRows
-from hummingml.train.loop import DirectoryReporter, loop
+from hummingml.train.loop import Batches, DirectoryReporter, loop, prefetch
 from hummingml.train.parallel.torch import local_process_group
 
 
@@ -69,7 +70,37 @@ def test_rerun_with_the_same_name_resumes(demo_features, tmp_path) -> None:
     assert [r["step"] for r in again] == [6]  # continued after step 4: a fresh start would report step 2
 
 
-def test_neuron_backend_asks_ray_train_for_neuron_cores_over_xla(monkeypatch, tmp_path) -> None:
+def test_each_dp_shard_resumes_at_the_batches_a_continuous_epoch_yields(demo_features, tmp_path) -> None:
+    cfg = dataclasses.replace(config(demo_features, tmp_path, "shards"), batch_size=1)
+    joined = JoinedRows(cfg.data.features)
+    for rank in range(2):
+        batches = Batches(joined.shard(rank, 2), cfg)
+        whole = list(batches.epoch(1))
+        assert [i for i, _ in whole] == list(range(len(whole))) and whole
+        for skip in range(len(whole) + 1):
+            resumed = list(batches.epoch(1, skip=skip))
+            assert [i for i, _ in resumed] == [i for i, _ in whole[skip:]]
+            for (_, a), (_, b) in zip(resumed, whole[skip:], strict=True):
+                assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prefetch_keeps_the_order_and_raises_where_the_items_failed() -> None:
+    def items():
+        yield from range(5)
+        raise ValueError("bad row")
+
+    out = []
+    with pytest.raises(ValueError, match="bad row"):
+        for item in prefetch(items(), depth=2):
+            out.append(item)
+    assert out == [0, 1, 2, 3, 4]
+    assert list(prefetch(iter(range(10)), depth=0)) == list(range(10))
+    ahead = prefetch(iter(range(100)), depth=3)
+    assert next(ahead) == 0
+    ahead.close()  # stops the thread
+
+
+def test_neuron_backend_asks_ray_train_for_neuron_cores_over_xla(monkeypatch, demo_features, tmp_path) -> None:
     import hummingml.train.ray as train_ray
 
     captured = {}
@@ -83,13 +114,14 @@ def test_neuron_backend_asks_ray_train_for_neuron_cores_over_xla(monkeypatch, tm
 
     monkeypatch.setattr(train_ray, "TorchTrainer", FakeTrainer)
     monkeypatch.setattr(train_ray, "connect", lambda: None)
-    monkeypatch.setattr(train_ray, "read_joined", lambda features: "joined")
-    cfg = from_preset("debug", storage=str(tmp_path), cache_dataset=False)
+    cfg = from_preset("debug", storage=str(tmp_path), data=DataConfig(features=str(demo_features)))
     cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, backend="neuron", tp=2, dp=2))
     assert train_ray.fit(cfg) == "result"
     assert type(captured["torch_config"]).__name__ == "TorchXLAConfig"
     scaling = captured["scaling_config"]
     assert scaling.num_workers == 4 and scaling.resources_per_worker == {"neuron_cores": 1}
     assert captured["loop"] is train_ray.train_loop_per_worker
+    plan = train_ray.ray.get(captured["train_loop_config"]["commit_batches"])  # the workers' plan, by reference
+    assert [b.batch for b in plan] == [b.batch for b in JoinedRows(str(demo_features)).batches]
     with train_ray.RayReporter(cfg, rank=0).checkpoint_dir(7) as directory:
         assert directory.startswith(str(tmp_path))  # NxD writes from every rank: a shared path, not a private tmp
