@@ -145,10 +145,11 @@ def compare(rows: list[dict[str, Any]]) -> dict[str, Any]:
             modes.setdefault(split, {}).setdefault(mode, {})[name] = _value(metrics)
         for instrument, metrics in (row.get("by_instrument") or {}).items():
             instruments.setdefault(instrument, {"split": split})[name] = _value(metrics)
-    best_mode = {}
+    best_mode: dict[str, list[str]] = {}  # every mode that shares the best value (ties at the SI-SDR clamp are common)
     for split, table in modes.items():
         scored = {mode: float(v["hummingml"] or 0.0) for mode, v in table.items() if v.get("hummingml") is not None}
-        best_mode[split] = max(scored, key=scored.__getitem__) if scored else None
+        top = max(scored.values(), default=None)
+        best_mode[split] = sorted(mode for mode, value in scored.items() if value == top)
     return {
         "metric": "median SI-SDR (dB) of full generation (AR level 0 + NAR levels) vs the ground-truth decode",
         "pairs": pairs,
@@ -208,8 +209,30 @@ def markdown(results: dict[str, Any]) -> str:
                   "|---|" + "---:|" * len(MODELS)]  # fmt: skip
         for mode, values in sorted(table.items()):
             lines.append(f"| {mode} | " + " | ".join(_fmt(values.get(m)) for m in MODELS) + " |")
-        lines.append(f"\nHummingLM's best mode on {split}: {c['hummingml_best_mode'].get(split) or 'n/a'}.")
+        best = c["hummingml_best_mode"].get(split) or []
+        tie = f" ({len(best)} tied)" if len(best) > 1 else ""
+        lines.append(f"\nHummingLM's best mode on {split}: {', '.join(best) or 'n/a'}{tie}.")
     return "\n".join(lines) + "\n"
+
+
+def _bars(path: Path, labels: list[str], series: dict[str, list[float | None]], title: str) -> str:
+    """A PNG of grouped bars of median SI-SDR: one group per label, one bar per series (None: no bar)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(labels)), 4))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        x = np.arange(len(labels)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(x, [np.nan if v is None else v for v in values], width, label=name)
+    ax.set_xticks(np.arange(len(labels)), labels)
+    ax.set(ylabel="median SI-SDR, full (dB)", title=title)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
 
 
 def plot(results: dict[str, Any], out: Path) -> list[str]:
@@ -218,7 +241,6 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -234,34 +256,17 @@ def plot(results: dict[str, Any], out: Path) -> list[str]:
     written.append(str(out / "loss.png"))
 
     rows = results["evaluation"]["rows"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, split in enumerate(("train", "unseen")):
-        values = [_value(next((r for r in rows if r["run_name"] == m and r["split"] == split), None)) for m in MODELS]
-        ax.bar(np.arange(len(MODELS)) + (i - 0.5) * 0.4, [np.nan if v is None else v for v in values], 0.4,
-               label="seen" if split == "train" else "unseen")  # fmt: skip
-    ax.set_xticks(np.arange(len(MODELS)), list(MODELS))
-    ax.set(ylabel="median SI-SDR, full (dB)", title=f"codec: {results['codec']}")
-    ax.axhline(0, color="black", lw=0.5)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "si_sdr.png", dpi=80)
-    plt.close(fig)
-    written.append(str(out / "si_sdr.png"))
-
+    by_split = {
+        "seen" if split == "train" else "unseen": [
+            _value(next((r for r in rows if r["run_name"] == m and r["split"] == split), None)) for m in MODELS
+        ]
+        for split in ("train", "unseen")
+    }
+    written.append(_bars(out / "si_sdr.png", list(MODELS), by_split, f"codec: {results['codec']}"))
     table = results["comparisons"]["by_mode"].get("train", {})
     modes = sorted(table)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(modes)), 4))
-    for i, name in enumerate(MODELS):
-        values = [table[m].get(name) for m in modes]
-        ax.bar(np.arange(len(modes)) + (i - 1) * 0.27, [np.nan if v is None else v for v in values], 0.27, label=name)
-    ax.set_xticks(np.arange(len(modes)), modes)
-    ax.set(ylabel="median SI-SDR, full (dB)", title="per mode, seen instruments")
-    ax.axhline(0, color="black", lw=0.5)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "modes.png", dpi=80)
-    plt.close(fig)
-    written.append(str(out / "modes.png"))
+    by_model = {name: [table[m].get(name) for m in modes] for name in MODELS}
+    written.append(_bars(out / "modes.png", modes, by_model, "per mode, seen instruments"))
     return written
 
 

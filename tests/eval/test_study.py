@@ -36,7 +36,9 @@ def test_comparisons_are_differences_of_the_rows() -> None:
     assert c["pairs"]["augmentation"]["train"]["delta_db"] == 3.0
     assert c["pairs"]["HummingLM vs VALL-E"]["unseen"]["delta_db"] is None  # no VALL-E row on unseen
     assert c["unseen_vs_seen"]["hummingml"]["delta_db"] == -1.0
-    assert c["hummingml_best_mode"]["train"] == "aeolian"
+    assert c["hummingml_best_mode"]["train"] == ["aeolian"]
+    tied = compare([row("hummingml", "train", 0.0, {"aeolian": 60.0, "dorian": 60.0, "ionian": 1.0})])
+    assert tied["hummingml_best_mode"]["train"] == ["aeolian", "dorian"]
     assert c["by_instrument"]["flute"] == {"split": "unseen", "hummingml": -3.0}
     assert c["by_instrument"]["organ"] == {"split": "train", "hummingml": -2.0, "valle": -4.0, "hummingml_no_aug": -5.0}
 
