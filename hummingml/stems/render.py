@@ -32,8 +32,8 @@ from hummingml.testing.corpus import (
     PRESETS,
     SNARE,
     STEM_GAIN,
-    _pan,
-    _place,
+    pan,
+    place,
     render_drum,
     render_note,
 )
@@ -100,13 +100,13 @@ class AdditiveRenderer:
                     sound = render_drum(pitch, chosen["drums"], note.amplitude, rng, self.sample_rate)
                 else:
                     sound = render_note(note, by_name[chosen[stem]], self.sample_rate)
-                _place(track, sound, round(note.start_s * self.sample_rate))
+                place(track, sound, round(note.start_s * self.sample_rate))
             peak = float(np.abs(track).max(initial=0.0))
             if peak > 0:
                 track *= STEM_GAIN[stem] / peak
             if notes:
                 instruments[stem] = chosen[stem]
-            stems[stem] = _pan(track, pans[stem])
+            stems[stem] = pan(track, pans[stem])
         return _finish(stems, instruments, self.sample_rate)
 
 

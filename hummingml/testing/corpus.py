@@ -192,15 +192,16 @@ def render_drum(pitch: int, kit: str, amplitude: float, rng: np.random.Generator
     return (amplitude * out).astype(np.float32)
 
 
-def _place(track: np.ndarray, sound: np.ndarray, start: int) -> None:
+def place(track: np.ndarray, sound: np.ndarray, start: int) -> None:
+    """Add ``sound`` into ``track`` (both 1-D) from sample ``start``, cut at the track's end."""
     end = min(track.shape[0], start + sound.shape[0])
     if start < end:
         track[start:end] += sound[: end - start]
 
 
-def _pan(mono: np.ndarray, pan: float) -> F32:
-    """Constant-power pan, ``pan`` in [-1 (left), 1 (right)] -> float32 ``(2, samples)``."""
-    angle = (pan + 1) * np.pi / 4
+def pan(mono: np.ndarray, position: float) -> F32:
+    """Constant-power pan, ``position`` in [-1 (left), 1 (right)] -> float32 ``(2, samples)``."""
+    angle = (position + 1) * np.pi / 4
     return np.stack([np.cos(angle) * mono, np.sin(angle) * mono]).astype(np.float32)
 
 
@@ -281,10 +282,10 @@ def make_song(index: int, seed: int, seconds: float = 10.0, sample_rate: int = S
                 sound = render_drum(note.pitch, instruments["drums"], note.amplitude, rng, sample_rate)
             else:
                 sound = render_note(note, by_name[instruments[stem]], sample_rate)
-            _place(track, sound, round(note.start_s * sample_rate))
+            place(track, sound, round(note.start_s * sample_rate))
         peak = np.abs(track).max()
         track = track / peak * STEM_GAIN[stem] if peak > 0 else track
-        stems[stem] = _pan(track, float(rng.uniform(-0.6, 0.6)))
+        stems[stem] = pan(track, float(rng.uniform(-0.6, 0.6)))
     mix = np.stack(list(stems.values())).sum(axis=0)
     gain = MIX_PEAK / max(float(np.abs(mix).max()), 1e-9)
     stems = {k: (v * gain).astype(np.float32) for k, v in stems.items()}
