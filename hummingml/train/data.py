@@ -54,7 +54,9 @@ class DataConfig:
     mono_variant_prob: float = 0.5  # chance to condition on an audio-augmented mono variant (gain/noise/EQ) instead
     jitter_frames: int = 1  # the sine stream shifts by up to this many frames
     holdout_instruments: tuple[str, ...] = ()  # instruments (metadata 'instruments'[part]) kept out of training
-    seed: int = 0  # example randomness: crop positions, timbre clips, augmentation
+    seed: int = 0  # example randomness: crop positions, timbre clips, augmentation, the shuffle
+    shuffle: bool = True  # each epoch reads the rank's commit batches, and the rows within each, in a new order drawn
+    # from (seed, epoch); the same on the tp ranks of a dp group and after a resume
     prefetch_batches: int = 2  # batches cut and collated ahead by a background thread while a step runs (0: none)
 
 
@@ -287,7 +289,8 @@ class JoinedRows:
     """The two feature sets' current rows joined on (source_id, segment_index), one commit batch at a time.
 
     Rows come in commit order (oldest batch first), and in key order within a batch: the same rows in the same order
-    on every call and in every process given the same ``batches``. Holds one batch's rows at a time. Training runs
+    on every call and in every process given the same ``batches``. Training asks for a shuffled order per epoch
+    (``order``: a seed), which is as reproducible. Holds one batch's rows at a time. Training runs
     read their dp rank's :meth:`shard`; evaluation and tests read all rows (``hummingml.train.ray.read_joined`` is the
     same join on Ray Data).
     """
@@ -301,13 +304,18 @@ class JoinedRows:
         """The rows of dp rank ``index`` of ``count`` (:func:`shard`)."""
         return JoinedRows(self.features, shard(self.batches, index, count))
 
-    def iter_tables(self) -> Iterator[pa.Table]:
-        """Each batch's joined rows as one table (:func:`join_batch`)."""
+    def iter_tables(self, order: int | None = None) -> Iterator[pa.Table]:
+        """Each batch's joined rows as one table (:func:`join_batch`), in commit order; with ``order``, the batches
+        and the rows of each in an order drawn from that seed (one batch in memory either way)."""
         fs, _ = open_root(self.features)
-        for batch in self.batches:
-            yield join_batch(fs, batch)
+        rng = None if order is None else np.random.default_rng(order)
+        indices = range(len(self.batches)) if rng is None else rng.permutation(len(self.batches))
+        for i in indices:
+            table = join_batch(fs, self.batches[int(i)])
+            yield table if rng is None else table.take(pa.array(rng.permutation(table.num_rows)))
 
-    def iter_rows(self) -> Iterator[dict[str, Any]]:
-        """Every joined row, in order (codes as numpy arrays, :func:`rows_of`)."""
-        for table in self.iter_tables():
+    def iter_rows(self, order: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every joined row (codes as numpy arrays, :func:`rows_of`): in commit order and key order within a batch,
+        or, with ``order``, shuffled by that seed (:meth:`iter_tables`)."""
+        for table in self.iter_tables(order):
             yield from rows_of(table)

@@ -8,7 +8,8 @@ tests). Each step (:func:`train_step`) trains the AR model (codebook 0) and the 
 by ``hummingml.train.parallel.torch``.
 Each dp rank reads only its own shard of the rows (``data.shard(dp_rank, dp)``: a contiguous run of commit batches,
 :func:`hummingml.train.data.shard`), so the tp ranks of one dp group read the same rows and train on the same
-batches. A background thread cuts and collates the next batches (``data.prefetch_batches``) while the step runs.
+batches; with ``data.shuffle`` each epoch reads them in an order seeded by (seed, epoch) (:func:`epoch_order`).
+A background thread cuts and collates the next batches (``data.prefetch_batches``) while the step runs.
 Shards differ by at most one row but may cut into different numbers of batches, so every step the ranks agree
 (one all-reduce of a flag) whether all of them still have a batch; the epoch ends for all at once when one has
 none. Every rank is then at the same (epoch, batch index), which is the position a checkpoint stores.
@@ -66,6 +67,12 @@ def _peak_flops(cfg: TrainConfig) -> float:
     return 0.0
 
 
+def epoch_order(seed: int, epoch: int) -> int:
+    """The seed of an epoch's row order: the same on every rank of a run (tp ranks read the same batches) and in a
+    resumed run (its checkpoint's batch index names the same batches)."""
+    return seed * 1_000_003 + epoch
+
+
 class Batches:
     """Fixed-shape batches of one dp rank's rows, resumable at (epoch, batch index)."""
 
@@ -78,7 +85,8 @@ class Batches:
         shape = {"timbre_frames": cfg.data.timbre_max_frames, "frames": cfg.data.frames}  # fixed: one batch shape
         pending: list[dict[str, Any]] = []
         index = 0  # batch counter of this epoch on this rank
-        for row in self.rows.iter_rows():
+        order = epoch_order(cfg.data.seed, epoch) if cfg.data.shuffle else None
+        for row in self.rows.iter_rows(order):
             pending.extend(examples_from_row(row, cfg.data, model.cond_codebooks, model.codebook_size, epoch))
             while len(pending) >= cfg.batch_size:
                 chunk, pending = pending[: cfg.batch_size], pending[cfg.batch_size :]
@@ -268,8 +276,8 @@ class Rows(Protocol):
         """The rows of dp rank ``index`` of ``count``: disjoint shards that together hold every row."""
         ...
 
-    def iter_rows(self) -> Iterable[dict[str, Any]]:
-        """Every row once, in a fixed order."""
+    def iter_rows(self, order: int | None = None) -> Iterable[dict[str, Any]]:
+        """Every row once: in a fixed order, or in one drawn from the seed ``order`` (the same for the same seed)."""
         ...
 
 

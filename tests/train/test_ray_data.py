@@ -113,3 +113,20 @@ def test_a_dp2_run_killed_and_resumed_equals_a_continuous_one(demo_features, ray
     assert recovered.metrics["step"] == continuous.metrics["step"] == 5
     for key in ("ar_loss", "nar_loss", "ar_acc"):
         assert recovered.metrics[key] == pytest.approx(continuous.metrics[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_shuffled_epoch_reads_every_row_once_in_an_order_its_seed_fixes(demo_features, tmp_path) -> None:
+    from hummingml.train.loop import epoch_order
+
+    features = tmp_path / "features"
+    shutil.copytree(demo_features, features)
+    first = keys_of(JoinedRows(str(features)).iter_rows())
+    recommit(features, *first[0], bump=2)  # one row again in a batch of its own: two commit batches to order
+    joined = JoinedRows(str(features))
+    assert len(joined.batches) == 2
+    plain = keys_of(joined.iter_rows())
+    orders = {tuple(keys_of(joined.iter_rows(epoch_order(0, epoch)))) for epoch in range(8)}
+    assert all(sorted(order) == sorted(plain) for order in orders)  # every row once, whatever the order
+    assert len(orders) > 1  # epochs differ
+    again = keys_of(JoinedRows(str(features)).iter_rows(epoch_order(0, 3)))
+    assert again == keys_of(joined.iter_rows(epoch_order(0, 3)))  # another reader, the same seed: the same order
