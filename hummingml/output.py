@@ -253,16 +253,29 @@ def set_files(root: str, name: str, log: TextIO | None = sys.stderr) -> tuple[pa
         infos = fs.get_file_info(pafs.FileSelector(join(path, name), allow_not_found=True, recursive=True))
         return fs, sorted(i.path for i in infos if i.path.endswith(".parquet")), {}
     pairs = [(join(path, final), join(path, staged)) for final, staged in current.files(name)]
-    finals = fs.get_file_info([f for f, _ in pairs])
-    present = []
-    for (final, staged), info in zip(pairs, finals, strict=True):
-        if info.type == pafs.FileType.File:
-            present.append(final)
-        elif fs.get_file_info(staged).type == pafs.FileType.File:
-            present.append(staged)
-        elif log is not None:
-            print(f"[output] warning: a committed file is missing; rerun the extraction to redo it: {final}", file=log)
+    present = [p for p in present_files(fs, pairs, log) if p is not None]
     return fs, present, current.superseded
+
+
+def present_files(fs: pafs.FileSystem, pairs: list[tuple[str, str]], log: TextIO | None) -> list[str | None]:
+    """For each committed file's ``(visible, staged)`` paths, the one that exists, or None (reported on ``log``).
+
+    A committed file not yet moved into its set (its writer stopped between the marker and the moves) is read from
+    staging. The visible paths are looked up in one call; staging only for those not found.
+    """
+    infos = fs.get_file_info([final for final, _ in pairs])
+    out: list[str | None] = []
+    for (final, staged), info in zip(pairs, infos, strict=True):
+        if info.type == pafs.FileType.File:
+            out.append(final)
+        elif fs.get_file_info(staged).type == pafs.FileType.File:
+            out.append(staged)
+        else:
+            out.append(None)
+            if log is not None:
+                print(f"[output] warning: a committed file is missing; rerun the extraction to redo it: {final}",
+                      file=log)  # fmt: skip
+    return out
 
 
 def read_set(

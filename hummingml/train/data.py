@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hummingml.output import join, open_root, view
+from hummingml.output import join, open_root, present_files, view
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ def commit_batches(features: str, log: TextIO | None = sys.stderr) -> list[Commi
     """The commit batches of an extraction output that hold current feature rows, oldest commit first.
 
     Read from the commit markers alone (no Parquet file is opened): a batch's keys are its rows with ``ok`` that no
-    newer commit superseded. A file that the marker names but that is neither in its set nor still in staging is
-    reported on ``log`` and its batch left out (``hummingml.output.set_files`` does the same).
+    newer commit superseded. Its files are found as every reader finds them (``hummingml.output.present_files``,
+    all looked up at once); a batch with a file missing is reported on ``log`` and left out.
 
     Raises:
         FileNotFoundError: ``features`` has no commit log (not an extraction output).
@@ -177,25 +177,28 @@ def commit_batches(features: str, log: TextIO | None = sys.stderr) -> list[Commi
     if current is None:
         raise FileNotFoundError(f"{features} has no commit log (_commits/): not an extraction output")
     fs, root = open_root(features)
-    out = []
+    listed = []  # (batch, keys, the (visible, staged) paths of each set's file)
     for marker in current.markers:
         drop = current.superseded.get(marker.batch, set())
         keys = sorted({(r.source_id, r.segment_index) for r in marker.rows if r.ok} - drop)
         if not keys:
             continue
         files = {
-            final.split("/", 1)[0]: (join(root, final), join(root, staged))
-            for staged, final in marker.files.items()
+            final.split("/", 1)[0]: (join(root, final), join(root, staged)) for staged, final in marker.files.items()
         }
-        paths = []
-        for name in SETS:
-            final, staged = files.get(name, ("", ""))
-            found = next((p for p in (final, staged) if p and fs.get_file_info(p).type == pafs.FileType.File), None)
-            if found is None and log is not None:
-                print(f"[train] warning: batch {marker.batch} has no {name} file; its rows are left out", file=log)
-            paths.append(found)
-        if paths[0] and paths[1]:
-            out.append(CommitBatch(marker.batch, paths[0], paths[1], tuple(keys)))
+        missing = [name for name in SETS if name not in files]
+        if missing:
+            if log is not None:
+                print(f"[train] warning: batch {marker.batch} names no {missing[0]} file; its rows are left out",
+                      file=log)  # fmt: skip
+            continue
+        listed.append((marker.batch, keys, [files[name] for name in SETS]))
+    found = iter(present_files(fs, [pair for _, _, pairs in listed for pair in pairs], log))
+    out = []
+    for batch, keys, _ in listed:
+        audio, sine = next(found), next(found)
+        if audio is not None and sine is not None:
+            out.append(CommitBatch(batch, audio, sine, tuple(keys)))
     return out
 
 

@@ -130,3 +130,21 @@ def test_a_shuffled_epoch_reads_every_row_once_in_an_order_its_seed_fixes(demo_f
     assert len(orders) > 1  # epochs differ
     again = keys_of(JoinedRows(str(features)).iter_rows(epoch_order(0, 3)))
     assert again == keys_of(joined.iter_rows(epoch_order(0, 3)))  # another reader, the same seed: the same order
+
+
+def test_a_batch_whose_file_is_missing_is_reported_and_left_out(demo_features, tmp_path) -> None:
+    import io
+
+    from hummingml.train.data import commit_batches
+
+    features = tmp_path / "features"
+    shutil.copytree(demo_features, features)
+    first = keys_of(JoinedRows(str(features)).iter_rows())
+    recommit(features, *first[0], bump=3)  # a second batch
+    batches = commit_batches(str(features))
+    assert len(batches) == 2
+    Path(batches[0].sine).unlink()  # the older batch's sine-audio-feature file is gone
+    log = io.StringIO()
+    left = commit_batches(str(features), log)
+    assert [b.batch for b in left] == [batches[1].batch]
+    assert "committed file is missing" in log.getvalue() and batches[0].sine in log.getvalue()
