@@ -162,6 +162,11 @@ class CurrentView:
         prefix = f"{name}/"
         return [(final, staged) for m in self.markers for staged, final in m.files.items() if final.startswith(prefix)]
 
+    def current_keys(self, marker: Marker, ok: bool = True) -> set[Key]:
+        """The keys of ``marker``'s feature rows (``ok``) or error rows (not ``ok``) that no newer commit replaced."""
+        rows = {(r.source_id, r.segment_index) for r in marker.rows if r.ok == ok}
+        return rows - self.superseded.get(marker.batch, set())
+
     @property
     def superseded_rows(self) -> int:
         """Rows that a newer commit replaced."""

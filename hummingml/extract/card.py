@@ -60,22 +60,24 @@ class SetFiles:
     missing_files: int = 0  # committed files with current rows that are not in their set's folder: not listed
 
 
-def set_files(fs: pafs.FileSystem, path: str, current: CurrentView, name: str) -> SetFiles:
+def card_files(fs: pafs.FileSystem, path: str, current: CurrentView, name: str) -> SetFiles:
     """The files of the set ``name`` that the card lists, with their row counts (from ``current``'s markers).
+
+    Unlike ``hummingml.output.set_files`` it lists only files in their set's folder, never staging: the card's paths
+    must stay valid for readers that know nothing of the commit log.
 
     A marker's ok rows are in every set but ``errors``; its error rows are in ``errors``.
     """
     out = SetFiles(name)
     candidates: list[tuple[str, int, int]] = []  # (visible path, current rows, superseded rows)
+    ok = name != "errors"
     for marker in current.markers:
-        drop = current.superseded.get(marker.batch, set())
         for final in marker.files.values():
             if not final.startswith(f"{name}/"):
                 continue
-            keys = {(r.source_id, r.segment_index) for r in marker.rows if r.ok == (name != "errors")}
-            live = len(keys - drop)
+            live = len(current.current_keys(marker, ok))
             if live:
-                candidates.append((final, live, len(keys) - live))
+                candidates.append((final, live, sum(r.ok == ok for r in marker.rows) - live))
             else:
                 out.superseded_files += 1
     infos = fs.get_file_info([join(path, final) for final, _, _ in candidates])
@@ -173,7 +175,7 @@ def render_card(
     """
     fs, path = open_root(root)
     current = current_view(read_markers(fs, path, log=None)[0])
-    sets = [set_files(fs, path, current, name) for name in schemas]
+    sets = [card_files(fs, path, current, name) for name in schemas]
     default = next(iter(schemas))
     listed = [f for s in sets for f in s.files]
     run: dict[str, Any] = dict(summary)

@@ -179,8 +179,7 @@ def commit_batches(features: str, log: TextIO | None = sys.stderr) -> list[Commi
     fs, root = open_root(features)
     listed = []  # (batch, keys, the (visible, staged) paths of each set's file)
     for marker in current.markers:
-        drop = current.superseded.get(marker.batch, set())
-        keys = sorted({(r.source_id, r.segment_index) for r in marker.rows if r.ok} - drop)
+        keys = sorted(current.current_keys(marker))
         if not keys:
             continue
         files = {
