@@ -38,7 +38,7 @@ from hummingml.eval.plots import plot_results, row_label, row_summary
 from hummingml.model.batch import make_batch
 from hummingml.stages.codec import CodecTokens, decode
 from hummingml.train.checkpoint import checkpoint_step, load_checkpoint, resolve_checkpoint
-from hummingml.train.data import examples_from_row, instrument_of
+from hummingml.train.data import examples_from_row, instrument_of, manifest_metadata
 from hummingml.train.ray import read_joined
 from hummingml.weights.config import ModelsConfig
 from hummingml.weights.load import load_dac
@@ -112,10 +112,7 @@ def load_examples(
 
 def manifest_field(metadata: str, name: str) -> str | None:
     """A value of the manifest's extra columns (a row's ``metadata`` JSON) as a string, None where absent."""
-    try:
-        value = json.loads(metadata or "{}").get(name)
-    except (json.JSONDecodeError, AttributeError):
-        return None
+    value = manifest_metadata(metadata).get(name)
     return None if value is None else str(value)
 
 

@@ -47,20 +47,19 @@ def catalogue(features: str, parts: tuple[str, ...]) -> tuple[dict[str, set[str]
     Raises:
         ConfigError: the output has no feature rows.
     """
+    from hummingml.eval.evaluate import UNKNOWN, manifest_field
+    from hummingml.train.data import instrument_of
+
     table = read_set(features, "audio-feature", ["metadata"])
     if table is None or not table.num_rows:
         raise ConfigError(f"--features {features} has no committed audio-feature rows")
     instruments: dict[str, set[str]] = {part: set() for part in parts}
     modes: dict[str, int] = {}
     for metadata in table.column("metadata").to_pylist():
-        try:
-            meta = json.loads(metadata or "{}")
-        except json.JSONDecodeError:
-            meta = {}
         for part in parts:
-            if name := (meta.get("instruments") or {}).get(part):
+            if name := instrument_of(metadata, part):
                 instruments[part].add(name)
-        mode = str(meta.get("mode") or "unknown")
+        mode = manifest_field(metadata, "mode") or UNKNOWN
         modes[mode] = modes.get(mode, 0) + 1
     return instruments, modes
 

@@ -65,12 +65,19 @@ def _rng(cfg: DataConfig, *key: Any) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+def manifest_metadata(metadata: str | None) -> dict[str, Any]:
+    """A row's ``metadata`` (the manifest's extra columns as JSON) as a dict; {} where it is empty or not an object."""
+    try:
+        value = json.loads(metadata or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def instrument_of(metadata: str, part: str) -> str | None:
     """The instrument playing ``part`` according to the row's manifest metadata, if it says."""
-    try:
-        return (json.loads(metadata or "{}").get("instruments") or {}).get(part)
-    except (json.JSONDecodeError, AttributeError):
-        return None
+    instruments = manifest_metadata(metadata).get("instruments")
+    return instruments.get(part) if isinstance(instruments, dict) else None
 
 
 def split_of(metadata: str, part: str, cfg: DataConfig) -> Literal["train", "unseen"]:
