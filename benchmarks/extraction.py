@@ -6,7 +6,8 @@
 All three run the same steps (``hummingml.extract.steps``: decode, separate, pitch + sine, codec, commit) over the same
 synthesized corpus with the same models, each into a fresh output root:
 
-- ``ray``: ``hummingml.extract.job.run`` on a local Ray with ``--cpus`` CPUs;
+- ``ray``: ``hummingml.extract.job.run`` on a local Ray with ``--cpus`` CPUs, default placement (on a small CPU node:
+  one whole-pipeline actor per core); ``ray-stages``: the same with ``--placement stages`` (a pool per model stage);
 - ``sequential``: ``hummingml.extract.local.run_local`` in this process, torch using all cores inside each op;
 - ``pool``: a ``multiprocessing`` pool (spawn) for each ``processes x threads`` split in ``--splits``; each process
   loads the models once and takes one source at a time; the best split is reported.
@@ -255,6 +256,9 @@ def main() -> None:
     if "ray" in variants:
         cfg = replace(base, output=str(work / "out-ray"))
         results.append(measure("ray", lambda: run_ray(cfg, args.cpus), audio_s))
+    if "ray-stages" in variants:
+        staged = replace(base, output=str(work / "out-ray-stages"), placement="stages")
+        results.append(measure("ray-stages", lambda: run_ray(staged, args.cpus), audio_s))
     if "sequential" in variants:
         cfg = replace(base, output=str(work / "out-sequential"))
         results.append(measure("sequential", lambda: run_sequential(cfg), audio_s))

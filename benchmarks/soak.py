@@ -35,7 +35,7 @@ from hummingml.testing.hostile import Expected, encode, write_hostile_corpus
 from hummingml.testing.signals import output_keys, sine
 
 SEGMENT_S = 2.0
-ACTORS = ("MapBatches(SeparateStep)", "MapBatches(PitchStep)", "MapBatches(CodecStep)")
+ACTORS = ("MapBatches(PipelineStep)", "MapBatches(SeparateStep)", "MapBatches(PitchStep)", "MapBatches(CodecStep)")
 
 
 def write_soak_corpus(root: Path, files: int, fault_rate: float, seed: int) -> tuple[dict[str, Expected], int]:

@@ -13,7 +13,8 @@ import warnings
 def check() -> list[str]:
     """Import each dependency and exercise its compiled extension; return one line per problem (empty when fine)."""
     problems = []
-    for name in ("numpy", "soundfile", "soxr", "pyarrow", "pretty_midi", "onnxruntime", "ray", "demucs", "dac"):
+    for name in ("numpy", "soundfile", "soxr", "pyarrow", "pretty_midi", "onnxruntime", "openvino", "ray", "demucs",
+                 "dac"):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -24,6 +24,9 @@ def test_quick_mode_runs_every_benchmark_and_writes_its_json() -> None:
         assert report, name
     extraction = json.loads((ROOT / "benchmarks/results/quick/extraction.json").read_text())
     assert {r["variant"] for r in extraction["results"]} >= {"ray", "sequential", "pool 2x1"}
+    codec = json.loads((ROOT / "benchmarks/results/quick/codec.json").read_text())
+    shipped = next(v for v in codec["variants"] if v["variant"] == "OpenVINO fp32 (shipped)")
+    assert shipped["codes_equal"] == 1.0 and shipped["codes_compared"] > 0 and codec["encoder_gflop_per_audio_s"] > 0
     scaling = json.loads((ROOT / "benchmarks/results/quick/train_scaling.json").read_text())
     assert [(c["dp"], c["tp"]) for c in scaling["cases"]] == [(1, 1), (1, 2)]
     assert all(c["tokens_per_s"] > 0 for c in scaling["cases"])

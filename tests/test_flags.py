@@ -171,6 +171,10 @@ def parse_problems(module: str, argv: list[str]) -> list[str]:
         (["--codec-chunk-s", "0"], "--codec-chunk-s"),
         (["--codec-batch-size", "-1"], "--codec-batch-size"),
         (["--codec-device", "gpu 0"], "--codec-device"),
+        (["--codec-backend", "onnx"], "--codec-backend"),
+        (["--codec-backend", "openvino", "--codec-device", "cuda"], "--codec-backend"),
+        (["--cpu-reservation", "0"], "--cpu-reservation"),
+        (["--cpu-reservation", "1.5"], "--cpu-reservation"),
     ],
 )  # fmt: skip
 def test_extract_parse_names_each_refused_flag(flags: list[str], flag: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from hummingml.audio import MELODIC_STEMS, STEMS
 from hummingml.config import above, at_least, names_in, within
 from hummingml.extract.sources import AUDIO_EXTENSIONS, MANIFEST_EXTENSIONS
-from hummingml.stages.codec import CodecConfig
+from hummingml.stages.codec import BACKENDS, CodecConfig
 from hummingml.stages.pitch import PitchConfig
 from hummingml.stages.separate import SeparateConfig
 from hummingml.weights.config import ModelsConfig
@@ -46,6 +46,11 @@ class ExtractConfig:
     commit_rows: int = 32  # segments per committed batch (one Parquet file per output set per batch)
     writers: int = 0  # writer actors committing batches in parallel (0: one per 16 planned CPUs, at least 1)
     actor_threads: int = 1  # torch threads per model actor; 1 does the most work per core, more: fewer actors, less RAM
+    placement: Literal["auto", "fused", "stages"] = "auto"  # fused: one whole-pipeline actor (separate, pitch, codec)
+    # per actor_threads cores, a process pool's shape; stages: an actor pool per model stage, sized by its work;
+    # auto: stages when the cluster has GPUs or a node has over 32 CPUs, else fused (docs/scaling.md, "Placement")
+    cpu_reservation: float = 0.5  # share of the CPUs the model actors reserve in Ray, in (0, 1]: 1 = each reserves
+    # the threads it runs (a cluster dedicated to this job); 0.5 leaves room to restart a lost node's actors elsewhere
     plan_cpus: float = 0.0  # size the actor pools for this many CPUs (0: the cluster's at start); autoscaling clusters
     wait_for_cpus_s: float = 600.0  # wait this long for extract.ray.MIN_CPUS while a cluster scales up
     lease_timeout_s: float = 120.0  # another driver may take over the output when its lease is this old (seconds)
@@ -94,6 +99,8 @@ class ExtractConfig:
         problems += at_least("--commit-rows", self.commit_rows, 1)
         problems += at_least("--writers", self.writers, 0)
         problems += at_least("--actor-threads", self.actor_threads, 1)
+        if not 0 < self.cpu_reservation <= 1:
+            problems.append(f"--cpu-reservation must be in (0, 1] (got {self.cpu_reservation!r})")
         problems += at_least("--plan-cpus", self.plan_cpus, 0)
         problems += at_least("--wait-for-cpus-s", self.wait_for_cpus_s, 0)
         problems += within("--max-failed-fraction", self.max_failed_fraction, 0, 1)
@@ -153,6 +160,9 @@ def _codec_problems(cfg: CodecConfig) -> list[str]:
     if cfg.context_frames is not None:
         problems += at_least("--codec-context-frames", cfg.context_frames, 0)
     problems += at_least("--codec-batch-size", cfg.batch_size, 0)
+    problems += names_in("--codec-backend", (cfg.backend,), BACKENDS)
+    if cfg.backend == "openvino" and cfg.device not in ("auto", "cpu"):
+        problems.append(f"--codec-backend openvino runs on a CPU; it cannot run with --codec-device {cfg.device}")
     return problems + _device_problems("--codec-device", cfg.device)
 
 
@@ -161,7 +171,8 @@ def run_metadata(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[s
     import importlib.metadata as md
 
     versions: dict[str, str | None] = {}
-    for dist in ("hummingml", "ray", "torch", "descript-audio-codec", "demucs", "basic-pitch", "onnxruntime"):
+    for dist in ("hummingml", "ray", "torch", "descript-audio-codec", "demucs", "basic-pitch", "onnxruntime",
+                 "openvino"):
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -212,6 +223,8 @@ def dry_run_plan(cfg: ExtractConfig) -> dict[str, Any]:
         "placement": {
             "cpus": cfg.plan_cpus or "the cluster's CPUs at start",
             "torch_threads_per_actor": cfg.actor_threads,
+            "actors": cfg.placement,
+            "cpu_reservation": cfg.cpu_reservation,
             "devices": {"separate": cfg.separate.device, "codec": cfg.codec.device},
         },
         "retries": {"read": cfg.read_retries, "first_backoff_s": cfg.read_backoff_s, "errors_again": cfg.retry_errors},

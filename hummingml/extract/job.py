@@ -69,12 +69,13 @@ def summarize(
 # fields that change how a run goes, not what its features are: a rerun may change them freely
 OPERATIONAL_FIELDS = (
     "input", "output", "query", "uri_column", "extensions", "limit", "retry_errors", "read_retries", "read_backoff_s",
-    "commit_rows", "writers", "actor_threads", "plan_cpus", "wait_for_cpus_s", "lease_timeout_s", "allow_config_change",
-    "fail_after_commits", "ray_progress", "max_failed_fraction", "models",
+    "commit_rows", "writers", "actor_threads", "placement", "cpu_reservation",
+    "plan_cpus", "wait_for_cpus_s", "lease_timeout_s",
+    "allow_config_change", "fail_after_commits", "ray_progress", "max_failed_fraction", "models",
 )
 # sub-config fields that change where or how fast a model runs, not its output
 OPERATIONAL_SUBFIELDS = ("separate.device", "separate.batch_size", "codec.device", "codec.batch_size",
-                         "pitch.windows_per_call")
+                         "codec.backend", "pitch.windows_per_call")
 
 
 def fingerprint(cfg: ExtractConfig, identities: list[dict[str, Any]]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from hummingml.extract.steps import (
     CodecStep,
     CommitStep,
     DecodeStep,
+    PipelineStep,
     PitchStep,
     SeparateStep,
 )
@@ -46,14 +47,21 @@ BLOCK_BYTES = 4 * 2**20
 SOURCES_PER_BLOCK = 256  # at most this many listed sources per input block (one decode task's work)
 CPUS_PER_WRITER = 16  # writer actors by default: one per this many planned CPUs (a writer commits ~1 batch/s)
 MIN_ACTOR_CPUS = 0.1  # the smallest CPU reservation of a model actor
-# The actors reserve this share of the CPUs: when a node is lost, Ray restarts its actors on the others, which then
-# still have room for them (up to half of the cluster lost). Reservations are not thread counts: threads are set apart.
+# The actors reserve this share of the CPUs by default (--cpu-reservation): when a node is lost, Ray restarts its actors
+# on the others, which then still have room for them (up to half of the cluster lost). Reservations are not thread
+# counts: threads are set apart.
 RESERVED_SHARE = 0.5
 MIN_CPUS = 3 * MIN_ACTOR_CPUS / RESERVED_SHARE  # one actor per model stage
 # Real-time factors measured on a 2-core machine with the real architectures (benchmarks/results/stage_costs.json and
 # stage_costs_dac.json, in benchmarks/README.md): seconds per second of audio of one Demucs pass (stereo), one Basic
 # Pitch stream, one DAC stream. Only their ratios matter here.
 STAGE_RTF = {"separate": 0.69, "pitch": 0.017, "codec": 0.99}
+# ``placement="auto"`` fuses the stages into one actor per core on CPU-only clusters whose nodes have at most this many
+# CPUs. Every fused actor holds every model; on larger nodes the per-stage pools hold Demucs in a few actors only
+# (docs/scaling.md, "Placement").
+FUSED_MAX_NODE_CPUS = 32
+STEP_CLASSES: dict[str, type] = {"separate": SeparateStep, "pitch": PitchStep, "codec": CodecStep,
+                                 "pipeline": PipelineStep}
 
 
 @dataclass(frozen=True)
@@ -87,23 +95,38 @@ def _packable(reservation: float, actors: int, node_cpus: list[float]) -> float:
     return max(fitting, default=0.0)
 
 
+def fused(placement: str, gpus: float, node_cpus: list[float] | None, cpus: float) -> bool:
+    """Whether ``placement`` ("auto", "fused" or "stages") means one whole-pipeline actor per core on this cluster."""
+    if placement != "auto":
+        return placement == "fused"
+    return gpus < 1 and max(node_cpus or [cpus]) <= FUSED_MAX_NODE_CPUS
+
+
 def plan_pools(
     cpus: float,
     gpus: float,
     weights: dict[str, float],
     actor_threads: int = 1,
     node_cpus: list[float] | None = None,
+    placement: str = "stages",
+    reserved_share: float = RESERVED_SHARE,
 ) -> dict[str, PoolPlan]:
     """Size the model actor pools by the threads they run, in proportion to each stage's work.
+
+    With a fused ``placement`` (:func:`fused`) there is one pool, ``"pipeline"``, of whole-pipeline actors
+    (:class:`~hummingml.extract.steps.PipelineStep`): one per ``actor_threads`` cores, on CPUs only.
 
     On CPUs the machine has ``floor(cpus)`` cores' worth of threads. Each stage gets its share of them by ``weights``
     (rounded, at least one actor), in actors of ``actor_threads`` torch threads; the light stages' single actors
     idle most of the time, so their threads oversubscribe the cores only briefly. Ray's logical CPUs are a
     reservation, not a thread count: each actor reserves its threads scaled so that all pools fit in
-    ``RESERVED_SHARE`` of ``cpus`` (room for the actors of a lost node to restart elsewhere) and, when ``node_cpus``
+    ``reserved_share`` of ``cpus`` (below 1: room for the actors of a lost node to restart elsewhere; 1: each actor
+    reserves the threads it runs) and, when ``node_cpus``
     (each node's CPUs) is given, so that they pack onto those nodes. With GPUs the separation and
     codec stages run one actor per GPU, half a GPU each.
     """
+    if fused(placement, gpus, node_cpus, cpus):
+        weights, gpus = {"pipeline": sum(weights.values())}, 0.0
     free = cpus - DECODE_CPUS - COMMIT_CPUS
     if free < MIN_CPUS - 1e-9:
         raise ValueError(f"the cluster has {cpus} CPUs; extraction needs at least {MIN_CPUS}")
@@ -118,7 +141,7 @@ def plan_pools(
 
     def reservation() -> float:
         actors = sum(sizes.values())
-        share = min(1.0, free * RESERVED_SHARE / (actors * actor_threads))
+        share = min(1.0, free * reserved_share / (actors * actor_threads))
         return _packable(share * actor_threads, actors, node_cpus or [])
 
     while reservation() < MIN_ACTOR_CPUS - 1e-9:  # many actors on few CPUs: shrink the largest pool
@@ -326,7 +349,10 @@ def build_dataset(
     present = ray.cluster_resources().get("CPU", 0.0)
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
     # pack onto the nodes that are up when they are all the plan is for; an autoscaling cluster's are not known yet
-    plans = plan_pools(cpus, gpus, stage_weights(cfg), cfg.actor_threads, nodes if present >= cpus - 1e-9 else None)
+    # the nodes that are up tell the node size even when more are coming (an autoscaling cluster)
+    placement = "fused" if fused(cfg.placement, gpus, nodes or None, cpus) else "stages"
+    plans = plan_pools(cpus, gpus, stage_weights(cfg), cfg.actor_threads, nodes if present >= cpus - 1e-9 else None,
+                       placement, cfg.cpu_reservation)
     if log is not None:
         pools = ", ".join(f"{s} {p.size} x {p.threads} thread(s) ({p.num_cpus} CPU, {p.num_gpus} GPU)"
                           for s, p in plans.items())
@@ -336,16 +362,15 @@ def build_dataset(
     ds: ray.data.Dataset = ray.data.from_arrow_refs(cast(Any, blocks))  # Ray's stub names another ObjectRef class
     ds = ds.map_batches(cast(Any, _decode), fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
                         num_cpus=DECODE_CPUS, concurrency=decode_tasks)
-    for stage, cls in (("separate", SeparateStep), ("pitch", PitchStep), ("codec", CodecStep)):
-        plan = plans[stage]
+    for stage, pool in plans.items():
         ds = ds.map_batches(
-            cls,
-            fn_constructor_kwargs={"cfg": cfg, "threads": plan.threads, "metrics": RayMetrics},
-            compute=ray.data.ActorPoolStrategy(min_size=starting_size(plan, cpus, present), max_size=plan.size),
+            STEP_CLASSES[stage],
+            fn_constructor_kwargs={"cfg": cfg, "threads": pool.threads, "metrics": RayMetrics},
+            compute=ray.data.ActorPoolStrategy(min_size=starting_size(pool, cpus, present), max_size=pool.size),
             batch_size=1,
             batch_format="pyarrow",
-            num_cpus=plan.num_cpus,
-            num_gpus=plan.num_gpus,
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
         )
     return ds.map_batches(
         CommitStep,

@@ -243,8 +243,11 @@ class _ModelStep:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
-        with self.metrics.timed(self.stage, batch.num_rows) as timed:
-            rows = from_table(batch)
+        return to_table(self.run(from_table(batch)))
+
+    def run(self, rows: list[Segment]) -> list[Segment]:
+        """``process`` every row that has neither failed nor been deferred; a row that raises becomes an error row."""
+        with self.metrics.timed(self.stage, len(rows)) as timed:
             todo = [row for row in rows if not (row.error or row.deferred)]
             timed.segments = len(todo)
             for row in todo:
@@ -252,7 +255,7 @@ class _ModelStep:
                     self.process(row)
                 except Exception as exc:
                     fail_row(row, self.stage, exc)
-            return to_table(rows)
+        return rows
 
     def process(self, row: Segment) -> None:
         """Set this step's fields of ``row`` in place."""
@@ -350,6 +353,28 @@ class CodecStep(_ModelStep):
         expected = n_frames(required(row, row.segment_samples, "segment_samples"))
         if row.n_frames != expected:
             raise RuntimeError(f"codec returned {row.n_frames} frames, expected {expected}")
+
+
+class PipelineStep:
+    """Separation, pitch and codec in one process: each batch (one segment in the Ray job) goes through all three.
+
+    One of these per core is a process pool's shape (each core runs every stage, no segment crosses processes
+    between the model steps) with Ray's restarts and accounting. Each stage is timed and reported as its own.
+    """
+
+    def __init__(
+        self, cfg: ExtractConfig, threads: int = 0, metrics: Callable[[], StepMetrics] = StepMetrics
+    ) -> None:
+        reporter = metrics()  # one reporter for the process, shared by the three steps
+        self.steps: list[_ModelStep] = [
+            step(cfg, threads=threads, metrics=lambda: reporter) for step in (SeparateStep, PitchStep, CodecStep)
+        ]
+
+    def __call__(self, batch: Batch) -> Batch:
+        rows = from_table(batch)
+        for step in self.steps:
+            rows = step.run(rows)
+        return to_table(rows)
 
 
 class CommitStep:

@@ -95,16 +95,21 @@ class Pitch:
 
 @serve.deployment
 class Codec:
-    """The DAC: encode the signals of several requests in one batch; decode codes back to audio."""
+    """The DAC: encode the signals of several requests in one batch; decode codes back to audio.
+
+    The encoder runs as the extraction's does (:class:`hummingml.stages.codec.Codec`: OpenVINO on a CPU, eager
+    PyTorch on the GPU a replica was given).
+    """
 
     def __init__(self, models: dict[str, Any], max_batch: int, batch_wait_s: float) -> None:
         quiet_libraries()
-        from hummingml.stages.codec import receptive_field_frames
-        from hummingml.weights.config import ModelsConfig, resolve_device
-        from hummingml.weights.load import load_dac
+        from hummingml.stages.codec import Codec as DacCodec
+        from hummingml.stages.codec import CodecConfig, receptive_field_frames
+        from hummingml.weights.config import ModelsConfig
 
-        self.dac, self.identity = load_dac(from_dict(ModelsConfig, models))
-        self.dac = self.dac.to(resolve_device("auto"))  # a GPU when the replica was given one
+        self.codec = DacCodec(CodecConfig(models=from_dict(ModelsConfig, models)))
+        assert self.codec.identity is not None  # set whenever Codec loads the weights itself
+        self.dac, self.identity = self.codec.model, self.codec.identity
         self.receptive_frames = receptive_field_frames(self.dac)
         for method in (self.encode, self.decode):
             _set_batching(method, max_batch, batch_wait_s)
@@ -116,10 +121,8 @@ class Codec:
     @serve.batch
     async def encode(self, requests: list[list[F32]]) -> list[list[np.ndarray]]:
         """Codes int16 ``(n_codebooks, frames)`` of each 22.05 kHz mono signal of each request."""
-        from hummingml.stages.codec import CodecConfig, encode_batch
-
         signals = [s for signals in requests for s in signals]
-        tokens = iter(encode_batch(signals, FEATURE_SAMPLE_RATE, self.dac, CodecConfig()))
+        tokens = iter(self.codec.encode_batch(signals, FEATURE_SAMPLE_RATE))
         return [[next(tokens).codes[0] for _ in signals] for signals in requests]
 
     @serve.batch

@@ -6,6 +6,9 @@ frames are dropped: DAC's encoder is convolutional, so a frame only sees its rec
 44.1 kHz for the 44 kHz strides) and windowed encoding equals whole-signal encoding up to float rounding, while memory
 stays bounded by ``batch_size`` windows.
 
+The encoder runs in eager PyTorch (``backend="torch"``, the reference) or, on a CPU, compiled by OpenVINO
+(:mod:`hummingml.weights.openvino`): the same codes in about 0.6 of the time (benchmarks/README.md, "The codec").
+
 Frame count: ``ceil(samples_at_codec_rate / hop)``; for 22.05 kHz input to the 44 kHz model that is
 ``ceil(samples / 256)`` (:func:`hummingml.audio.n_frames`), the Basic Pitch frame grid.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from hummingml.audio import F32, resample
-from hummingml.weights.config import ModelIdentity, ModelsConfig, resolve_device
+from hummingml.weights import openvino
+from hummingml.weights.config import ModelIdentity, ModelsConfig, cache_dir, resolve_device
 from hummingml.weights.load import load_dac
+
+BACKENDS = ("auto", "torch", "openvino")
+# An encoder other than the model's own: float32 (B, 1, T) at the codec's rate -> latents (B, latent_dim, frames)
+Encoder = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class CodecConfig:
     batch_size: int = 0  # windows (any channel or clip) per encoder call, bounds memory; 0 = 1 on a CPU, 8 on a GPU
     # (on a CPU, batches of 8 windows were measured 1.2x (DAC 44 kHz, 10 s windows) to 2.8x (tiny, 3 s) slower)
     device: str = "auto"  # where Codec puts the model: "auto" = cuda when available, else cpu
+    backend: str = "auto"  # what runs the encoder: "torch" (eager, the reference), "openvino" (CPU only, same codes,
+    # about 0.6 of the time), "auto" = openvino on a CPU when it is installed, else torch
     models: ModelsConfig = field(default_factory=ModelsConfig)  # which weights Codec loads when none is injected
 
 
@@ -80,9 +90,9 @@ def _model_device(model: Any) -> Any:
 
 
 def _encode_streams(
-    streams: list[F32], model: Any, cfg: CodecConfig, return_latents: bool = False
+    streams: list[F32], model: Any, cfg: CodecConfig, return_latents: bool = False, encoder: Encoder | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """Encode 1-D float32 streams at the codec's rate.
+    """Encode 1-D float32 streams at the codec's rate, with ``encoder`` when given, else ``model.encoder``.
 
     Returns:
         ``(codes, latents)``: per stream int64 ``(n_codebooks, frames)``, and (if asked) the encoder output float32
@@ -115,7 +125,10 @@ def _encode_streams(
             for k in range(0, len(windows), per_call):
                 batch = windows[k : k + per_call]
                 x = np.stack([padded[i][a * hop : (a + length) * hop] for i, _, _, a in batch])[:, None, :]
-                z = model.encoder(torch.from_numpy(x).to(device))  # (B, latent_dim, length)
+                if encoder is None:
+                    z = model.encoder(torch.from_numpy(x).to(device))  # (B, latent_dim, length)
+                else:
+                    z = torch.from_numpy(encoder(x)).to(device)
                 c = model.quantizer(z, n_q)[1].cpu().numpy()  # (B, n_q, length)
                 for j, (i, f0, f1, a) in enumerate(batch):
                     codes[i][:, f0:f1] = c[j, :, f0 - a : f1 - a]
@@ -131,7 +144,11 @@ def _to_codec_rate(audio: F32, sample_rate: int, model: Any) -> F32:
 
 
 def encode_batch(
-    audios: Sequence[F32], sample_rates: Sequence[int] | int, model: Any, cfg: CodecConfig = CodecConfig()
+    audios: Sequence[F32],
+    sample_rates: Sequence[int] | int,
+    model: Any,
+    cfg: CodecConfig = CodecConfig(),
+    encoder: Encoder | None = None,
 ) -> list[CodecTokens]:
     """Encode several signals; windows of all their channels are batched together.
 
@@ -140,6 +157,8 @@ def encode_batch(
         sample_rates: the rate of each signal in Hz, or one rate for all.
         model: a ``dac.DAC`` in eval mode (see :func:`hummingml.weights.load.load_dac`); runs on its parameters' device.
         cfg: windowing and batching.
+        encoder: runs the encoder instead of ``model.encoder`` (e.g. :class:`hummingml.weights.openvino.
+            OpenVINOEncoder`); ``model``'s quantizer still makes the codes.
 
     Returns:
         One :class:`CodecTokens` per signal, codes int16 ``(channels, n_codebooks, ceil(samples_at_codec_rate /
@@ -156,7 +175,7 @@ def encode_batch(
         at_codec_rate = _to_codec_rate(audio, rate, model)
         streams.extend(at_codec_rate)
         channels.append(at_codec_rate.shape[0])
-    codes, _ = _encode_streams(streams, model, cfg)
+    codes, _ = _encode_streams(streams, model, cfg, encoder=encoder)
     out, start = [], 0
     for n in channels:
         stacked = np.stack(codes[start : start + n]).astype(np.int16)  # (channels, n_codebooks, frames)
@@ -165,7 +184,9 @@ def encode_batch(
     return out
 
 
-def encode(audio: F32, sample_rate: int, model: Any, cfg: CodecConfig = CodecConfig()) -> CodecTokens:
+def encode(
+    audio: F32, sample_rate: int, model: Any, cfg: CodecConfig = CodecConfig(), encoder: Encoder | None = None
+) -> CodecTokens:
     """Encode every channel of ``audio`` as its own mono stream.
 
     Args:
@@ -173,12 +194,13 @@ def encode(audio: F32, sample_rate: int, model: Any, cfg: CodecConfig = CodecCon
         sample_rate: rate of ``audio`` in Hz.
         model: a ``dac.DAC`` in eval mode; runs on its parameters' device.
         cfg: windowing and batching.
+        encoder: runs the encoder instead of ``model.encoder`` (see :func:`encode_batch`).
 
     Returns:
         :class:`CodecTokens` with codes int16 ``(channels, n_codebooks, frames)``, ``frames = ceil(samples *
         codec_rate / sample_rate / hop)``, e.g. ``ceil(samples / 256)`` for 22.05 kHz input to DAC 44 kHz.
     """
-    return encode_batch([audio], [sample_rate], model, cfg)[0]
+    return encode_batch([audio], [sample_rate], model, cfg, encoder)[0]
 
 
 def decode(tokens: CodecTokens, model: Any) -> tuple[F32, int]:
@@ -199,10 +221,28 @@ def decode(tokens: CodecTokens, model: Any) -> tuple[F32, int]:
     return np.ascontiguousarray(audio, dtype=np.float32), int(model.sample_rate)
 
 
+def resolve_backend(backend: str, device: str) -> str:
+    """The encoder backend ``backend`` means on ``device`` ("cpu" or "cuda..."): "torch" or "openvino".
+
+    Raises:
+        ValueError: an unknown backend, or "openvino" on a GPU.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"codec backend must be one of {BACKENDS}, got {backend!r}")
+    on_cpu = device == "cpu"
+    if backend == "openvino" and not on_cpu:
+        raise ValueError(f"the openvino codec backend runs on a CPU, not {device!r}: use --codec-backend torch")
+    if backend == "auto":
+        return "openvino" if on_cpu and openvino.available() else "torch"
+    return backend
+
+
 class Codec:
     """DAC loaded once per process (a Ray actor holds one); ``model`` injects an already loaded ``dac.DAC``.
 
-    ``identity`` says which weights were loaded (None for an injected model).
+    ``identity`` says which weights were loaded (None for an injected model). ``backend`` is what runs the encoder
+    (:func:`resolve_backend`); an OpenVINO encoder is compiled for torch's thread count when the Codec is made, from
+    IR cached under the weights cache (converted in memory for an injected model, which has no identity).
     """
 
     def __init__(self, cfg: CodecConfig = CodecConfig(), model: Any = None) -> None:
@@ -210,15 +250,22 @@ class Codec:
         self.identity: ModelIdentity | None = None
         if model is None:
             model, self.identity = load_dac(cfg.models)
-        self.model = model.to(resolve_device(cfg.device)).eval()
+        device = resolve_device(cfg.device)
+        self.model = model.to(device).eval()
+        self.backend = resolve_backend(cfg.backend, device)
+        self.encoder: Encoder | None = None
+        if self.backend == "openvino":
+            torch = _require_torch()
+            sha256 = self.identity.sha256 if self.identity is not None else None
+            self.encoder = openvino.OpenVINOEncoder(self.model, torch.get_num_threads(), cache_dir(cfg.models), sha256)
 
     def encode(self, audio: F32, sample_rate: int) -> CodecTokens:
         """Codes of ``audio`` (float32 ``(channels, samples)`` at ``sample_rate`` Hz); see :func:`encode`."""
-        return encode(audio, sample_rate, self.model, self.cfg)
+        return encode(audio, sample_rate, self.model, self.cfg, self.encoder)
 
     def encode_batch(self, audios: Sequence[F32], sample_rates: Sequence[int] | int) -> list[CodecTokens]:
         """Codes of several signals, batched together; see :func:`encode_batch`."""
-        return encode_batch(audios, sample_rates, self.model, self.cfg)
+        return encode_batch(audios, sample_rates, self.model, self.cfg, self.encoder)
 
     def decode(self, tokens: CodecTokens) -> tuple[F32, int]:
         """Audio at the codec's rate from codes; see :func:`decode`."""

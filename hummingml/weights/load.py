@@ -18,6 +18,7 @@ and ``demucs.pretrained.get_model(name, repo=...)``. Cache layout under ``cache_
     random-full/seed<S>/demucs/htdemucs_6s_random.th
     pretrained/dac/weights_44khz_8kbps_0.0.1.pth       copy of the official file
     pretrained/demucs/htdemucs_6s.yaml, <sig>.th       a Demucs model repo (``--repo`` layout)
+    openvino/<version>/dac_encoder_<sha256[:16]>.xml   the DAC encoder as OpenVINO IR (hummingml.weights.openvino)
 
 Every loaded model comes with a ``ModelIdentity`` (sha256 of its file, library version, random or not).
 """
@@ -127,18 +128,22 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object], companions: tuple[str, ...] = ()) -> None:
     """Write ``path`` through ``write(p)`` (its return value is ignored) then rename, so concurrent readers never see
     half a file.
 
     ``p`` has ``path``'s file name, in a private staging directory beside it: torch.save records the file's stem
-    inside the archive, so the bytes must be written under the final name.
+    inside the archive, so the bytes must be written under the final name. ``companions`` are suffixes of files that
+    ``write`` also makes beside ``p`` (an OpenVINO model's ``.bin`` beside its ``.xml``); they are renamed first, so
+    a reader that finds ``path`` finds them too.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.d")
     staging.mkdir(exist_ok=True)
     try:
         write(staging / path.name)
+        for suffix in companions:
+            os.replace(staging / path.with_suffix(suffix).name, path.with_suffix(suffix))
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -225,7 +230,7 @@ def _write_random_dac(cfg: ModelsConfig, path: Path) -> None:
     with _seeded(cfg.seed):
         model = dac.DAC(**kwargs)
     # package=False writes {"state_dict", "metadata"}: the layout of the official weights file
-    _atomic_write(path, lambda p: model.save(str(p), package=False))
+    atomic_write(path, lambda p: model.save(str(p), package=False))
 
 
 def _library_dac_cache() -> Path:
@@ -303,7 +308,7 @@ def save_demucs_package(model: Any, path: Path) -> None:
     args, kwargs = model._init_args_kwargs  # recorded by demucs.states.capture_init
     package = {"klass": type(model), "args": args, "kwargs": kwargs, "state": get_state(model, None)}
 
-    _atomic_write(path, lambda p: torch.save(package, p))
+    atomic_write(path, lambda p: torch.save(package, p))
 
 
 def _write_random_demucs(cfg: ModelsConfig, repo: Path, name: str) -> None:
@@ -357,7 +362,7 @@ def _fetch_demucs_from_hub(name: str, dest: Path, local_files_only: bool) -> Non
     for sig in yaml.safe_load(bag_path.read_text())["models"]:
         weights = huggingface_hub.hf_hub_download(repo_id, f"{sig}.safetensors", local_files_only=local_files_only)
         save_demucs_package(load_safetensors_model(weights), dest / f"{sig}.th")
-    _atomic_write(dest / f"{short}.yaml", lambda tmp: shutil.copyfile(bag_path, tmp))
+    atomic_write(dest / f"{short}.yaml", lambda tmp: shutil.copyfile(bag_path, tmp))
 
 
 def _pretrained_demucs_repo(cfg: ModelsConfig) -> tuple[Path, str]:
@@ -450,14 +455,14 @@ def prepare(cfg: ModelsConfig) -> list[ModelIdentity]:
     target = cache_dir(cfg) / "pretrained"
     dac_file = target / "dac" / DAC_PRETRAINED_FILE
     if Path(dac_identity.path).resolve() != dac_file.resolve():
-        _atomic_write(dac_file, lambda tmp: shutil.copyfile(dac_identity.path, tmp))
+        atomic_write(dac_file, lambda tmp: shutil.copyfile(dac_identity.path, tmp))
         dac_identity = dataclasses.replace(dac_identity, path=str(dac_file))
     demucs_dir = target / "demucs"
     repo, name = _pretrained_demucs_repo(cfg)
     if repo.resolve() != demucs_dir.resolve():
         sources = demucs_files(repo, name) + [p for p in [repo / f"{name}.yaml"] if p.is_file()]
         for src in sources:
-            _atomic_write(demucs_dir / src.name, functools.partial(shutil.copyfile, src))
+            atomic_write(demucs_dir / src.name, functools.partial(shutil.copyfile, src))
         files = demucs_files(demucs_dir, name)
         demucs_identity = dataclasses.replace(
             demucs_identity, path=str(files[0] if len(files) == 1 else demucs_dir)

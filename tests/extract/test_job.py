@@ -149,6 +149,23 @@ def test_rerun_skips_everything_and_duplicates_nothing(clean_run, corpus) -> Non
     assert (summary["ok"], summary["failed"]) == (first["ok"], first["failed"])
 
 
+def test_per_stage_pools_give_the_fused_actors_rows(clean_run, corpus, tmp_path) -> None:
+    """The clean run used whole-pipeline actors (the placement on 2 CPUs); per-stage pools write the same rows."""
+    from hummingml.extract.job import run
+
+    log = io.StringIO()
+    run(config(corpus, tmp_path / "stages", placement="stages"), log=log)
+    assert "separate 1 x 1 thread(s)" in log.getvalue() and "pipeline" in clean_run[2]
+    for name in SCHEMAS:
+        assert sorted(keys(tmp_path / "stages", name)) == sorted(keys(clean_run[0], name)), name
+    for name in ("audio-feature", "sine-audio-feature"):
+        columns = ["source_id", "segment_index", *(c for c in SCHEMAS[name].names if c.endswith("codes"))]
+        fused, stages = (pads.dataset(root / name, format="parquet").to_table(columns=columns)
+                         .sort_by([("source_id", "ascending"), ("segment_index", "ascending")])
+                         for root in (clean_run[0], tmp_path / "stages"))
+        assert fused.num_rows > 0 and len(columns) > 2 and fused.equals(stages), name
+
+
 def test_killed_driver_then_rerun_equals_a_clean_run(clean_run, corpus, tmp_path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ray_jobs.extract", "--input", str(corpus / "mix"), "--output", str(out),
@@ -208,13 +225,14 @@ def test_killed_model_actor_then_the_job_still_equals_a_clean_run(clean_run, cor
     killed = None
     deadline = time.monotonic() + 240
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        # kill the codec actor once it has work in flight: after the first commit it has taken the next segment
+        # kill a model actor (whole-pipeline ones: the placement on 2 CPUs) once it has work in flight: after the
+        # first commit it has taken the next segment
         if list((out / "_commits").glob("*.json")):
-            for p in processes(map_actor("CodecStep"))[:1]:
+            for p in processes(map_actor("PipelineStep"))[:1]:
                 p.kill()
                 killed = p.pid
         time.sleep(0.1)
-    assert killed is not None, "found a codec actor to kill while the job ran"
+    assert killed is not None, "found a model actor to kill while the job ran"
     assert proc.wait(timeout=600) == 0
     clean_out = clean_run[0]
     for name in SCHEMAS:

@@ -8,6 +8,7 @@ from hummingml.extract.config import ExtractConfig
 from hummingml.extract.ray import (
     COMMIT_CPUS,
     DECODE_CPUS,
+    FUSED_MAX_NODE_CPUS,
     MIN_ACTOR_CPUS,
     MIN_CPUS,
     RESERVED_SHARE,
@@ -85,3 +86,40 @@ def test_actors_pack_onto_the_nodes(nodes: list[float]) -> None:
 def test_nodes_too_small_for_one_actor_each_are_refused() -> None:
     with pytest.raises(ValueError, match="cannot hold"):
         plan_pools(1.17, 0, WEIGHTS, node_cpus=[0.09] * 13)
+
+
+def test_two_cores_fuse_the_stages_into_one_actor_per_core() -> None:
+    plans = plan_pools(2, 0, WEIGHTS, placement="auto")
+    assert list(plans) == ["pipeline"]
+    assert (plans["pipeline"].size, plans["pipeline"].threads, plans["pipeline"].num_gpus) == (2, 1, 0.0)
+    assert plans["pipeline"].size * plans["pipeline"].num_cpus <= 2 * RESERVED_SHARE + 1e-9
+
+
+@pytest.mark.parametrize(
+    ("gpus", "node_cpus", "placement", "pools"),
+    [(0, [8, 8], "auto", ["pipeline"]),
+     (0, [FUSED_MAX_NODE_CPUS, 4], "auto", ["pipeline"]),
+     (0, [FUSED_MAX_NODE_CPUS + 1, 4], "auto", ["separate", "pitch", "codec"]),
+     (2, [8, 8], "auto", ["separate", "pitch", "codec"]),
+     (0, [8, 8], "stages", ["separate", "pitch", "codec"]),
+     (0, [96], "fused", ["pipeline"])],
+)
+def test_auto_placement_fuses_on_small_cpu_nodes_only(gpus, node_cpus, placement, pools) -> None:
+    plans = plan_pools(sum(node_cpus), gpus, WEIGHTS, node_cpus=node_cpus, placement=placement)
+    assert list(plans) == pools
+    if pools == ["pipeline"]:
+        assert plans["pipeline"].size == sum(node_cpus) and plans["pipeline"].num_gpus == 0
+
+
+def test_fused_actors_run_the_planned_threads_each() -> None:
+    plans = plan_pools(16, 0, WEIGHTS, actor_threads=4, placement="fused")
+    assert (plans["pipeline"].size, plans["pipeline"].threads) == (4, 4)
+
+
+def test_a_full_reservation_reserves_the_threads_each_actor_runs() -> None:
+    fused = plan_pools(8, 0, WEIGHTS, actor_threads=2, placement="fused", reserved_share=1.0)["pipeline"]
+    assert (fused.size, fused.num_cpus) == (4, pytest.approx(2, abs=0.002))
+    # per-stage pools plan more threads than cores (the light stages idle), so their reservations are scaled to fit
+    stages = plan_pools(8, 0, WEIGHTS, actor_threads=2, placement="stages", reserved_share=1.0)
+    assert sum(p.size * p.num_cpus for p in stages.values()) == pytest.approx(8, abs=0.02)
+    assert sum(p.size * p.threads for p in stages.values()) > 8
