@@ -19,7 +19,9 @@ import argparse
 import contextlib
 import datetime
 import json
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,6 +169,8 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=10.0, help="audio per timed encoder call")
     parser.add_argument("--agree-s", type=float, default=60.0, help="audio over which codes are compared")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median)")
+    parser.add_argument("--variants", default="all",
+                        help="comma-separated names (as in the results) or words of them, e.g. 'eager,openvino fp32'")
     parser.add_argument("--no-demucs", action="store_true", help="skip Demucs's FLOPs and time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/codec.json"), help="results JSON")
     args = parser.parse_args()
@@ -192,7 +196,12 @@ def main() -> None:
     print(f"DAC encoder: {gflop_per_audio_s:.1f} GFLOP per audio-s; peak {peak}", flush=True)
     rows: list[dict[str, Any]] = []
     expected: list[torch.Tensor] = []
-    for name, build in variants(args.kind, args.threads, window).items():
+    wanted = [w.strip().lower() for w in args.variants.split(",")] if args.variants != "all" else []
+    chosen = {name: build for name, build in variants(args.kind, args.threads, window).items()
+              if not wanted or any(w in name.lower() for w in wanted)}
+    if not chosen or "eager" not in next(iter(chosen)):
+        parser.error("--variants must include eager (the reference the others are compared with)")
+    for name, build in chosen.items():
         try:
             t0 = time.perf_counter()
             encoder = build()
@@ -233,7 +242,7 @@ def main() -> None:
 
     result = {
         "benchmark": "codec", "date": datetime.date.today().isoformat(), "command": "python -m benchmarks.codec "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "no_demucs")),
+        + shlex.join(sys.argv[1:]),
         "machine": {**machine(), "torch": torch.__version__, "openvino": _version("openvino")},
         "kind": args.kind, "random_weights": args.kind != "pretrained", "threads": args.threads, "window_s": window_s,
         "agreement_audio_s": sum(c.shape[-1] for c in clips) / rate, "encoder_gflop_per_audio_s": gflop_per_audio_s,

@@ -32,7 +32,7 @@ PLANS: dict[str, list[tuple[str, list[str]]]] = {
                             "--timbre-frames", "16", "--repeats", "1"]),
         ("commit_log", ["-m", "benchmarks.commit_log", "--batches", "100"]),
         ("codec", ["-m", "benchmarks.codec", "--kind", "tiny", "--window-s", "2", "--agree-s", "4", "--repeats", "1",
-                   "--no-demucs"]),
+                   "--variants", "eager,openvino fp32", "--no-demucs"]),
         ("scale", ["-m", "benchmarks.scale", "--inputs", "300", "--distinct", "30", "--job-flags=--writers 2"]),
         ("serve", ["-m", "benchmarks.serve", "--concurrency", "1,2", "--requests", "4", "--warmup", "1",
                    "--hum-s", "1"]),

@@ -331,23 +331,27 @@ class CodecStep(_ModelStep):
         )
 
     def process(self, row: Segment) -> None:
-        def encode(audio: np.ndarray) -> np.ndarray:
-            return self.codec.encode(audio, FEATURE_SAMPLE_RATE).codes
-
         audio, stems = required(row, row.audio, "audio"), required(row, row.stems, "stems")
         mono = required(row, row.mono, "mono")
+        melody = required(row, row.melody, "melody")
+        variants = [augment.draw(augment.AugmentConfig(), row.source_id, int(row.segment_index), copy)
+                    for copy in range(self.cfg.mono_variants)]
+        signals = [  # every stream of the segment, encoded in one call: windows are batched where that pays (GPU)
+            audio,
+            *(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s] for s in STEMS),
+            mono,
+            *(augment.apply(mono, FEATURE_SAMPLE_RATE, v) for v in variants),
+            *(required(row, stream.sine, f"sine of {stream.stream}") for stream in melody),
+        ]
         row.audio = row.stems = row.mono = None
-        row.channel_codes = encode(audio)
+        codes = iter(tokens.codes for tokens in self.codec.encode_batch(signals, FEATURE_SAMPLE_RATE))
+        row.channel_codes = next(codes)
         row.stem_names = list(STEMS)
-        row.stem_codes = [encode(to_mono(stems[s]) if self.cfg.stem_channels == "mono" else stems[s]) for s in STEMS]
-        row.mono_codes = encode(mono)
-        row.mono_variants = []
-        for copy in range(self.cfg.mono_variants):
-            variant = augment.draw(augment.AugmentConfig(), row.source_id, int(row.segment_index), copy)
-            codes = encode(augment.apply(mono, FEATURE_SAMPLE_RATE, variant))
-            row.mono_variants.append(CodedVariant(**asdict(variant), codes=codes))
-        for stream in required(row, row.melody, "melody"):
-            stream.sine_codes = encode(required(row, stream.sine, f"sine of {stream.stream}"))
+        row.stem_codes = [next(codes) for _ in STEMS]
+        row.mono_codes = next(codes)
+        row.mono_variants = [CodedVariant(**asdict(v), codes=next(codes)) for v in variants]
+        for stream in melody:
+            stream.sine_codes = next(codes)
             stream.sine = None
         row.n_frames = int(row.channel_codes.shape[-1])
         expected = n_frames(required(row, row.segment_samples, "segment_samples"))

@@ -9,6 +9,7 @@ record.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -62,3 +63,7 @@ class NullCodec:
         """Codes of ``audio`` (float32 ``(channels, samples)`` at the feature rate ``sample_rate``)."""
         shape = (audio.shape[0], self.n_codebooks, n_frames(audio.shape[-1]))
         return CodecTokens(np.zeros(shape, dtype=np.int16), FRAME_RATE)
+
+    def encode_batch(self, audios: Sequence[F32], sample_rate: int) -> list[CodecTokens]:
+        """Codes of each of ``audios``; see :meth:`encode`."""
+        return [self.encode(audio, sample_rate) for audio in audios]
