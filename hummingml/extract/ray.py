@@ -344,7 +344,13 @@ def build_dataset(
     ``blocks`` are the first blocks (``plan_run``). The pool plan is printed to ``log``; ``lease`` is the driver's
     lease token, which the writer checks before each commit.
     """
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.ray_progress
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = cfg.ray_progress
+    if not cfg.ray_progress:
+        # Ray Data repeats "uses 3.0GiB of memory per worker ... consider setting memory=" every 30 s for the model
+        # actors, which reserve no memory (a reservation sized for the full models would leave a laptop's actors
+        # unscheduled); their measured memory is in docs/scaling.md ("Placement"). --ray-progress shows it again.
+        context.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
     cpus, gpus = cluster_cpus(cfg), ray.cluster_resources().get("GPU", 0.0)
     present = ray.cluster_resources().get("CPU", 0.0)
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
@@ -361,7 +367,7 @@ def build_dataset(
     decode_tasks = max(1, math.floor(cpus * DECODE_TASKS_PER_CPU))
     ds: ray.data.Dataset = ray.data.from_arrow_refs(cast(Any, blocks))  # Ray's stub names another ObjectRef class
     ds = ds.map_batches(cast(Any, _decode), fn_kwargs={"cfg": cfg}, batch_size=None, batch_format="pyarrow",
-                        num_cpus=DECODE_CPUS, concurrency=decode_tasks)
+                        num_cpus=DECODE_CPUS, compute=ray.data.TaskPoolStrategy(size=decode_tasks))
     for stage, pool in plans.items():
         ds = ds.map_batches(
             STEP_CLASSES[stage],
