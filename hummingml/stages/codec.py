@@ -7,7 +7,7 @@ frames are dropped: DAC's encoder is convolutional, so a frame only sees its rec
 stays bounded by ``batch_size`` windows.
 
 The encoder runs in eager PyTorch (``backend="torch"``, the reference) or, on a CPU, compiled by OpenVINO
-(:mod:`hummingml.weights.openvino`): the same codes in about 0.6 of the time (benchmarks/README.md, "The codec").
+(:mod:`hummingml.weights.openvino`): the same codes in about 0.6 of the time (benchmarks/README.md, "codec.py").
 
 Frame count: ``ceil(samples_at_codec_rate / hop)``; for 22.05 kHz input to the 44 kHz model that is
 ``ceil(samples / 256)`` (:func:`hummingml.audio.n_frames`), the Basic Pitch frame grid.

@@ -8,7 +8,7 @@ OpenVINO IR under the weights cache::
 Converting the 44 kHz encoder takes over a minute, so the processes of one node that start together take a file lock:
 one converts, the others wait and read. Each process then compiles the IR for its own thread count. The graph keeps
 fp32 throughout (``INFERENCE_PRECISION_HINT=f32``): OpenVINO's bf16 is faster on CPUs with AMX but changes about
-2 % of the codes (benchmarks/README.md, "The codec").
+2 % of the codes (benchmarks/README.md, "codec.py").
 """
 
 from __future__ import annotations
