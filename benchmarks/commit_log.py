@@ -5,7 +5,8 @@
 For each size a fresh output root on local disk gets that many commit markers of ``--rows`` rows each, for sources
 of ``--segments`` segments (synthetic keys, written as ``OutputStore.commit`` writes them, without Parquet files).
 A fresh process then reads them and builds the current view (``OutputStore.current``); its wall time and peak
-resident memory are reported.
+resident memory are reported. Then another process rolls the markers up (``OutputStore.roll_up``) and a third reads
+the rolled-up log the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import resource, sys, time
 from hummingml.extract.store import OutputStore
 store = OutputStore(sys.argv[1])
 t = time.perf_counter()
-n = len(store.current().sources)
+n = store.roll_up(min_markers=1) if sys.argv[2] == "roll" else len(store.current().sources)
 print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -50,11 +51,13 @@ def write_markers(root: Path, batches: int, rows: int, segments: int) -> None:
         (commits / f"{b:024x}.json").write_text(json.dumps(marker))
 
 
-def timed(root: Path) -> dict[str, Any]:
-    """One fresh process reading the log at ``root``: sources found, seconds, peak RSS."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(root)], check=True, capture_output=True, text=True)
+def timed(root: Path, what: str = "read") -> dict[str, Any]:
+    """One fresh process reading the log at ``root`` (``read``: sources found) or rolling it up (``roll``: markers
+    rolled up): the count, seconds, peak RSS."""
+    out = subprocess.run([sys.executable, "-c", CHILD, str(root), what], check=True, capture_output=True, text=True)
     n, seconds, rss_kib = out.stdout.split()
-    return {"sources": int(n), "seconds": round(float(seconds), 3), "peak_rss_mib": round(int(rss_kib) / 1024, 1)}
+    count = "markers" if what == "roll" else "sources"
+    return {count: int(n), "seconds": round(float(seconds), 3), "peak_rss_mib": round(int(rss_kib) / 1024, 1)}
 
 
 def run(batches: list[int], rows: int, segments: int, work: Path) -> dict[str, Any]:
@@ -64,6 +67,8 @@ def run(batches: list[int], rows: int, segments: int, work: Path) -> dict[str, A
         root = work / f"out-{n}"
         write_markers(root, n, rows, segments)
         results.append({"batches": n, "rows": n * rows, **timed(root)})
+        results[-1]["roll_up"] = timed(root, "roll")
+        results[-1]["rolled_read"] = timed(root)
         print(json.dumps(results[-1]), flush=True)
     return {"benchmark": "commit_log", "machine": machine(), "rows_per_batch": rows, "segments_per_source": segments,
             "results": results}

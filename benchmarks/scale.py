@@ -6,8 +6,9 @@ For each size N a manifest of N rows is written, each row a distinct path (a har
 real WAV files (``--seconds`` long, 44.1 kHz stereo, each a different tone), so that every row is its own source with
 its own identity, decoded, resampled and committed for real. The extraction job (``python -m ray_jobs.extract
 --stages null``: separation, pitch and codec replaced by stand-ins of the right shapes, ``hummingml.stages.null``)
-runs on a local Ray started by the job, twice: once from nothing, once again on the finished output (a resume with
-nothing to do). Reported per size:
+runs on a local Ray started by the job, twice: once from nothing (an output left in ``--work`` by an earlier run of
+this benchmark is deleted first), once again on the finished output (a resume with nothing to do). Reported per
+size:
 
 - ``driver_peak_rss_mib``: the driver process's peak resident memory (``ru_maxrss``; Ray's own processes excluded);
 - ``first_commit_s``: from the job's start to its first commit marker;
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,8 +136,12 @@ def run_job(manifest: Path, output: Path, flags: list[str], log: Path) -> dict[s
 
 
 def commit_span(output: Path) -> float:
-    """Seconds between the first and the last commit marker (their recorded commit times)."""
-    times = [json.loads(p.read_text())["committed_unix_ns"] for p in (output / "_commits").glob("*.json")]
+    """Seconds between the first and the last commit (the recorded commit times of the markers and the log)."""
+    import pyarrow.fs as pafs
+
+    from hummingml.output import read_markers
+
+    times = [m.time_ns for m in read_markers(pafs.LocalFileSystem(), str(output), log=None)[0]]
     return (max(times) - min(times)) / 1e9 if len(times) > 1 else 0.0
 
 
@@ -143,6 +149,7 @@ def measure(n: int, work: Path, tones: list[Path], flags: list[str]) -> dict[str
     """Both runs at one size."""
     manifest = write_manifest(work, n, tones)
     output = work / f"out-{n}"
+    shutil.rmtree(output, ignore_errors=True)  # an output of an earlier run in the same --work: start afresh
     first = run_job(manifest, output, flags, work / f"log-{n}-first.txt")
     summary = json.loads((output / "summary.json").read_text())
     segments = summary["feature_rows"] + summary["error_rows"]

@@ -2,8 +2,10 @@
 
 The output root holds one commit marker per batch (``_commits/<batch>.json``, see ``hummingml.extract.store``). A
 marker lists the batch's visible files and one entry per row: ``(source_id, segment_index, n_segments, ok,
-source_version)``. Readers trust the markers, not the folders: a file that no readable marker names is not part of
-the output (a batch whose marker was damaged counts as uncommitted and is processed again).
+source_version)``. The lease holder rolls markers up now and then into Parquet files under ``_commits/log/``
+(``schemas/commit_log.py``, one row per marker) and deletes the JSON markers each holds; the log is the union of
+both, a batch found in both counted once. Readers trust the markers, not the folders: a file that no readable marker
+names is not part of the output (a batch whose marker was damaged counts as uncommitted and is processed again).
 
 The newest commit of a key wins. Markers are ordered by their commit time (older markers without one by the
 marker file's modification time), then by name. For each source, its *current version* is the ``source_version``
@@ -30,6 +32,7 @@ import pyarrow.fs as pafs
 
 COMMITS = "_commits"
 QUARANTINE = "quarantine"  # under _commits: damaged markers, kept for inspection
+LOG = "log"  # under _commits: rolled-up markers, one Parquet file per roll-up
 READ_THREADS = 32  # markers read at once (an object store answers each read in tens of milliseconds)
 
 Key = tuple[str, int]  # (source_id, segment_index)
@@ -59,6 +62,7 @@ class Marker:
     files: dict[str, str]  # staged path -> visible path, both relative to the root
     rows: tuple[Row, ...]
     lease: str = ""  # the token of the lease its writer held ("" before format 2)
+    writer: str = ""  # host:pid of the process that committed it
 
 
 def parse_marker(path: str, data: bytes, mtime_ns: int = 0) -> Marker:
@@ -75,6 +79,7 @@ def parse_marker(path: str, data: bytes, mtime_ns: int = 0) -> Marker:
             files={str(k): str(v) for k, v in raw["files"].items()},
             rows=rows,
             lease=str(raw.get("lease", "")),
+            writer=str(raw.get("writer", "")),
         )
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise DamagedMarker(f"{path}: {type(exc).__name__}: {exc}" if data else f"{path}: empty") from exc
@@ -93,33 +98,98 @@ def join(root: str, *parts: str) -> str:
 
 
 def read_markers(
-    fs: pafs.FileSystem, root: str, log: TextIO | None = sys.stderr
+    fs: pafs.FileSystem, root: str, log: TextIO | None = sys.stderr, rolled: bool = True
 ) -> tuple[list[Marker], list[str]]:
-    """Every readable marker, oldest first, and the paths of damaged ones (each reported on ``log``).
+    """Every readable marker, oldest first, and the paths of damaged JSON markers (each reported on ``log``).
 
-    Markers are read ``READ_THREADS`` at a time.
+    The JSON markers are listed and read first, then (with ``rolled``) the rolled-up log. In that order a concurrent
+    roll-up cannot hide a batch: a JSON marker that vanished before it was read was deleted after the rolled file
+    holding it was written, so the later listing of the log finds it.
     """
+    markers, damaged = read_json_markers(fs, marker_files(fs, root), log)
+    if rolled:
+        logged = read_log(fs, root)
+        seen = {m.batch for m in logged}  # a marker both in the log and as JSON: a roll-up stopped before its deletes
+        markers = logged + [m for m in markers if m.batch not in seen]
+    markers.sort(key=lambda m: (m.time_ns, m.batch))
+    return markers, damaged
+
+
+def marker_files(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
+    """The JSON commit markers under ``root`` (not the rolled-up log)."""
+    infos = fs.get_file_info(pafs.FileSelector(join(root, COMMITS), allow_not_found=True))
+    return [i for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json") and ".tmp-" not in i.path]
+
+
+def read_json_markers(
+    fs: pafs.FileSystem, files: list[pafs.FileInfo], log: TextIO | None = sys.stderr
+) -> tuple[list[Marker], list[str]]:
+    """The markers in ``files`` (in their order; a file gone meanwhile was rolled up and is skipped) and the paths of
+    damaged ones (each reported on ``log``). Read ``READ_THREADS`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    infos = fs.get_file_info(pafs.FileSelector(join(root, COMMITS), allow_not_found=True))
-    files = [i for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json") and ".tmp-" not in i.path]
-
-    def read(info: pafs.FileInfo) -> bytes:
-        with fs.open_input_stream(info.path) as f:
-            return f.read()
+    def read(info: pafs.FileInfo) -> bytes | None:
+        try:
+            with fs.open_input_stream(info.path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         contents = list(pool.map(read, files))
     markers, damaged = [], []
     for info, data in zip(files, contents, strict=True):
+        if data is None:
+            continue
         try:
             markers.append(parse_marker(info.path, data, info.mtime_ns or 0))
         except DamagedMarker as exc:
             damaged.append(info.path)
             if log is not None:
                 print(f"[output] warning: damaged commit marker, its batch counts as uncommitted: {exc}", file=log)
-    markers.sort(key=lambda m: (m.time_ns, m.batch))
     return markers, damaged
+
+
+def log_files(fs: pafs.FileSystem, root: str) -> list[str]:
+    """The rolled-up log's Parquet files, by name."""
+    infos = fs.get_file_info(pafs.FileSelector(join(root, COMMITS, LOG), allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def read_log(fs: pafs.FileSystem, root: str, attempts: int = 3) -> list[Marker]:
+    """The markers of the rolled-up log (unsorted, each batch once). A file merged away by a concurrent roll-up
+    while it was being read makes the listing start again (the merged file exists before its parts are deleted)."""
+    import pyarrow.parquet as pq
+
+    for attempt in range(attempts):
+        markers: dict[str, Marker] = {}
+        try:
+            for path in log_files(fs, root):
+                with fs.open_input_file(path) as f:
+                    for marker in markers_of(pq.read_table(f), path):
+                        markers.setdefault(marker.batch, marker)
+            return list(markers.values())
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def markers_of(table: pa.Table, path: str) -> list[Marker]:
+    """The markers held by a rolled-up log table (``schemas.commit_log.COMMIT_LOG_SCHEMA``), read column by column."""
+    out: list[Marker] = []
+    for chunk in table.to_batches():
+        rows, files = chunk.column("rows"), chunk.column("files")
+        flat_rows = rows.flatten()
+        entries = [Row(*t) for t in zip(*(flat_rows.field(i).to_pylist() for i in range(5)), strict=True)]
+        flat_files = files.flatten()
+        pairs = list(zip(flat_files.field(0).to_pylist(), flat_files.field(1).to_pylist(), strict=True))
+        row_at, file_at = rows.offsets.to_pylist(), files.offsets.to_pylist()
+        columns = (chunk.column(c).to_pylist() for c in ("batch", "committed_unix_ns", "lease", "writer"))
+        for i, (batch, time_ns, lease, writer) in enumerate(zip(*columns, strict=True)):
+            out.append(Marker(path, batch, time_ns, dict(pairs[file_at[i] : file_at[i + 1]]),
+                              tuple(entries[row_at[i] : row_at[i + 1]]), lease, writer))  # fmt: skip
+    return out
 
 
 @dataclass

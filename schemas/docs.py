@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.commit_log import COMMIT_LOG_SCHEMA, COMMIT_LOG_VERSION
 from schemas.features import SCHEMA_VERSION, SCHEMAS
 from schemas.remix import REMIX_SCHEMA, REMIX_SCHEMA_VERSION
 
@@ -14,6 +15,15 @@ REMIX_INTRO = f"""
 an extraction, and two sets: `remix/` (below) and `errors/` (the extraction's `errors` schema above; `stage` is
 `read`, `decode` or `remix`, `segment_index` is -1), keyed by (`source_id`, `segment_index`). Generated from
 `schemas/remix.py`."""
+
+LOG_INTRO = f"""
+## The rolled-up commit log (version {COMMIT_LOG_VERSION})
+
+Every output (extraction and batch remix) commits each batch with a JSON marker, `_commits/<batch>.json`. At the
+start and the end of each extraction run the lease holder rolls the markers up (when there are at least 64) into one
+Parquet file, `_commits/log/<time ns>-<id>.parquet`, one row per marker, and then deletes the JSON markers it holds;
+past 16 such files, a roll-up merges them into one. Readers (`hummingml.output.read_markers`) read the JSON markers
+first, then the log, and count a batch found in both once. Generated from `schemas/commit_log.py`."""
 
 INTRO = f"""# Output schemas (version {SCHEMA_VERSION})
 
@@ -76,6 +86,9 @@ def render() -> str:
     for name, schema in SCHEMAS.items():
         parts.append(f"\n## `{name}`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
         parts.extend(_rows(list(schema)))
+    parts.append(LOG_INTRO)
+    parts.append("\n### `_commits/log/*.parquet`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
+    parts.extend(_rows(list(COMMIT_LOG_SCHEMA)))
     parts.append(REMIX_INTRO)
     parts.append("\n### `remix`\n\n| field | type | unit | meaning |\n|---|---|---|---|")
     parts.extend(_rows(list(REMIX_SCHEMA)))

@@ -15,7 +15,16 @@ from hummingml.audio import FRAME_RATE
 from hummingml.cluster import connect
 from hummingml.config import ConfigError
 from hummingml.extract.config import ExtractConfig, run_metadata
-from hummingml.extract.ray import Listing, RayMetrics, account_run, build_dataset, list_input, plan_run
+from hummingml.extract.ray import (
+    Listing,
+    RayMetrics,
+    account_run,
+    build_dataset,
+    finish_output,
+    list_input,
+    plan_run,
+    tidy_output,
+)
 from hummingml.extract.sources import listing
 from hummingml.extract.store import Lease, LeaseLost, OutputStore
 from hummingml.stages.codec import frame_rate
@@ -226,9 +235,11 @@ def _run_holding(
     if differences:
         _say(log, f"warning: the output's config changed (--allow-config-change): {'; '.join(differences)}")
     # staging of a holder whose lease expired may still be written to: only older staging is dropped
-    dropped = store.recover(staging_min_age_s=cfg.lease_timeout_s if lease.took_over_live else 0.0)
+    dropped, rolled = tidy_output(cfg.output, cfg.lease_timeout_s if lease.took_over_live else 0.0)
     if dropped:
         _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
+    if rolled:
+        _say(log, f"rolled {rolled} commit marker(s) of earlier runs up into the commit log")
     blocks, planned, committed = plan_run(cfg, listed)
     as_planned = None if blocks else committed  # nothing to process: the committed state stays as planned against
     in_run, pending = planned["in_run"], planned["pending"]
@@ -250,7 +261,10 @@ def _run_holding(
         accounted, output = account_run(cfg, listed, as_planned)
         summary = summarize(store, accounted, output, planned, time.monotonic() - start, progress.audio_s, metadata)
         summary.update(completed=completed, deferred=len(deferred), deferred_examples=sorted(deferred.values())[:20])
-        store.write_summary(summary)
+        if lease.lost:  # the new holder tidies the log
+            store.write_summary(summary)
+        else:
+            finish_output(cfg.output, summary)
         return summary
 
     if blocks:

@@ -33,6 +33,7 @@ from hummingml.extract.steps import (
     PitchStep,
     SeparateStep,
 )
+from hummingml.extract.store import OutputStore
 
 # The decode tasks and the writer reserve no CPU: they are light (under 0.1 % of the work, benchmarks/README.md), and
 # a reservation of theirs could be left without a slot once the model actors hold every node's CPUs (Ray's actor-pool
@@ -329,6 +330,30 @@ def account_run(
     below = plan.cutoff(listing.counts, cfg.limit)
     task = ray.remote(_account_part)
     return plan.add_counts(_get([task.remote(state[p], below, *listing.parts[p]) for p in range(parts)])), output
+
+
+def _tidy(root: str, staging_min_age_s: float) -> tuple[int, int]:
+    store = OutputStore(root)
+    return store.recover(staging_min_age_s), store.roll_up()
+
+
+def _finish(root: str, summary: dict[str, Any]) -> int:
+    store = OutputStore(root)
+    rolled = store.roll_up()
+    store.write_summary(summary)
+    return rolled
+
+
+def tidy_output(root: str, staging_min_age_s: float) -> tuple[int, int]:
+    """Recover the output (``OutputStore.recover``) and roll its JSON markers up (``roll_up``) in a task, so that
+    the driver never holds the commit log; returns (uncommitted batches dropped, markers rolled up)."""
+    return cast(tuple[int, int], _get(ray.remote(_tidy).remote(root, staging_min_age_s)))
+
+
+def finish_output(root: str, summary: dict[str, Any]) -> int:
+    """Roll up the run's markers, then write ``summary.json`` and the dataset card, in a task; returns the markers
+    rolled up."""
+    return cast(int, _get(ray.remote(_finish).remote(root, summary)))
 
 
 def build_dataset(

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from hummingml.alloc import cap_arenas, release_free_memory
 from hummingml.audio import (
     F32,
     FEATURE_SAMPLE_RATE,
@@ -227,7 +228,9 @@ class _ModelStep:
 
     A step built with ``threads > 0`` sets torch's intra-op threads of its process to that many (Ray's default for an
     actor that reserves under one CPU is one); 0 leaves torch's default. Building one also installs the filters of
-    the libraries' known warnings in its process (:func:`hummingml.quiet.quiet_libraries`). ``metrics`` makes its
+    the libraries' known warnings in its process (:func:`hummingml.quiet.quiet_libraries`) and caps its malloc
+    arenas; after each batch the free pages go back to the system (:mod:`hummingml.alloc`), so an actor's memory
+    does not grow with the segments it has seen. ``metrics`` makes its
     reporter (:class:`~hummingml.extract.metrics.StepMetrics`), which times each batch for the good rows it
     processes.
     """
@@ -236,6 +239,7 @@ class _ModelStep:
 
     def _setup(self, threads: int, metrics: Callable[[], StepMetrics]) -> None:
         quiet_libraries()
+        cap_arenas()
         self.metrics = metrics()
         if threads > 0:
             import torch
@@ -243,7 +247,9 @@ class _ModelStep:
             torch.set_num_threads(threads)
 
     def __call__(self, batch: Batch) -> Batch:
-        return to_table(self.run(from_table(batch)))
+        out = to_table(self.run(from_table(batch)))
+        release_free_memory()
+        return out
 
     def run(self, rows: list[Segment]) -> list[Segment]:
         """``process`` every row that has neither failed nor been deferred; a row that raises becomes an error row."""
@@ -378,7 +384,9 @@ class PipelineStep:
         rows = from_table(batch)
         for step in self.steps:
             rows = step.run(rows)
-        return to_table(rows)
+        out = to_table(rows)
+        release_free_memory()
+        return out
 
 
 class CommitStep:

@@ -10,6 +10,7 @@ Layout under the output root::
     errors/part-<batch>.parquet
     _staging/<batch>.<attempt>/<set>.parquet  files being written, one folder per attempt; never read as output
     _commits/<batch>.json                     the commit point of a batch: its rows' keys and files
+    _commits/log/<id>.parquet                 markers rolled up by the lease holder (``roll_up``), one row each
     _commits/quarantine/<batch>.json          damaged markers, set aside with a warning
     summary.json, README.md                   the last run's summary and the dataset card (``write_summary``)
 
@@ -50,16 +51,21 @@ from hummingml.config import ConfigError
 from hummingml.extract.card import CARD, SUMMARY, render_card
 from hummingml.output import (
     COMMITS,
+    LOG,
     QUARANTINE,
     CurrentView,
     Marker,
     SourceState,
     current_view,
     join,
+    log_files,
+    marker_files,
     open_root,
     parse_marker,
+    read_json_markers,
     read_markers,
 )
+from schemas.commit_log import COMMIT_LOG_SCHEMA, COMMIT_LOG_VERSION
 from schemas.features import SCHEMA_VERSION, SCHEMAS
 
 STAGING = "_staging"
@@ -67,6 +73,9 @@ LEASE = "_lease.json"
 OUTPUT_RECORD = "_output.json"
 FORMAT = 2  # 2: source ids from canonical URIs, source versions in markers, a lease and an output record
 ROW_GROUP_ROWS = 64  # feature rows are large (codes of 30 s x ~10 streams); ~64 keeps row groups tens of MB
+ROLL_UP_MIN = 64  # JSON markers worth a roll-up (fewer are read as fast as one more Parquet file)
+LOG_FILES_MAX = 16  # rolled-up files before a roll-up merges them all into one
+LOG_CHUNK = 4096  # markers per row group of a rolled-up file (each is read and written a chunk at a time)
 
 CommitRow = tuple[str, int, int, bool, str]  # (source_id, segment_index, n_segments, ok, source_version)
 
@@ -183,9 +192,10 @@ class OutputStore:
         uncommitted staging (older than ``staging_min_age_s``) and stray temporary files.
 
         Run only by the lease holder: staging that no marker names belongs to a writer that is gone. Returns the
-        number of uncommitted batches dropped.
+        number of uncommitted batches dropped. Only JSON markers are checked: a rolled-up one was finished before it
+        was rolled up.
         """
-        markers, damaged = read_markers(self.fs, self.root, None)
+        markers, damaged = read_markers(self.fs, self.root, None, rolled=False)
         for path in damaged:
             self._quarantine(path, "damaged commit marker (empty or not JSON)")
         for marker in markers:
@@ -198,11 +208,70 @@ class OutputStore:
             if not young:  # every committed batch's staging is gone once its files are in place
                 self.fs.delete_dir(info.path)
                 dropped += 1
-        for folder in (self._path(COMMITS), self.root):
+        for folder in (self._path(COMMITS), self._path(COMMITS, LOG), self.root):
             for info in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
                 if ".tmp-" in os.path.basename(info.path) or ".stale-" in os.path.basename(info.path):
                     self.fs.delete_file(info.path)
         return dropped
+
+    def roll_up(self, min_markers: int = ROLL_UP_MIN, max_files: int = LOG_FILES_MAX) -> int:
+        """Roll the JSON markers up into one Parquet file under ``_commits/log/`` and delete them; returns how many.
+
+        Run only by the lease holder, after :meth:`recover` (a marker whose moves are not finished is left as it is).
+        Nothing happens with fewer than ``min_markers`` markers. When the log would hold more than ``max_files``
+        files, the new file holds the old ones' markers too and they are deleted after it. The file is written under a
+        temporary name, checked and renamed before anything is deleted, so a roll-up stopped at any point leaves every
+        batch in the log (readers count a batch found twice once). Markers are read and written :data:`LOG_CHUNK` at
+        a time, so memory does not grow with the log.
+        """
+        import pyarrow.parquet as pq
+
+        files = marker_files(self.fs, self.root)
+        if len(files) < min_markers:
+            return 0
+        old = log_files(self.fs, self.root)
+        merged = old if len(old) + 1 > max_files else []
+        rolled = set()  # batches the log holds already: a roll-up that stopped before deleting its JSON markers
+        for path in old:
+            with self.fs.open_input_file(path) as f:
+                rolled.update(pq.read_table(f, columns=["batch"]).column("batch").to_pylist())
+        final = self._path(COMMITS, LOG, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet")
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(self._path(COMMITS, LOG), recursive=True)
+        schema = COMMIT_LOG_SCHEMA.with_metadata({"hummingml.commit_log_version": COMMIT_LOG_VERSION})
+        written, done = 0, []  # done: the JSON markers the new file holds (or the log held already)
+        with self.fs.open_output_stream(tmp) as sink, pq.ParquetWriter(sink, schema, compression="zstd") as out:
+            for path in merged:
+                with self.fs.open_input_file(path) as f:
+                    for group in pq.ParquetFile(f).iter_batches(batch_size=LOG_CHUNK):
+                        out.write_batch(group.cast(schema))
+                        written += group.num_rows
+            for start in range(0, len(files), LOG_CHUNK):
+                markers = [m for m in read_json_markers(self.fs, files[start : start + LOG_CHUNK], None)[0]
+                           if self._moved(m)]  # fmt: skip
+                fresh = [m for m in markers if m.batch not in rolled]
+                if fresh:
+                    out.write_table(_log_table(fresh, schema))
+                written += len(fresh)
+                done += [m.path for m in markers]
+        self._fsync(tmp)
+        with self.fs.open_input_file(tmp) as f:
+            if pq.read_metadata(f).num_rows != written:
+                raise OSError(f"{tmp} does not hold the {written} markers written to it; nothing was deleted")
+        if written:
+            self.fs.move(tmp, final)
+            self._fsync(os.path.dirname(final))
+        else:  # every marker was in the log already
+            self.fs.delete_file(tmp)
+        for path in [*merged, *done]:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(path)
+        return len(done)
+
+    def _moved(self, marker: Marker) -> bool:
+        """Whether every staged file of ``marker`` has left staging (its moves are finished)."""
+        infos = self.fs.get_file_info([self._path(staged) for staged in marker.files])
+        return all(i.type == pafs.FileType.NotFound for i in infos)
 
     def current(self) -> CurrentView:
         """The output's current rows (see ``hummingml.output``)."""
@@ -356,6 +425,25 @@ class OutputStore:
         if differences:
             self.write_atomic(path, json.dumps(record, indent=2, sort_keys=True).encode())
         return differences
+
+
+def _log_table(markers: list[Marker], schema: pa.Schema) -> pa.Table:
+    """Markers as rows of the rolled-up log."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "batch": m.batch,
+                "committed_unix_ns": m.time_ns,
+                "lease": m.lease,
+                "writer": m.writer,
+                "files": [{"staged": k, "visible": v} for k, v in m.files.items()],
+                "rows": [dict(zip(("source_id", "segment_index", "n_segments", "ok", "source_version"), r,
+                                  strict=True)) for r in m.rows],
+            }
+            for m in markers
+        ],
+        schema=schema,
+    )
 
 
 def _parse_lease(data: bytes | None) -> dict[str, Any]:

@@ -256,18 +256,42 @@ class HumPath:
 # --- remix jobs ------------------------------------------------------------------------------------------------------
 
 
-def mark_interrupted(jobs_dir: Path) -> list[str]:
-    """Mark every job ``jobs_dir`` records as queued or running as failed (a new Remixer starts with an empty queue:
-    whatever the old one held is gone); returns their ids."""
-    ids = []
-    for path in sorted(jobs_dir.glob("*.status.json")):
-        job = json.loads(path.read_text())
-        if job.get("status") in ("queued", "running"):
-            job.update(status="failed", error="the service restarted before this job finished; submit it again",
-                       finished=time.time())  # fmt: skip
-            write_status(jobs_dir, job)
-            ids.append(job["id"])
-    return ids
+MAX_STARTS = 2  # a job its replica died running this many times is failed, not started again (a job that kills it)
+
+
+def save_input(jobs_dir: Path, job_id: str, song: F32, timbre: F32) -> None:
+    """``jobs_dir/<id>.input.npz``: a queued job's decoded song and clip (plain arrays, read without pickle),
+    written before the job is queued and deleted when it ends."""
+    tmp = jobs_dir / f"{job_id}.input.tmp.npz"
+    np.savez(tmp, song=song, timbre=timbre)
+    os.replace(tmp, jobs_dir / f"{job_id}.input.npz")
+
+
+def load_input(jobs_dir: Path, job_id: str) -> tuple[F32, F32]:
+    """(song, clip) that :func:`save_input` wrote."""
+    with np.load(jobs_dir / f"{job_id}.input.npz", allow_pickle=False) as saved:
+        return saved["song"], saved["timbre"]
+
+
+def take_over_jobs(jobs_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The jobs ``jobs_dir`` records as queued or running (a replica that died held them): ``(to run again, oldest
+    first; ids marked failed)``. A job is run again when its input is saved and it was started fewer than
+    :data:`MAX_STARTS` times; otherwise it is marked failed with the reason."""
+    again, failed = [], []
+    jobs = (json.loads(path.read_text()) for path in jobs_dir.glob("*.status.json"))
+    for job in sorted((j for j in jobs if j.get("status") in ("queued", "running")), key=lambda j: j["submitted"]):
+        starts = int(job.get("starts", 0))
+        if (jobs_dir / f"{job['id']}.input.npz").is_file() and starts < MAX_STARTS:
+            job.update(status="queued", stage="queued", progress=0.0, resumed=True)
+            again.append(job)
+        else:
+            why = "its input is gone" if starts < MAX_STARTS else f"the service stopped while running it {starts} times"
+            job.update(status="failed", error=f"the service restarted before this job finished and {why}; submit it "
+                       "again", finished=time.time())  # fmt: skip
+            (jobs_dir / f"{job['id']}.input.npz").unlink(missing_ok=True)
+            failed.append(job["id"])
+        write_status(jobs_dir, job)
+    return again, failed
 
 
 def write_status(jobs_dir: Path, job: dict[str, Any]) -> None:
@@ -280,8 +304,9 @@ def write_status(jobs_dir: Path, job: dict[str, Any]) -> None:
 @serve.deployment(num_replicas=1)
 class Remixer:
     """The remix jobs: at most ``max_jobs`` queued or running, one running at a time; status and results in
-    ``jobs_dir`` (``<id>.wav``, ``<id>.json`` report, ``<id>.status.json``), so a finished job outlives the replica,
-    and a job the replica held when it died is marked failed when the next one starts (:func:`mark_interrupted`)."""
+    ``jobs_dir`` (``<id>.wav``, ``<id>.json`` report, ``<id>.status.json``, and ``<id>.input.npz`` until it ends), so
+    a finished job outlives the replica, and the jobs a replica held when it died are run by the next one
+    (:func:`take_over_jobs`; a job that was running when its replica died :data:`MAX_STARTS` times is failed)."""
 
     def __init__(self, cfg: dict[str, Any], separation: Any, pitch: Any, codec: Any, lm: Any) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
@@ -291,7 +316,10 @@ class Remixer:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.running = asyncio.Semaphore(1)
-        self.interrupted = mark_interrupted(self.dir)
+        again, self.interrupted = take_over_jobs(self.dir)  # the constructor runs in the replica's event loop
+        for job in again:
+            self.jobs[job["id"]] = job
+            self._start(job["id"], *load_input(self.dir, job["id"]))
 
     def _set(self, job_id: str, **fields: Any) -> None:
         job = self.jobs[job_id]
@@ -306,27 +334,30 @@ class Remixer:
             return {"error": "busy", "detail": f"{active} remix jobs are queued or running (limit {self.cfg.max_jobs})"}
         job_id = uuid.uuid4().hex
         seconds = round(song.shape[1] / song_rate, 3)
+        await asyncio.to_thread(save_input, self.dir, job_id, song, timbre)
         self.jobs[job_id] = {"id": job_id, "status": "queued", "stage": "queued", "instrument": instrument,
-                             "seconds": seconds, "submitted": time.time(), "error": None}  # fmt: skip
+                             "seconds": seconds, "submitted": time.time(), "error": None, "song_rate": song_rate,
+                             "timbre_rate": timbre_rate, "starts": 0}  # fmt: skip
         self._set(job_id)
-        task = asyncio.get_running_loop().create_task(
-            self._run(job_id, song, song_rate, timbre, timbre_rate, instrument)
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self._start(job_id, song, timbre)
         return {"job_id": job_id}
 
-    async def _run(
-        self, job_id: str, song: F32, song_rate: int, timbre: F32, timbre_rate: int, instrument: str
-    ) -> None:
+    def _start(self, job_id: str, song: F32, timbre: F32) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(job_id, song, timbre))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, job_id: str, song: F32, timbre: F32) -> None:
         from hummingml.eval.generate import Generated
         from hummingml.serve.remix import assemble, clean_vocals, to_stereo
         from hummingml.stages.separate import Stems
 
+        job = self.jobs[job_id]
+        song_rate, timbre_rate, instrument = job["song_rate"], job["timbre_rate"], job["instrument"]
         async with self.running:
             try:
                 started = time.perf_counter()
-                self._set(job_id, status="running", stage="separating")
+                self._set(job_id, status="running", stage="separating", starts=job.get("starts", 0) + 1)
                 audio = to_stereo(song, song_rate)
                 stems = Stems(**await self.separation.separate.remote(audio), sample_rate=SOURCE_SAMPLE_RATE)
                 self._set(job_id, stage="cleaning")
@@ -346,6 +377,7 @@ class Remixer:
                 self._set(job_id, status="done", stage="done", finished=time.time())
             except Exception as exc:  # the job fails, with its reason; the service goes on
                 self._set(job_id, status="failed", error=f"{type(exc).__name__}: {exc}", finished=time.time())
+            (self.dir / f"{job_id}.input.npz").unlink(missing_ok=True)
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The job's status dict (from memory, else from ``jobs_dir``), or None for an unknown id."""
@@ -514,8 +546,9 @@ class Api:
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, job_id: str) -> Response:
-        """A remix job: ``status`` (queued, running, done, failed), ``stage``, ``progress`` 0-1, ``error``, and when
-        done ``audio_url`` and ``report`` (the sidecar: models, durations, notes, loudness)."""
+        """A remix job: ``status`` (queued, running, done, failed), ``stage``, ``progress`` 0-1, ``error``, ``starts``
+        (how many times a replica started it), ``resumed`` (true when a new replica took it over), and when done
+        ``audio_url`` and ``report`` (the sidecar: models, durations, notes, loudness)."""
         status = await self.remixer.status.remote(job_id)
         if status is None:
             return _error(404, "no_such_job", f"no remix job {job_id!r}")

@@ -217,3 +217,30 @@ def test_a_pool_of_writers_gives_the_rows_of_a_clean_run(clean, corpus, tmp_path
     assert all(json.loads(m.read_text())["writer"] for m in (out / COMMITS).glob("*.json"))
     assert all_keys(out) == all_keys(clean)
     assert_no_key_twice(out)
+
+
+def test_a_rolled_up_log_resumes_and_supersedes_like_the_markers(ray_local, tmp_path) -> None:
+    from hummingml.extract.store import ROLL_UP_MIN
+    from hummingml.output import LOG
+
+    mix = tmp_path / "mix"
+    mix.mkdir()
+    inputs = ROLL_UP_MIN + 6
+    for i in range(inputs):
+        write_song(mix / f"tone_{i:03d}.wav", 0.5, 200.0 + 10 * i)
+    cfg = ExtractConfig(input=str(mix), output=str(tmp_path / "out"), segment_s=1.0, commit_rows=1, stages="null")
+    out = tmp_path / "out"
+    summary, _ = run(cfg)
+    assert summary["accounted"] and summary["feature_rows"] == inputs
+    assert not list((out / COMMITS).glob("*.json")), "the run's markers were rolled up at its end"
+    [log_file] = (out / COMMITS / LOG).glob("*.parquet")
+    before = {name: sorted(output_keys(out, name)) for name in SCHEMAS}
+    summary, log = run(cfg)  # nothing to do: the plan reads the log
+    assert "0 to process" in log and summary["accounted"] and summary["output"]["sources"] == inputs
+    assert list((out / COMMITS / LOG).glob("*.parquet")) == [log_file] and not list((out / COMMITS).glob("*.json"))
+    write_song(mix / "tone_000.wav", 0.5, 5000.0)  # changed: its rolled-up row is superseded
+    os.utime(mix / "tone_000.wav", ns=(1, 1))
+    summary, log = run(cfg)
+    assert "1 to process" in log and "1 changed" in log and summary["output"]["superseded_rows"] == 1
+    assert {name: sorted(output_keys(out, name)) for name in SCHEMAS} == before
+    assert_no_key_twice(out)

@@ -197,17 +197,57 @@ def test_the_web_page_uploads_a_hum_and_plays_the_result(service: Any, tmp_path:
     assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
-def test_jobs_a_dead_remixer_held_are_marked_failed_by_the_next_one(tmp_path: Path) -> None:
+def test_a_new_remixer_runs_again_the_jobs_a_dead_one_held_or_says_why_not(tmp_path: Path) -> None:
     import json
 
-    from hummingml.serve.app import mark_interrupted, write_status
+    from hummingml.serve.app import MAX_STARTS, load_input, save_input, take_over_jobs, write_status
 
-    for job_id, status in (("a" * 32, "running"), ("b" * 32, "queued"), ("c" * 32, "done")):
-        write_status(tmp_path, {"id": job_id, "status": status, "stage": status, "error": None})
-    assert mark_interrupted(tmp_path) == ["a" * 32, "b" * 32]
-    jobs = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.status.json")}
-    assert [jobs[f"{c * 32}.status.json"]["status"] for c in "abc"] == ["failed", "failed", "done"]
-    assert "restarted" in jobs["a" * 32 + ".status.json"]["error"] and mark_interrupted(tmp_path) == []
+    song, clip = np.ones((2, 10), np.float32), np.zeros((1, 5), np.float32)
+    jobs = {"a": ("running", 1, True), "b": ("queued", 0, False), "c": ("done", 1, False), "d": ("running", 2, True),
+            "e": ("queued", 0, True)}  # fmt: skip
+    for n, (name, (status, starts, saved)) in enumerate(jobs.items()):
+        write_status(tmp_path, {"id": name * 32, "status": status, "stage": status, "error": None, "starts": starts,
+                                "submitted": 100.0 - n})  # fmt: skip
+        if saved:
+            save_input(tmp_path, name * 32, song, clip)
+    again, failed = take_over_jobs(tmp_path)
+    assert [j["id"] for j in again] == ["e" * 32, "a" * 32] and failed == ["d" * 32, "b" * 32]  # oldest first
+    assert all(j["status"] == "queued" and j["resumed"] for j in again)
+    saved_song, saved_clip = load_input(tmp_path, "a" * 32)
+    assert np.array_equal(saved_song, song) and np.array_equal(saved_clip, clip)
+    status = {c: json.loads((tmp_path / f"{c * 32}.status.json").read_text()) for c in jobs}
+    assert [status[c]["status"] for c in "abcde"] == ["queued", "failed", "done", "failed", "queued"]
+    assert "input is gone" in status["b"]["error"] and f"{MAX_STARTS} times" in status["d"]["error"]
+    assert not (tmp_path / f"{'d' * 32}.input.npz").exists()  # a failed job's input is not kept
+    assert take_over_jobs(tmp_path)[1] == []
+
+
+def test_a_remix_job_survives_its_replica_being_killed(service: Any) -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    url, auth, cfg = service
+    song = make_song(1, seed=4, seconds=3.0)
+    r = requests.post(f"{url}/v1/remix", files={"song": ("song.wav", wav(song.mix, 44_100))},
+                      data={"preset": "marimba"}, headers=auth, timeout=60)  # fmt: skip
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert requests.get(f"{url}/v1/jobs/{job_id}", headers=auth, timeout=30).json()["status"] != "done"
+    [replica] = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                 if a["class_name"] == "ServeReplica:hummingml:Remixer"]  # fmt: skip
+    ray.kill(ray.get_actor(replica["name"], namespace="serve"), no_restart=True)  # Serve starts another replica
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        answer = requests.get(f"{url}/v1/jobs/{job_id}", headers=auth, timeout=30)
+        if answer.status_code == 200 and answer.json()["status"] in ("done", "failed"):
+            break
+        time.sleep(1.0)
+    status = answer.json()
+    assert status["status"] == "done" and status["resumed"] and status["starts"] >= 1, status
+    audio = requests.get(f"{url}{status['audio_url']}", headers=auth, timeout=30)
+    data, rate = sf.read(io.BytesIO(audio.content), always_2d=True)
+    assert rate == 44_100 and data.shape == (song.mix.shape[1], 2)
+    assert not (Path(cfg.jobs_dir) / f"{job_id}.input.npz").exists()
 
 
 def test_a_prefixed_app_keeps_its_guard_and_answers_429_and_504(service: Any) -> None:
