@@ -34,6 +34,7 @@ COMMITS = "_commits"
 QUARANTINE = "quarantine"  # under _commits: damaged markers, kept for inspection
 LOG = "log"  # under _commits: rolled-up markers, one Parquet file per roll-up
 READ_THREADS = 32  # markers read at once (an object store answers each read in tens of milliseconds)
+LOG_READ_CHUNK = 1024  # markers of the rolled-up log turned into Python objects at a time
 
 Key = tuple[str, int]  # (source_id, segment_index)
 
@@ -166,8 +167,9 @@ def read_log(fs: pafs.FileSystem, root: str, attempts: int = 3) -> list[Marker]:
         try:
             for path in log_files(fs, root):
                 with fs.open_input_file(path) as f:
-                    for marker in markers_of(pq.read_table(f), path):
-                        markers.setdefault(marker.batch, marker)
+                    for chunk in pq.ParquetFile(f).iter_batches(batch_size=LOG_READ_CHUNK):
+                        for marker in markers_of(chunk, path):
+                            markers.setdefault(marker.batch, marker)
             return list(markers.values())
         except FileNotFoundError:
             if attempt == attempts - 1:
@@ -175,10 +177,11 @@ def read_log(fs: pafs.FileSystem, root: str, attempts: int = 3) -> list[Marker]:
     raise AssertionError("unreachable")
 
 
-def markers_of(table: pa.Table, path: str) -> list[Marker]:
-    """The markers held by a rolled-up log table (``schemas.commit_log.COMMIT_LOG_SCHEMA``), read column by column."""
+def markers_of(table: pa.Table | pa.RecordBatch, path: str) -> list[Marker]:
+    """The markers held by rows of a rolled-up log (``schemas.commit_log.COMMIT_LOG_SCHEMA``), read column by
+    column."""
     out: list[Marker] = []
-    for chunk in table.to_batches():
+    for chunk in table.to_batches() if isinstance(table, pa.Table) else [table]:
         rows, files = chunk.column("rows"), chunk.column("files")
         flat_rows = rows.flatten()
         entries = [Row(*t) for t in zip(*(flat_rows.field(i).to_pylist() for i in range(5)), strict=True)]

@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.audio": set(),
     "hummingml.config": set(),
     "hummingml.quiet": set(),
+    "hummingml.alloc": set(),
     "hummingml.cluster": set(),
     "hummingml.output": {"schemas"},
     "schemas": set(),
@@ -30,7 +31,7 @@ ALLOWED: dict[str, set[str] | str] = {
     "hummingml.stems": {"hummingml.audio", "hummingml.config", "hummingml.stages", "hummingml.testing"},
     "hummingml.extract": {
         "hummingml.audio", "hummingml.config", "hummingml.cluster", "hummingml.stages", "hummingml.weights",
-        "hummingml.testing", "hummingml.output", "hummingml.quiet", "schemas",
+        "hummingml.testing", "hummingml.output", "hummingml.quiet", "hummingml.alloc", "schemas",
     },
     "hummingml.train": {
         "hummingml.model", "hummingml.config", "hummingml.cluster", "hummingml.audio", "hummingml.output",
