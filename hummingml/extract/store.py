@@ -246,9 +246,10 @@ class OutputStore:
                     for group in pq.ParquetFile(f).iter_batches(batch_size=LOG_CHUNK):
                         out.write_batch(group.cast(schema))
                         written += group.num_rows
+            staged = self._staged_files()  # one listing: a marker with a file still here is not finished
             for start in range(0, len(files), LOG_CHUNK):
                 markers = [m for m in read_json_markers(self.fs, files[start : start + LOG_CHUNK], None)[0]
-                           if self._moved(m)]  # fmt: skip
+                           if not any(self._path(path) in staged for path in m.files)]  # fmt: skip
                 fresh = [m for m in markers if m.batch not in rolled]
                 if fresh:
                     out.write_table(_log_table(fresh, schema))
@@ -268,10 +269,10 @@ class OutputStore:
                 self.fs.delete_file(path)
         return len(done)
 
-    def _moved(self, marker: Marker) -> bool:
-        """Whether every staged file of ``marker`` has left staging (its moves are finished)."""
-        infos = self.fs.get_file_info([self._path(staged) for staged in marker.files])
-        return all(i.type == pafs.FileType.NotFound for i in infos)
+    def _staged_files(self) -> set[str]:
+        """The paths of every file in staging."""
+        selector = pafs.FileSelector(self._path(STAGING), allow_not_found=True, recursive=True)
+        return {i.path for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File}
 
     def current(self) -> CurrentView:
         """The output's current rows (see ``hummingml.output``)."""

@@ -278,8 +278,9 @@ def take_over_jobs(jobs_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     first; ids marked failed)``. A job is run again when its input is saved and it was started fewer than
     :data:`MAX_STARTS` times; otherwise it is marked failed with the reason."""
     again, failed = [], []
-    jobs = (json.loads(path.read_text()) for path in jobs_dir.glob("*.status.json"))
-    for job in sorted((j for j in jobs if j.get("status") in ("queued", "running")), key=lambda j: j["submitted"]):
+    jobs = [json.loads(path.read_text()) for path in jobs_dir.glob("*.status.json")]
+    held = sorted((j for j in jobs if j.get("status") in ("queued", "running")), key=lambda j: j.get("submitted", 0.0))
+    for job in held:
         starts = int(job.get("starts", 0))
         if (jobs_dir / f"{job['id']}.input.npz").is_file() and starts < MAX_STARTS:
             job.update(status="queued", stage="queued", progress=0.0, resumed=True)
