@@ -10,7 +10,8 @@ runs on a local Ray started by the job, twice: once from nothing (an output left
 this benchmark is deleted first), once again on the finished output (a resume with nothing to do). Reported per
 size:
 
-- ``driver_peak_rss_mib``: the driver process's peak resident memory (``ru_maxrss``; Ray's own processes excluded);
+- ``driver_peak_rss_mib``: the driver process's peak resident memory (``ru_maxrss``; Ray's own processes excluded),
+  and ``driver_rss_mib_curve``: its resident memory sampled every 2 s, as ``[seconds, MiB]`` (at most 60 kept);
 - ``first_commit_s``: from the job's start to its first commit marker;
 - ``segments_per_s``: segments committed per second between the first and the last commit, and over the whole run;
 - ``resume_s``: wall time of the second run, and whether it wrote anything (``resume_wrote``: new files other than
@@ -42,6 +43,9 @@ from benchmarks.common import machine
 RATE = 44_100
 SETS = ("audio-feature", "sine-audio-feature", "errors")
 # The driver, as `ray job submit` would run it: the job in this process, then its peak RSS on the last line.
+RSS_EVERY_S = 2.0  # how often the driver's resident memory is sampled
+CURVE_POINTS = 60  # at most this many samples kept in the results
+
 DRIVER = """
 import resource, sys
 from ray_jobs.extract import main
@@ -123,16 +127,31 @@ def run_job(manifest: Path, output: Path, flags: list[str], log: Path) -> dict[s
     threading.Thread(target=watch, daemon=True).start()
     cmd = [sys.executable, "-c", DRIVER, "--input", str(manifest), "--output", str(output), "--stages", "null",
            *flags]
+    curve: list[tuple[float, float]] = []  # (seconds since the start, the driver's RSS in MiB)
     with log.open("w") as f:
-        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            curve.extend([(round(time.monotonic() - start, 1), rss)] if (rss := rss_mib(proc.pid)) else [])
+            time.sleep(RSS_EVERY_S)
+        code = proc.returncode
     wall = time.monotonic() - start
     done.set()
     text = log.read_text()
     if code != 0:
         raise RuntimeError(f"the job exited {code}; see {log}:\n{text[-3000:]}")
     rss = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("DRIVER_PEAK_RSS_KIB"))
+    step = max(1, len(curve) // CURVE_POINTS)
     return {"wall_s": round(wall, 2), "driver_peak_rss_mib": round(rss / 1024, 1),
-            "first_commit_s": round(first[0], 2) if first else None}
+            "first_commit_s": round(first[0], 2) if first else None, "driver_rss_mib_curve": curve[::step]}
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of process ``pid`` now, in MiB (0 when it is gone)."""
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def commit_span(output: Path) -> float:
@@ -163,6 +182,7 @@ def measure(n: int, work: Path, tones: list[Path], flags: list[str]) -> dict[str
         "segments": segments,
         "accounted": summary["accounted"],
         "driver_peak_rss_mib": first["driver_peak_rss_mib"],
+        "driver_rss_mib_curve": first["driver_rss_mib_curve"],
         "first_commit_s": first["first_commit_s"],
         "wall_s": first["wall_s"],
         "segments_per_s": round(segments / span, 1) if span else None,

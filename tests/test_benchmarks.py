@@ -32,8 +32,11 @@ def test_quick_mode_runs_every_benchmark_and_writes_its_json() -> None:
     assert all(c["tokens_per_s"] > 0 for c in scaling["cases"])
     log = json.loads((ROOT / "benchmarks/results/quick/commit_log.json").read_text())
     assert [(r["batches"], r["sources"]) for r in log["results"]] == [(100, 320)]  # 10 segments per source
+    # the rolled-up log holds every marker and reads as the same sources
+    assert [(r["roll_up"]["markers"], r["rolled_read"]["sources"]) for r in log["results"]] == [(100, 320)]
     scale = json.loads((ROOT / "benchmarks/results/quick/scale.json").read_text())
     (result,) = scale["results"]
     # two writers, every input committed once, and a resume that writes nothing
     assert (result["inputs"], result["segments"], result["accounted"], result["resume_wrote"]) == (300, 300, True, [])
     assert result["files"]["audio-feature"]["files"] >= 2
+    assert result["driver_rss_mib_curve"] and all(mib > 0 for _, mib in result["driver_rss_mib_curve"])
