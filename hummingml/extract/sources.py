@@ -36,6 +36,7 @@ from hummingml.config import ConfigError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff")
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".json")
+ROW_GROUP_SPLIT = 4  # a manifest row group of more than this many chunks is read by the driver, a chunk at a time
 LISTING_CHUNK = 2048  # inputs per listing chunk: one task stats (or asks the object store about) that many
 STEMS_COLUMN = "stems"  # the manifest column that gives an input's stems: an object stem -> URI
 T = TypeVar("T")
@@ -57,9 +58,11 @@ class Source:
 @dataclass(frozen=True)
 class Chunk:
     """A part of an input's listing that one task turns into sources (:func:`describe`); exactly one of ``rows``,
-    ``paths``, ``prefix`` and ``sources`` is set."""
+    ``row_groups``, ``paths``, ``prefix`` and ``sources`` is set."""
 
     rows: pa.Table | None = None  # manifest or query rows
+    manifest: str = ""  # with ``row_groups``: the Parquet manifest the task reads them from
+    row_groups: tuple[int, ...] = ()  # row groups of ``manifest``, read by the task itself
     first_row: int = 1  # the number of rows[0] in the manifest or query result, for messages
     base_dir: str | None = None  # the folder relative local URIs in ``rows`` are relative to
     where: str = ""  # how messages name the input
@@ -77,6 +80,12 @@ def describe(chunk: Chunk) -> list[Source]:
     Raises:
         ConfigError: a manifest or query row has no URI.
     """
+    if chunk.row_groups:
+        import pyarrow.parquet as pq
+
+        with _open_input(chunk.manifest) as f:
+            rows = pq.ParquetFile(f).read_row_groups(list(chunk.row_groups))
+        return _from_table(rows, chunk.uri_column, chunk.base_dir, chunk.where, chunk.fix, chunk.first_row)
     if chunk.rows is not None:
         return _from_table(chunk.rows, chunk.uri_column, chunk.base_dir, chunk.where, chunk.fix, chunk.first_row)
     if chunk.paths:
@@ -341,10 +350,11 @@ def _manifest_chunks(path: str, uri_column: str, size: int) -> Iterator[Chunk]:
         raise ConfigError(f"manifest {where} cannot be read: {exc}") from exc
     with f:
         if lower.endswith(".parquet"):
-            batches: Iterable[pa.Table] = (
-                pa.Table.from_batches([b]) for b in pq.ParquetFile(f).iter_batches(batch_size=size)
-            )
-        elif lower.endswith(".csv"):
+            where_tasks_open_it = path if _is_remote(path) else os.path.abspath(_local(path))  # any working dir
+            like = Chunk(base_dir=base_dir, where=where, fix=fix, uri_column=uri_column)
+            yield from _parquet_chunks(pq.ParquetFile(f), where_tasks_open_it, like, size)
+            return
+        if lower.endswith(".csv"):
             # the column types come from the whole file, as a reader of it expects: read it at once
             batches = pyarrow.csv.read_csv(f).to_batches(max_chunksize=size)
             batches = (pa.Table.from_batches([b]) for b in batches)
@@ -357,6 +367,40 @@ def _manifest_chunks(path: str, uri_column: str, size: int) -> Iterator[Chunk]:
             yield Chunk(rows=table, first_row=first_row, base_dir=base_dir, where=where, fix=fix,
                         uri_column=uri_column)
             first_row += table.num_rows
+
+
+def _parquet_chunks(manifest: Any, path: str, like: Chunk, size: int) -> Iterator[Chunk]:
+    """A Parquet manifest's chunks: runs of whole row groups of about ``size`` rows, each read by the task that
+    describes it (so the manifest is read in parallel, and not by the driver); a row group of more than
+    ``ROW_GROUP_SPLIT`` times ``size`` rows is read here, ``size`` rows at a time, and its rows sent with the chunk.
+
+    ``manifest`` is an open ``pyarrow.parquet.ParquetFile``; ``like`` gives the chunks' other fields.
+    """
+    if like.uri_column not in manifest.schema_arrow.names:
+        raise ConfigError(f"{like.where}: no {like.uri_column!r} column (columns: {manifest.schema_arrow.names}); "
+                          f"{like.fix}")  # fmt: skip
+    meta = manifest.metadata
+    runs: list[list[int]] = []  # consecutive row groups of about ``size`` rows; [-1 - g] marks a large group g
+    run_rows = 0
+    for group in range(meta.num_row_groups):
+        rows = meta.row_group(group).num_rows
+        if rows > ROW_GROUP_SPLIT * size:
+            runs.append([-1 - group])
+        elif runs and runs[-1][0] >= 0 and run_rows + rows <= size:
+            runs[-1].append(group)
+            run_rows += rows
+        else:
+            runs.append([group])
+            run_rows = rows
+    first_row = 1  # the number of the next chunk's first row, for messages
+    for run in runs:
+        if run[0] < 0:
+            for batch in manifest.iter_batches(batch_size=size, row_groups=[-1 - run[0]]):
+                yield dataclasses.replace(like, rows=pa.Table.from_batches([batch]), first_row=first_row)
+                first_row += batch.num_rows
+        else:
+            yield dataclasses.replace(like, manifest=path, row_groups=tuple(run), first_row=first_row)
+            first_row += sum(meta.row_group(g).num_rows for g in run)
 
 
 def _json_line_chunks(f: BinaryIO, size: int) -> Iterator[pa.Table]:
@@ -642,8 +686,9 @@ def listing(
     """The listing of ``input_uri`` as a stream of chunks of about ``size`` inputs, for tasks to :func:`describe`.
 
     The input is checked now; the chunks are read as they are asked for, so memory holds one chunk whatever the
-    input's size. A manifest is streamed row by row (a CSV one is read whole, so that its column types are the whole
-    file's); a query's rows are fetched ``size`` at a time; a local directory is walked in order, each folder's
+    input's size. A Parquet manifest is cut into runs of whole row groups that the describing tasks read themselves
+    (only a row group over ``ROW_GROUP_SPLIT`` chunks is read here, a chunk at a time); a JSON-lines one is streamed
+    line by line and a CSV one read whole (so that its column types are the whole file's); a query's rows are fetched ``size`` at a time; a local directory is walked in order, each folder's
     entries sorted; an object-store folder yields its own files and one chunk per subfolder, listed by a task; a
     glob is matched whole.
 

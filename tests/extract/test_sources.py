@@ -222,6 +222,32 @@ def test_a_manifest_row_without_a_uri_is_refused_by_its_number(tmp_path, fmt: st
         list_sources(str(path))
 
 
+def test_a_parquet_manifest_is_read_by_the_describing_tasks_in_runs_of_row_groups(tmp_path, monkeypatch) -> None:
+    from hummingml.extract import sources
+
+    for i in range(10):
+        (tmp_path / f"{i}.wav").write_bytes(b"x")
+    rows = [{"uri": f"{n % 10}.wav", "n": n} for n in range(1_000)]
+    rows[537]["uri"] = ""
+    pq.write_table(pa.Table.from_pylist(rows[:500]), tmp_path / "m.parquet", row_group_size=100)
+    monkeypatch.chdir(tmp_path.parent)  # the tasks open the manifest by its absolute path
+    chunks = list(sources.listing(str((tmp_path / "m.parquet").relative_to(tmp_path.parent)), size=256))
+    # runs of whole row groups, the rows left in the file: 100 + 100 rows fit 256, a third group would not
+    assert [(c.row_groups, c.first_row, c.rows) for c in chunks] == [
+        ((0, 1), 1, None), ((2, 3), 201, None), ((4,), 401, None)
+    ]
+    monkeypatch.chdir("/")
+    described = [s for c in chunks for s in sources.describe(c)]
+    assert [json.loads(s.metadata)["n"] for s in described] == list(range(500))
+    assert [s.uri for s in described[:10]] == [os.path.realpath(tmp_path / f"{i}.wav") for i in range(10)]
+    # a row group too large to send whole is read here, a chunk at a time, with the rows' numbers kept
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=1_000)
+    chunks = list(sources.listing(str(tmp_path / "big.parquet"), size=200))
+    assert [(c.row_groups, c.first_row, c.rows.num_rows) for c in chunks] == [((), 1 + 200 * k, 200) for k in range(5)]
+    with pytest.raises(ConfigError, match="row 538 has no 'uri'"):
+        [sources.describe(c) for c in chunks]
+
+
 def test_a_jsonl_row_missing_the_uri_key_is_refused(tmp_path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_text('{"uri": "a.wav"}\n{"uri": "b.wav"}\n{"artist": "z"}\n')
