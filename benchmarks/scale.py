@@ -2,8 +2,8 @@
 
     python -m benchmarks.scale --inputs 10000,100000,1000000 --out benchmarks/results/scale.json
 
-For each size N a manifest of N rows is written, each row a distinct path (a hard link) to one of ``--distinct`` tiny
-real WAV files (``--seconds`` long, 44.1 kHz stereo, each a different tone), so that every row is its own source with
+For each size N a Parquet manifest of N rows (in row groups of 2,048 rows, which the listing tasks read in parallel)
+is written, each row a distinct path (a hard link) to one of ``--distinct`` tiny real WAV files (``--seconds`` long, 44.1 kHz stereo, each a different tone), so that every row is its own source with
 its own identity, decoded, resampled and committed for real. The extraction job (``python -m ray_jobs.extract
 --stages null``: separation, pitch and codec replaced by stand-ins of the right shapes, ``hummingml.stages.null``)
 runs on a local Ray started by the job, twice: once from nothing (an output left in ``--work`` by an earlier run of
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine
+from hummingml.extract.sources import LISTING_CHUNK
 
 RATE = 44_100
 SETS = ("audio-feature", "sine-audio-feature", "errors")
@@ -89,7 +90,8 @@ def write_manifest(work: Path, n: int, tones: list[Path]) -> Path:
             os.link(tones[i % len(tones)], path)
         uris.append(str(path))
     manifest = work / f"manifest-{n}.parquet"
-    pq.write_table(pa.table({"uri": uris, "tone": [i % len(tones) for i in range(n)]}), manifest)
+    table = pa.table({"uri": uris, "tone": [i % len(tones) for i in range(n)]})
+    pq.write_table(table, manifest, row_group_size=LISTING_CHUNK)  # row groups the listing tasks read in parallel
     return manifest
 
 
