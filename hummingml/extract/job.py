@@ -235,7 +235,8 @@ def _run_holding(
     if differences:
         _say(log, f"warning: the output's config changed (--allow-config-change): {'; '.join(differences)}")
     # staging of a holder whose lease expired may still be written to: only older staging is dropped
-    dropped, rolled = tidy_output(cfg.output, cfg.lease_timeout_s if lease.took_over_live else 0.0)
+    dropped, rolled, warnings = tidy_output(cfg.output, cfg.lease_timeout_s if lease.took_over_live else 0.0)
+    print(warnings, end="", file=log, flush=True)
     if dropped:
         _say(log, f"dropped {dropped} uncommitted batch(es) left by an interrupted run")
     if rolled:

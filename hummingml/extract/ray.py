@@ -7,6 +7,7 @@ The only module of ``hummingml.extract`` that imports ``ray`` directly.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import threading
 import time
@@ -332,9 +333,10 @@ def account_run(
     return plan.add_counts(_get([task.remote(state[p], below, *listing.parts[p]) for p in range(parts)])), output
 
 
-def _tidy(root: str, staging_min_age_s: float) -> tuple[int, int]:
-    store = OutputStore(root)
-    return store.recover(staging_min_age_s), store.roll_up()
+def _tidy(root: str, staging_min_age_s: float) -> tuple[int, int, str]:
+    warnings = io.StringIO()  # the store's warnings (damaged markers set aside), for the driver's log
+    store = OutputStore(root, log=warnings)
+    return store.recover(staging_min_age_s), store.roll_up(), warnings.getvalue()
 
 
 def _finish(root: str, summary: dict[str, Any]) -> int:
@@ -344,10 +346,11 @@ def _finish(root: str, summary: dict[str, Any]) -> int:
     return rolled
 
 
-def tidy_output(root: str, staging_min_age_s: float) -> tuple[int, int]:
+def tidy_output(root: str, staging_min_age_s: float) -> tuple[int, int, str]:
     """Recover the output (``OutputStore.recover``) and roll its JSON markers up (``roll_up``) in a task, so that
-    the driver never holds the commit log; returns (uncommitted batches dropped, markers rolled up)."""
-    return cast(tuple[int, int], _get(ray.remote(_tidy).remote(root, staging_min_age_s)))
+    the driver never holds the commit log; returns (uncommitted batches dropped, markers rolled up, the warnings
+    the store wrote)."""
+    return cast(tuple[int, int, str], _get(ray.remote(_tidy).remote(root, staging_min_age_s)))
 
 
 def finish_output(root: str, summary: dict[str, Any]) -> int:

@@ -688,9 +688,9 @@ def listing(
     The input is checked now; the chunks are read as they are asked for, so memory holds one chunk whatever the
     input's size. A Parquet manifest is cut into runs of whole row groups that the describing tasks read themselves
     (only a row group over ``ROW_GROUP_SPLIT`` chunks is read here, a chunk at a time); a JSON-lines one is streamed
-    line by line and a CSV one read whole (so that its column types are the whole file's); a query's rows are fetched ``size`` at a time; a local directory is walked in order, each folder's
-    entries sorted; an object-store folder yields its own files and one chunk per subfolder, listed by a task; a
-    glob is matched whole.
+    line by line and a CSV one read whole (so that its column types are the whole file's); a query's rows are
+    fetched ``size`` at a time; a local directory is walked in order, each folder's entries sorted; an object-store
+    folder yields its own files and one chunk per subfolder, listed by a task; a glob is matched whole.
 
     Raises:
         ConfigError: the input does not exist, a database query is not a read-only SELECT, or a manifest has no
