@@ -3,9 +3,10 @@
     python -m benchmarks.scale --inputs 10000,100000,1000000 --out benchmarks/results/scale.json
 
 For each size N a Parquet manifest of N rows (in row groups of 2,048 rows, which the listing tasks read in parallel)
-is written, each row a distinct path (a hard link) to one of ``--distinct`` tiny real WAV files (``--seconds`` long, 44.1 kHz stereo, each a different tone), so that every row is its own source with
-its own identity, decoded, resampled and committed for real. The extraction job (``python -m ray_jobs.extract
---stages null``: separation, pitch and codec replaced by stand-ins of the right shapes, ``hummingml.stages.null``)
+is written, each row a distinct path (a hard link) to one of ``--distinct`` tiny real WAV files (``--seconds`` long,
+44.1 kHz stereo, each a different tone), so that every row is its own source with its own identity, decoded,
+resampled and committed for real. The extraction job (``python -m ray_jobs.extract --stages null``: separation, pitch
+and codec replaced by stand-ins of the right shapes, ``hummingml.stages.null``)
 runs on a local Ray started by the job, twice: once from nothing (an output left in ``--work`` by an earlier run of
 this benchmark is deleted first), once again on the finished output (a resume with nothing to do). Reported per
 size:
