@@ -92,12 +92,18 @@ def test_examples_are_joined_sorted_and_cut() -> None:
 
 def test_a_manifest_streams_in_chunks_and_names_the_bad_row(tmp_path: Path) -> None:
     uris = [str(tmp_path / f"s{i}.wav") for i in range(10)]
-    pq.write_table(pa.table({"uri": [*uris, None], "n": list(range(11))}), tmp_path / "m.parquet")
+    table = pa.table({"uri": [*uris, None], "n": list(range(11))})
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=4)  # row groups the tasks read themselves
     chunks = list(listing(str(tmp_path / "m.parquet"), size=4))
-    assert [c.rows.num_rows for c in chunks] == [4, 4, 3] and [c.first_row for c in chunks] == [1, 5, 9]
+    assert [c.row_groups for c in chunks] == [(0,), (1,), (2,)] and [c.first_row for c in chunks] == [1, 5, 9]
     assert [json.loads(s.metadata)["n"] for s in describe(chunks[1])] == [4, 5, 6, 7]
     with pytest.raises(ConfigError, match="row 11 has no 'uri'"):
         describe(chunks[2])
+    pq.write_table(table, tmp_path / "m.parquet", row_group_size=11)  # one group, too large for a task: read here
+    chunks = list(listing(str(tmp_path / "m.parquet"), size=2))
+    assert [c.rows.num_rows for c in chunks] == [2, 2, 2, 2, 2, 1] and chunks[-1].first_row == 11
+    with pytest.raises(ConfigError, match="row 11 has no 'uri'"):
+        describe(chunks[-1])
 
 
 def test_a_manifest_without_the_uri_column_is_refused_at_once(tmp_path: Path) -> None:
